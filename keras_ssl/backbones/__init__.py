@@ -1,0 +1,1 @@
+"""Backbones: the SimCLRv2 ResNet family."""

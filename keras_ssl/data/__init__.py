@@ -1,0 +1,1 @@
+"""Host input pipelines. They yield uint8 images and int labels."""

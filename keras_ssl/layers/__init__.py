@@ -1,0 +1,1 @@
+"""Layers: augmentations, projection/prediction heads, memory queues."""

@@ -1,0 +1,1 @@
+"""Losses: NT-Xent, PAWS, SemPPL."""

@@ -1,0 +1,1 @@
+"""Optimizers: LARS, warm-up + cosine schedule, learning-rate scaling."""
