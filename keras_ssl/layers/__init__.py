@@ -1,1 +1,3 @@
 """Layers: augmentations, projection/prediction heads, memory queues."""
+
+from keras_ssl.layers.projection_head import ProjectionHead
