@@ -1,1 +1,4 @@
 """Losses: NT-Xent, PAWS, SemPPL."""
+
+from keras_ssl.losses.nt_xent import NTXent
+from keras_ssl.losses.nt_xent import nt_xent

@@ -1,0 +1,121 @@
+"""`from_tfds()`: a TensorFlow Datasets split as uint8 images and labels."""
+
+from keras_ssl.data._checks import check_positive_int
+from keras_ssl.data._checks import check_seed
+
+
+def from_tfds(
+    name: str,
+    split: str,
+    batch_size: int | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    shuffle_buffer_size: int = 10_000,
+    data_dir: str | None = None,
+    image_key: str = "image",
+    label_key: str | None = "label",
+    image_size=None,
+    drop_remainder: bool = False,
+    download: bool = True,
+    input_context=None,
+):
+    """Loads a TensorFlow Datasets split as a `tf.data` pipeline.
+
+    Yields `(image, label)` with uint8 images `(H, W, 3)` and int32 labels
+    (tfds's int64 class labels are cast), batched to `(B, H, W, 3)` /
+    `(B,)` when `batch_size` is given; images only when `label_key` is
+    `None`. Augmentation happens later, on the device. For the ImageNet
+    1% / 10% subsets use tfds's `imagenet2012_subset/1pct` (or `10pct`)
+    configs, built from SimCLR's index files, or `labeled_subset()`.
+
+    Args:
+        name: str. tfds name, e.g. `"cifar10"` or
+            `"imagenet2012_subset/10pct"`.
+        split: str. Split, e.g. `"train"` or `"train[:10%]"`.
+        batch_size: optional int. `None` yields single examples (what
+            `semi_supervised()`, `labeled_subset()` and
+            `distribute_dataset()` take).
+        shuffle: bool. Shuffle the files and the examples (a buffer of
+            `shuffle_buffer_size`), reshuffled each pass. Defaults to
+            `False`.
+        seed: int. Seed of the shuffles. Defaults to `0`.
+        shuffle_buffer_size: int. Defaults to `10000`.
+        data_dir: optional str. tfds data directory.
+        image_key: str. Image feature. Defaults to `"image"`.
+        label_key: str or None. Label feature. Defaults to `"label"`.
+        image_size: optional int or `(height, width)`. Centre-crop to that
+            aspect ratio and resize (needed to batch data sets with images
+            of different sizes, such as ImageNet).
+        drop_remainder: bool. Drop a short last batch. Defaults to `False`.
+        download: bool. Let tfds download and prepare the data if needed.
+            Defaults to `True`.
+        input_context: optional `tf.distribute.InputContext`; tfds then
+            reads only this input pipeline's share of the files.
+
+    Returns:
+        A prefetched `tf.data.Dataset`.
+
+    Example:
+
+    ```python
+    train = keras_ssl.data.from_tfds(
+        "cifar10", "train", batch_size=256, shuffle=True)
+    ```
+    """
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    from keras_ssl.data._tf_elements import check_image_size
+    from keras_ssl.data._tf_elements import element_parts
+    from keras_ssl.data._tf_elements import map_elements
+    from keras_ssl.data._tf_elements import resize_uint8
+
+    seed = check_seed(seed)
+    buffer = check_positive_int(shuffle_buffer_size, "shuffle_buffer_size")
+    if batch_size is not None:
+        batch_size = check_positive_int(batch_size, "batch_size")
+    image_size = check_image_size(image_size)
+    dataset = tfds.load(
+        name,
+        split=split,
+        data_dir=data_dir,
+        shuffle_files=shuffle,
+        download=download,
+        read_config=tfds.ReadConfig(
+            shuffle_seed=seed, input_context=input_context
+        ),
+    )
+    parts = element_parts(
+        dataset,
+        f"tfds {name!r}",
+        label_key is not None,
+        image_key,
+        label_key or "label",
+    )
+    image_shape = dataset.element_spec[image_key].shape
+    if (
+        batch_size is not None
+        and image_size is None
+        and not image_shape[:2].is_fully_defined()
+    ):
+        raise ValueError(
+            f"tfds {name!r} has images of varying size {image_shape}; pass "
+            "`image_size` to batch them. Received: image_size=None"
+        )
+
+    def convert(element):
+        converted = parts(element)
+        if image_size is None:
+            return converted
+        if label_key is None:
+            return resize_uint8(converted, image_size)
+        return resize_uint8(converted[0], image_size), converted[1]
+
+    dataset = map_elements(
+        dataset, convert, num_parallel_calls=tf.data.AUTOTUNE
+    )
+    if shuffle:
+        dataset = dataset.shuffle(buffer, seed=seed)
+    if batch_size is not None:
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    return dataset.prefetch(tf.data.AUTOTUNE)

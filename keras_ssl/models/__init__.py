@@ -1,0 +1,7 @@
+"""Models: one `keras.Model` subclass per method and stage."""
+
+from keras_ssl.models.distiller import Distiller
+from keras_ssl.models.fine_tuner import FineTuner
+from keras_ssl.models.fine_tuner import fine_tuning_network
+from keras_ssl.models.simclrv2_pretrainer import SimCLRv2Pretrainer
+from keras_ssl.models.ssl_model import SSLModel

@@ -1,0 +1,132 @@
+"""SimCLRv2 distillation with unlabeled examples."""
+
+import keras
+from keras import ops
+
+from keras_ssl import ops as ssl_ops
+from keras_ssl.models.image_utils import to_float_images
+from keras_ssl.models.image_utils import unpack_batch
+from keras_ssl.models.ssl_model import SSLModel
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class Distiller(SSLModel):
+    """Distils a fixed teacher into a student with unlabeled data.
+
+    SimCLRv2 eq. (2): the student minimises the cross-entropy between the
+    teacher's and its own temperature-softened class distributions on
+    unlabeled images, `-Σ_y P_T(y|x; τ) log P_S(y|x; τ)`. When labels are
+    given and `alpha < 1`, eq. (3) adds the labeled cross-entropy:
+    `(1 - α)·CE(y, P_S) + α·distill`. Teacher and student see the same
+    randomly cropped and flipped view (§3.1: only crop and flip are used
+    for distillation). The student may have the teacher's architecture
+    (self-distillation) or a smaller one; `student` is then the model to
+    keep. `call` returns the student's logits.
+
+    Args:
+        teacher: `keras_ssl.models.FineTuner`. Frozen during training.
+        student: `keras_ssl.models.FineTuner` with as many classes.
+        temperature: float > 0. τ of eq. (2). Defaults to `1.0` (Table 2);
+            SimCLRv2 Appendix F uses 0.1 for a fine-tuned teacher.
+        alpha: float in `[0, 1]`. Weight of the distillation term in eq.
+            (3); `1.0` ignores labels (eq. 2). Defaults to `1.0`.
+        **kwargs: base `keras.Model` arguments.
+
+    Example:
+    ```python
+    distiller = keras_ssl.models.Distiller(teacher, student)
+    distiller.compile(optimizer=keras_ssl.optimizers.LARS(0.1))
+    distiller.fit(unlabeled_images, epochs=1)
+    ```
+    """
+
+    metric_names = ("loss", "distill_loss", "supervised_loss", "agreement")
+
+    def __init__(self, teacher, student, temperature=1.0, alpha=1.0, **kwargs):
+        if not temperature > 0:
+            raise ValueError(
+                "`temperature` must be > 0. Received: "
+                f"temperature={temperature}"
+            )
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(
+                f"`alpha` must be in [0, 1]. Received: alpha={alpha}"
+            )
+        for name, model in (("teacher", teacher), ("student", student)):
+            if not hasattr(model, "classify"):
+                raise ValueError(
+                    f"`{name}` must be a keras_ssl.models.FineTuner (a model "
+                    f"with `classify`). Received: {name}={model!r}"
+                )
+        if teacher.num_classes != student.num_classes:
+            raise ValueError(
+                "The teacher and the student must predict the same classes. "
+                f"Received: teacher.num_classes={teacher.num_classes}, "
+                f"student.num_classes={student.num_classes}"
+            )
+        super().__init__(**kwargs)
+        teacher.trainable = False
+        self.teacher = teacher
+        self.student = student
+        self.temperature = temperature
+        self.alpha = alpha
+        self.built = True
+
+    def call(self, images, training=None):
+        return self.student(images, training=training)
+
+    def compute_ssl_loss(self, data, training=True):
+        unlabeled, labeled, labels = unpack_batch(data)
+        if unlabeled is None:
+            unlabeled = labeled
+        images = to_float_images(unlabeled)
+        n = ops.shape(images)[0]
+        if labeled is not None and self.alpha < 1.0:
+            images = ops.concatenate([images, to_float_images(labeled)], 0)
+        views = self.student.augment(images, training=training)
+        teacher_logits = self.teacher.classify(views, training=False)
+        student_logits = self.student.classify(views, training=training)
+        teacher_logits = ops.stop_gradient(teacher_logits)
+        targets = ops.softmax(teacher_logits[:n] / self.temperature)
+        distill = ops.mean(
+            ssl_ops.soft_cross_entropy(
+                targets, logits=student_logits[:n] / self.temperature
+            )
+        )
+        agreement = ops.mean(
+            ops.cast(
+                ops.argmax(teacher_logits, -1)
+                == ops.argmax(student_logits, -1),
+                "float32",
+            )
+        )
+        logs = {"distill_loss": distill, "agreement": agreement}
+        if labeled is None or self.alpha == 1.0:
+            return distill, logs
+        supervised = ops.mean(
+            keras.losses.sparse_categorical_crossentropy(
+                labels, student_logits[n:], from_logits=True
+            )
+        )
+        logs["supervised_loss"] = supervised
+        loss = (1.0 - self.alpha) * supervised + self.alpha * distill
+        return loss, logs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "teacher": keras.saving.serialize_keras_object(self.teacher),
+                "student": keras.saving.serialize_keras_object(self.student),
+                "temperature": self.temperature,
+                "alpha": self.alpha,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("teacher", "student"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)

@@ -1,0 +1,178 @@
+"""SimCLRv2 fine-tuning from a middle layer of the projection head."""
+
+import keras
+
+from keras_ssl.layers.projection_head import ProjectionHead
+from keras_ssl.models.image_utils import to_float_images
+
+
+def fine_tuning_network(encoder, head=None, ft_layer=1):
+    """The encoder followed by the first `ft_layer` projection-head layers.
+
+    SimCLRv2 §2: "To fine-tune from the first layer of the projection head,
+    we have a new encoder function as f_task(x) = W_task σ(W1 f(x))". The
+    returned functional model shares its layers (and so its weights) with
+    `encoder` and `head`.
+
+    Args:
+        encoder: `keras.Model` mapping float images to features (B, C).
+        head: `keras_ssl.layers.ProjectionHead` or `None`.
+        ft_layer: int in `[0, head.num_layers]`.
+
+    Returns:
+        A functional `keras.Model` from images to features.
+    """
+    num_layers = 0 if head is None else head.num_layers
+    if not isinstance(ft_layer, int) or not 0 <= ft_layer <= num_layers:
+        raise ValueError(
+            "`ft_layer` must be an int between 0 and the number of "
+            f"projection-head layers ({num_layers}). Received: "
+            f"ft_layer={ft_layer}"
+        )
+    if ft_layer == 0:
+        return encoder
+    if not head.built:
+        head.build(tuple(encoder.output.shape))
+    x = encoder.output
+    for i in range(ft_layer):
+        x = head.norm_layers[i](head.dense_layers[i](x))
+        if i < head.num_layers - 1:
+            x = keras.layers.ReLU(name=f"head_relu_{i}")(x)
+    return keras.Model(encoder.input, x, name=f"{encoder.name}_ft{ft_layer}")
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class FineTuner(keras.Model):
+    """A classifier fine-tuned from a pretrained encoder (SimCLRv2 §2).
+
+    The task network is the encoder, then the first `ft_layer` layers of
+    the pretrained projection head, then a zero-initialised linear
+    classifier. Training applies only random crop and horizontal flip
+    (SimCLRv2 §3.1: "Only random crop and horizontal flips of training
+    images are applied during fine-tuning and distillation"); inference
+    resizes or centre-crops. Images may be uint8 in [0, 255] or float in
+    [0, 1].
+
+    SimCLRv2 fine-tunes from the first head layer with 1% and 10% labels
+    and from the head's input (`ft_layer=0`) with 100%, without weight
+    decay or warm-up, at a learning rate of 0.005·√B (standard ResNets) or
+    0.002·√B (wider or SK ResNets) with LARS; see
+    `keras_ssl.recipes.simclrv2`. The same class serves as the student of
+    `keras_ssl.models.Distiller` (give it a fresh encoder).
+
+    Args:
+        encoder: `keras.Model`. Maps float images (B, H, W, 3) to (B, C).
+        num_classes: int. Number of classes.
+        head: optional pretrained `keras_ssl.layers.ProjectionHead`.
+        ft_layer: int. Head layers kept (0 = none). Defaults to `1`.
+        image_size: int. Side of the training crop and the eval resize.
+            Defaults to the encoder's input side, else `224`.
+        crop_scale: tuple. Area range of the training crop. Defaults to
+            `(0.08, 1.0)`.
+        seed: optional int for the augmentation.
+        **kwargs: base `keras.Model` arguments.
+
+    Example:
+    ```python
+    encoder = keras_ssl.backbones.ResNet(depth=18, stem="cifar",
+                                         input_shape=(32, 32, 3))
+    head = keras_ssl.layers.ProjectionHead()
+    model = keras_ssl.models.FineTuner(encoder, num_classes=10, head=head)
+    model.compile(optimizer=keras_ssl.optimizers.LARS(0.1))
+    model.fit(labeled_images, labels, epochs=1)
+    ```
+    """
+
+    def __init__(
+        self,
+        encoder,
+        num_classes,
+        head=None,
+        ft_layer=1,
+        image_size=None,
+        crop_scale=(0.08, 1.0),
+        seed=None,
+        **kwargs,
+    ):
+        if head is None and ft_layer == 1:
+            ft_layer = 0
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(
+                "`num_classes` must be an int >= 2. Received: "
+                f"num_classes={num_classes}"
+            )
+        super().__init__(**kwargs)
+        self.network = fine_tuning_network(encoder, head, ft_layer)
+        if image_size is None:
+            side = encoder.input.shape[1]
+            image_size = int(side) if side is not None else 224
+        from keras_ssl.layers.random_resized_crop import RandomResizedCrop
+
+        self.augment = RandomResizedCrop(
+            image_size, scale=crop_scale, flip=True, seed=seed
+        )
+        self.classifier = keras.layers.Dense(
+            num_classes, kernel_initializer="zeros", name="classifier"
+        )
+        self.classifier.build(tuple(self.network.output.shape))
+        self.num_classes = num_classes
+        self.ft_layer = ft_layer
+        self.image_size = image_size
+        self.crop_scale = tuple(crop_scale)
+        self.seed = seed
+        self.built = True
+
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """`keras.Model.compile` with classification defaults.
+
+        `loss` defaults to sparse categorical cross-entropy on logits and
+        `metrics` to `["accuracy"]`.
+        """
+        if loss is None:
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if metrics is None:
+            metrics = ["accuracy"]
+        super().compile(
+            optimizer=optimizer, loss=loss, metrics=metrics, **kwargs
+        )
+
+    def classify(self, images, training=None):
+        """Logits of already-prepared float images (no augmentation)."""
+        return self.classifier(self.network(images, training=training))
+
+    def embed(self, images, training=None):
+        """Features fed to the classifier, for uint8 or float images."""
+        x = self.augment(to_float_images(images), training=False)
+        return self.network(x, training=training)
+
+    def call(self, images, training=None):
+        x = self.augment(to_float_images(images), training=training)
+        return self.classify(x, training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        # The network already contains the kept head layers, so the saved
+        # model rebuilds it with `ft_layer=0`: the unused head layers are
+        # not part of the fine-tuned model and are not saved.
+        config.update(
+            {
+                "encoder": keras.saving.serialize_keras_object(self.network),
+                "num_classes": self.num_classes,
+                "head": None,
+                "ft_layer": 0,
+                "image_size": self.image_size,
+                "crop_scale": self.crop_scale,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(
+            config["encoder"]
+        )
+        if config.get("head") is not None:
+            config["head"] = ProjectionHead.from_config(config["head"])
+        return cls(**config)

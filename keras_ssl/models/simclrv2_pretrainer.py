@@ -1,0 +1,268 @@
+"""SimCLRv2 contrastive pretraining with a MoCo memory and a linear probe."""
+
+import keras
+from keras import ops
+
+from keras_ssl import distribute
+from keras_ssl.layers.memory_queue import MemoryQueue
+from keras_ssl.layers.projection_head import ProjectionHead
+from keras_ssl.layers.views import Views
+from keras_ssl.losses.nt_xent import nt_xent
+from keras_ssl.models.image_utils import to_float_images
+from keras_ssl.models.image_utils import unpack_batch
+from keras_ssl.models.momentum import clone_layer
+from keras_ssl.models.momentum import clone_network
+from keras_ssl.models.momentum import ema_update
+from keras_ssl.models.ssl_model import SSLModel
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class SimCLRv2Pretrainer(SSLModel):
+    """SimCLRv2 pretraining: NT-Xent over two views, memory, online probe.
+
+    Each step makes two augmented views of every image on the device,
+    encodes them with the ResNet `encoder`, projects them with the deep
+    `head` and minimises NT-Xent (SimCLRv2 eq. 1) with negatives from every
+    replica. With `memory_size > 0` a momentum copy of encoder and head
+    (EMA decay `momentum`, updated at the start of each step as in MoCo)
+    projects both views into a FIFO queue whose entries serve as extra
+    negatives (SimCLRv2 §2: "a memory network (with a moving average of
+    weights for stabilization) whose output will be buffered as negative
+    examples"). Empty queue slots are masked out rather than filled with
+    random vectors.
+
+    Batches may be plain uint8 images, or the dicts of
+    `keras_ssl.data.semi_supervised`; then the labeled images join the
+    contrastive batch too, and a linear probe on the stop-gradient encoder
+    output of their first view is trained alongside (as SimCLR does), which
+    reports `probe_loss` and `probe_accuracy` without shaping the encoder.
+
+    `call(images)` returns a dict with the `"embedding"` (encoder output),
+    the `"projection"` and, with a probe, its `"logits"`.
+
+    Args:
+        encoder: `keras.Model` mapping float images to features (B, C),
+            e.g. `keras_ssl.backbones.ResNet`.
+        head: `keras_ssl.layers.ProjectionHead`. Defaults to SimCLRv2's
+            3-layer head with 128 outputs.
+        views: `keras_ssl.layers.Views` making exactly two views. Defaults
+            to the `"simclr_imagenet"` preset at the encoder's input size.
+        temperature: float > 0. NT-Xent temperature. Defaults to `0.1`.
+        memory_size: int >= 0. Queue length; `0` turns the memory off.
+            Defaults to `65536` (SimCLRv2 §3.1: "The memory buffer is set
+            to 64K").
+        momentum: float in [0, 1). EMA decay of the memory network.
+            Defaults to `0.999`.
+        num_classes: optional int. Classes of the online linear probe;
+            `None` trains no probe. Defaults to `None`.
+        **kwargs: base `keras.Model` arguments.
+
+    Example:
+    ```python
+    encoder = keras_ssl.backbones.ResNet(depth=18, stem="cifar",
+                                         input_shape=(32, 32, 3))
+    model = keras_ssl.models.SimCLRv2Pretrainer(
+        encoder,
+        views=keras_ssl.layers.Views.from_preset("simclr_cifar"),
+        memory_size=4096,
+        num_classes=10,
+    )
+    model.compile(optimizer=keras_ssl.optimizers.LARS(1.0))
+    model.fit(stream, epochs=1)
+    ```
+
+    References:
+        - [Chen et al., 2020. Big Self-Supervised Models are Strong
+          Semi-Supervised Learners](https://arxiv.org/abs/2006.10029)
+    """
+
+    metric_names = (
+        "loss",
+        "contrastive_loss",
+        "contrastive_accuracy",
+        "contrastive_entropy",
+        "probe_loss",
+        "probe_accuracy",
+    )
+
+    def __init__(
+        self,
+        encoder,
+        head=None,
+        views=None,
+        temperature=0.1,
+        memory_size=65536,
+        momentum=0.999,
+        num_classes=None,
+        **kwargs,
+    ):
+        if not temperature > 0:
+            raise ValueError(
+                "`temperature` must be > 0. Received: "
+                f"temperature={temperature}"
+            )
+        if not isinstance(memory_size, int) or memory_size < 0:
+            raise ValueError(
+                "`memory_size` must be an int >= 0. Received: "
+                f"memory_size={memory_size}"
+            )
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(
+                f"`momentum` must be in [0, 1). Received: momentum={momentum}"
+            )
+        if num_classes is not None and (
+            not isinstance(num_classes, int) or num_classes < 2
+        ):
+            raise ValueError(
+                "`num_classes` must be None or an int >= 2. Received: "
+                f"num_classes={num_classes}"
+            )
+        super().__init__(**kwargs)
+        feature_shape = tuple(encoder.output.shape)
+        image_size = encoder.input.shape[1] or 224
+        # === Layers ===
+        self.encoder = encoder
+        self.head = head if head is not None else ProjectionHead()
+        if not self.head.built:
+            self.head.build(feature_shape)
+        if views is None:
+            views = Views.from_preset("simclr_imagenet", size=image_size)
+        if len(views.specs) != 2:
+            raise ValueError(
+                "`views` must make exactly two views for NT-Xent. Received: "
+                f"{len(views.specs)} views"
+            )
+        self.views = views
+        self.queue = None
+        if memory_size:
+            self.momentum_encoder = clone_network(encoder)
+            self.momentum_head = clone_layer(self.head, feature_shape)
+            self.queue = MemoryQueue(memory_size, self.head.output_dim)
+            self.queue.build(None)
+        self.probe = None
+        if num_classes is not None:
+            self.probe = keras.layers.Dense(num_classes, name="probe")
+            self.probe.build(feature_shape)
+        # === Config ===
+        self.temperature = temperature
+        self.memory_size = memory_size
+        self.momentum = momentum
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.built = True
+
+    def _eval_images(self, images):
+        x = to_float_images(images)
+        if x.shape[1] != self.image_size or x.shape[2] != self.image_size:
+            x = ops.image.resize(x, (self.image_size, self.image_size))
+        return x
+
+    def call(self, images, training=None):
+        h = self.encoder(self._eval_images(images), training=training)
+        outputs = {
+            "embedding": h,
+            "projection": self.head(h, training=training)[-1],
+        }
+        if self.probe is not None:
+            outputs["logits"] = self.probe(h)
+        return outputs
+
+    def _update_memory_network(self):
+        # As in MoCo, the memory network moves towards the online network
+        # before this step's forward pass, which also keeps the moving
+        # BatchNorm statistics of both networks in step.
+        ema_update(
+            self.momentum_encoder.weights + self.momentum_head.weights,
+            self.encoder.weights + self.head.weights,
+            self.momentum,
+        )
+
+    def _memory_negatives(self, view1, view2):
+        """The queue as it was before this step, and this step's keys.
+
+        Reading before enqueueing keeps an image from being its own
+        negative.
+        """
+        negatives, valid = self.queue.read()
+        # Gathered view by view, so the queue receives all first views of
+        # the global batch, then all second views, whatever the replicas.
+        keys = []
+        for view in (view1, view2):
+            h = self.momentum_encoder(view, training=False)
+            z = self.momentum_head(h, training=False)[-1]
+            keys.append(distribute.all_gather(ops.stop_gradient(z)))
+        keys = ops.concatenate(keys, axis=0)
+        return negatives, valid, keys
+
+    def compute_ssl_loss(self, data, training=True):
+        unlabeled, labeled, labels = unpack_batch(data)
+        if self.queue is not None and training:
+            self._update_memory_network()
+        parts = [
+            to_float_images(x) for x in (unlabeled, labeled) if x is not None
+        ]
+        images = ops.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        view1, view2 = self.views(images, training=training)
+        batch = ops.shape(view1)[0]
+        h = self.encoder(ops.concatenate([view1, view2], 0), training=training)
+        z = self.head(h, training=training)[-1]
+        z1, z2 = z[:batch], z[batch:]
+        negatives = valid = keys = None
+        if self.queue is not None:
+            negatives, valid, keys = self._memory_negatives(view1, view2)
+        contrastive, logs = nt_xent(
+            z1,
+            z2,
+            temperature=self.temperature,
+            negatives=negatives,
+            negatives_mask=valid,
+            return_metrics=True,
+        )
+        if keys is not None and training:
+            self.queue.enqueue(keys)
+        logs = dict(logs, contrastive_loss=contrastive)
+        loss = contrastive
+        if self.probe is not None and labels is not None:
+            probe_loss, probe_accuracy = self._probe(h, labels, batch)
+            logs.update(probe_loss=probe_loss, probe_accuracy=probe_accuracy)
+            loss = loss + probe_loss
+        return loss, logs
+
+    def _probe(self, h, labels, batch):
+        num_labeled = ops.shape(labels)[0]
+        # The labeled images are the last rows of the first view.
+        features = ops.stop_gradient(h[batch - num_labeled : batch])
+        logits = self.probe(features)
+        loss = ops.mean(
+            keras.losses.sparse_categorical_crossentropy(
+                labels, logits, from_logits=True
+            )
+        )
+        accuracy = ops.mean(
+            ops.cast(
+                ops.argmax(logits, -1) == ops.cast(labels, "int32"), "float32"
+            )
+        )
+        return loss, accuracy
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "encoder": keras.saving.serialize_keras_object(self.encoder),
+                "head": keras.saving.serialize_keras_object(self.head),
+                "views": keras.saving.serialize_keras_object(self.views),
+                "temperature": self.temperature,
+                "memory_size": self.memory_size,
+                "momentum": self.momentum,
+                "num_classes": self.num_classes,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "head", "views"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)

@@ -1,0 +1,196 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_ssl
+from keras_ssl.layers import ProjectionHead
+from keras_ssl.layers import Views
+from keras_ssl.losses import nt_xent
+from keras_ssl.models import SimCLRv2Pretrainer
+from keras_ssl.testing import TestCase
+from keras_ssl.testing import run_in_subprocess
+from tests.models.conftest import tiny_encoder
+
+
+def make_model(memory_size=6, num_classes=3, momentum=0.999, **kwargs):
+    return SimCLRv2Pretrainer(
+        tiny_encoder(),
+        head=ProjectionHead(num_layers=2, output_dim=4),
+        views=Views.from_preset("simclr_cifar", size=16, seed=1),
+        memory_size=memory_size,
+        momentum=momentum,
+        num_classes=num_classes,
+        **kwargs,
+    )
+
+
+class TestSimCLRv2Pretrainer(TestCase):
+    def test_fit_on_semi_supervised_batches(self, batch):
+        model = make_model()
+        model.compile(optimizer=keras_ssl.optimizers.LARS(0.1))
+        ds = tf.data.Dataset.from_tensors(batch).repeat(2)
+        history = model.fit(ds, epochs=2, verbose=0, shuffle=False).history
+        for name in SimCLRv2Pretrainer.metric_names:
+            assert name in history, name
+            assert np.all(np.isfinite(history[name])), name
+        assert 0.0 <= history["probe_accuracy"][-1] <= 1.0
+        # 2 steps x 2 views x 12 images fill the 6 slots.
+        queue, valid = model.queue.read()
+        assert bool(np.all(keras.ops.convert_to_numpy(valid)))
+
+    def test_fit_on_unlabeled_images_only(self, batch):
+        model = make_model(num_classes=None, memory_size=0)
+        model.compile(optimizer=keras_ssl.optimizers.LARS(0.1))
+        history = model.fit(
+            batch["unlabeled"], batch_size=4, epochs=1, verbose=0
+        ).history
+        assert np.isfinite(history["loss"][0])
+        assert history["probe_loss"] == [0.0]
+        assert model.queue is None
+
+    def test_loss_matches_nt_xent_in_eval_mode(self, batch):
+        # In inference mode both views are the same centre crop, so the
+        # model's loss must equal eq. (1) on its own projections, with the
+        # (masked) queue as extra negatives.
+        model = make_model(num_classes=None)
+        images = np.concatenate([batch["unlabeled"], batch["labeled"]])
+        z = model(images, training=False)["projection"]
+        negatives, valid = model.queue.read()
+        expected = nt_xent(
+            z, z, temperature=0.1, negatives=negatives, negatives_mask=valid
+        )
+        loss, _ = model.compute_ssl_loss(batch, training=False)
+        self.assertAllClose(loss, expected, atol=1e-5)
+
+    def test_momentum_encoder_is_an_ema_of_the_online_encoder(self, batch):
+        model = make_model(momentum=0.5)
+        model.compile(optimizer="sgd")
+        online = []
+        for _ in range(3):
+            online.append(
+                [keras.ops.convert_to_numpy(w) for w in model.encoder.weights]
+            )
+            model.train_on_batch(batch)
+        # The EMA runs at the start of each step: after 3 steps the memory
+        # network holds 0.5·(0.5·w0 + 0.5·w1) + 0.5·w2.
+        expected = [0.25 * a + 0.25 * b + 0.5 * c for a, b, c in zip(*online)]
+        for actual, want in zip(model.momentum_encoder.weights, expected):
+            self.assertAllClose(actual, want, atol=1e-6)
+
+    def test_momentum_network_is_not_trained(self, batch):
+        model = make_model()
+        trainable = {id(v) for v in model.trainable_variables}
+        for v in model.momentum_encoder.weights + model.momentum_head.weights:
+            assert id(v) not in trainable
+
+    def test_saving_keeps_queue_and_momentum_state(self, batch):
+        model = make_model()
+        model.compile(optimizer="sgd")
+        model.train_on_batch(batch)
+        reloaded = self.run_model_saving(model, batch["unlabeled"])
+        for a, b in zip(model.queue.weights, reloaded.queue.weights):
+            self.assertAllClose(a, b)
+        for a, b in zip(
+            model.momentum_encoder.weights, reloaded.momentum_encoder.weights
+        ):
+            self.assertAllClose(a, b)
+        self.run_config_round_trip(model)
+
+    @pytest.mark.parametrize(
+        "kwargs, match",
+        [
+            ({"temperature": 0}, "temperature=0"),
+            ({"memory_size": -1}, "memory_size=-1"),
+            ({"momentum": 1.0}, "momentum=1.0"),
+            ({"num_classes": 1}, "num_classes=1"),
+        ],
+    )
+    def test_bad_arguments(self, kwargs, match):
+        with pytest.raises(ValueError, match=match):
+            make_model(**kwargs)
+
+    def test_rejects_views_that_are_not_two(self):
+        with pytest.raises(ValueError, match="exactly two views"):
+            SimCLRv2Pretrainer(
+                tiny_encoder(),
+                views=Views.from_preset("paws_cifar", size=16),
+            )
+
+
+_DISTRIBUTED_STEP = """
+import keras_ssl
+from keras_ssl.layers import ProjectionHead, Views, ViewSpec
+from keras_ssl.models import SimCLRv2Pretrainer
+from tests.models.conftest import tiny_encoder
+
+NUM_REPLICAS = {num_replicas}
+SYNC = {sync}
+keras.utils.set_random_seed(0)
+# Deterministic views, so that 1 and 2 replicas see the same images.
+spec = ViewSpec(size=16, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False,
+                color_strength=0.0, p_grayscale=0.0)
+devices = ["CPU:0", "CPU:1"][:NUM_REPLICAS]
+strategy = tf.distribute.MirroredStrategy(devices)
+with strategy.scope():
+    model = SimCLRv2Pretrainer(
+        tiny_encoder(synchronized=SYNC),
+        head=ProjectionHead(num_layers=2, output_dim=4, synchronized_bn=SYNC),
+        views=Views([spec, spec]),
+        memory_size=24,
+        momentum=0.5,
+        num_classes=3,
+    )
+    model.compile(optimizer=keras_ssl.optimizers.LARS(0.5, weight_decay=1e-4))
+rng = np.random.default_rng(0)
+batch = {{
+    "unlabeled": rng.integers(0, 256, (8, 16, 16, 3)).astype("uint8"),
+    "labeled": rng.integers(0, 256, (4, 16, 16, 3)).astype("uint8"),
+    "labels": np.array([0, 1, 2, 1], "int32"),
+}}
+ds = tf.data.Dataset.from_tensors(batch).repeat({steps})
+history = model.fit(ds, epochs=1, verbose=0, shuffle=False).history
+emit(
+    loss=history["loss"][0],
+    weights=[w.numpy() for w in model.encoder.weights + model.head.weights],
+    momentum=[w.numpy() for w in model.momentum_encoder.weights],
+    queue=model.queue.read()[0].numpy(),
+)
+"""
+
+
+def _run(num_replicas, sync, steps=2):
+    return run_in_subprocess(
+        _DISTRIBUTED_STEP.format(
+            num_replicas=num_replicas, sync=sync, steps=steps
+        ),
+        env={"PYTHONPATH": "."},
+    )
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+class TestSimCLRv2PretrainerDistributed(TestCase):
+    def test_two_replicas_match_one(self):
+        single = _run(1, True)
+        double = _run(2, True)
+        unsynced = _run(2, False)
+        self.assertAllClose(double["loss"], single["loss"], atol=1e-5)
+        for a, b in zip(double["weights"], single["weights"]):
+            self.assertAllClose(a, b, atol=2e-5, rtol=1e-4)
+        for a, b in zip(double["momentum"], single["momentum"]):
+            self.assertAllClose(a, b, atol=2e-5, rtol=1e-4)
+        # Each step replaces all 24 slots; the replicas' gathered order of
+        # the images differs from one device's, so compare as sets of rows.
+        self.assertAllClose(
+            np.sort(np.asarray(double["queue"]), axis=0),
+            np.sort(np.asarray(single["queue"]), axis=0),
+            atol=1e-5,
+        )
+        # Without synchronized BatchNorm each replica normalises with its
+        # own half of the batch: the result visibly differs.
+        difference = max(
+            np.abs(np.asarray(a) - np.asarray(b)).max()
+            for a, b in zip(unsynced["weights"], single["weights"])
+        )
+        assert difference > 1e-3
