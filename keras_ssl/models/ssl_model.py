@@ -62,6 +62,32 @@ class SSLModel(keras.Model):
         loss, logs = self.compute_ssl_loss(data, training=False)
         return self.update_trackers(dict(logs, loss=loss))
 
+    # Keras leaves `SeedGenerator` states out of saved weights. They are
+    # saved here so that a run resumed from a checkpoint draws the same
+    # augmentations as one that was never interrupted.
+    _RANDOM_STATE = "random_state_"
+
+    def _random_states(self):
+        return [
+            v for v in self.variables if v.path.endswith("seed_generator_state")
+        ]
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        for i, state in enumerate(self._random_states()):
+            store[f"{self._RANDOM_STATE}{i}"] = state
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        own = {
+            k: store[k] for k in keys if not k.startswith(self._RANDOM_STATE)
+        }
+        super().load_own_variables(own)
+        for i, state in enumerate(self._random_states()):
+            key = f"{self._RANDOM_STATE}{i}"
+            if key in keys:
+                state.assign(store[key])
+
     def update_trackers(self, logs):
         for name, value in logs.items():
             if name in self.trackers and value is not None:

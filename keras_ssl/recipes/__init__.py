@@ -1,0 +1,3 @@
+"""Recipes: `fit()` for each method, with configs and a command line."""
+
+from keras_ssl.recipes import simclrv2

@@ -1,0 +1,175 @@
+"""What every recipe stage needs: strategy, optimizer, resumable fit."""
+
+import json
+import os
+from dataclasses import dataclass
+from dataclasses import field
+
+import keras
+
+from keras_ssl.optimizers import LARS
+from keras_ssl.optimizers import WarmupCosineDecay
+from keras_ssl.optimizers import scale_learning_rate
+
+
+@dataclass
+class StageResult:
+    """What one stage of a recipe produced.
+
+    Attributes:
+        name: str. The stage (`"pretrain"`, `"finetune"`, ...).
+        history: dict of per-epoch training metrics.
+        metrics: dict of evaluation results after the stage.
+        weights_path: str. The stage's final weights.
+        log_dir: str. TensorBoard logs.
+    """
+
+    name: str
+    history: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    weights_path: str = ""
+    log_dir: str = ""
+
+
+def resolve_strategy(strategy, global_batch_sizes):
+    """The strategy to use and a check that each batch splits evenly.
+
+    Args:
+        strategy: a `tf.distribute.Strategy` (`MirroredStrategy`,
+            `MultiWorkerMirroredStrategy`, `TPUStrategy`, ...) or `None`
+            for the default (one device) strategy.
+        global_batch_sizes: dict of argument name to global batch size.
+
+    Returns:
+        The strategy.
+    """
+    import tensorflow as tf
+
+    if strategy is None:
+        strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.Strategy):
+        raise ValueError(
+            "`strategy` must be a tf.distribute.Strategy or None. Received: "
+            f"strategy={strategy!r}"
+        )
+    replicas = strategy.num_replicas_in_sync
+    for name, size in global_batch_sizes.items():
+        if size % replicas:
+            raise ValueError(
+                f"`{name}` must be divisible by the number of replicas "
+                f"({replicas}). Received: {name}={size}"
+            )
+    return strategy
+
+
+def make_lars(
+    base_learning_rate,
+    batch_size,
+    scaling,
+    total_steps,
+    warmup_steps=0,
+    weight_decay=0.0,
+    momentum=0.9,
+):
+    """LARS with a warm-up + cosine schedule on a scaled learning rate."""
+    peak = scale_learning_rate(base_learning_rate, batch_size, rule=scaling)
+    schedule = WarmupCosineDecay(
+        peak, total_steps=max(1, total_steps), warmup_steps=warmup_steps
+    )
+    return LARS(schedule, momentum=momentum, weight_decay=weight_decay)
+
+
+def fit_stage(
+    name,
+    model,
+    data,
+    *,
+    epochs,
+    output_dir,
+    steps_per_epoch=None,
+    verbose=1,
+    callbacks=(),
+):
+    """Trains one stage so that an interrupted run resumes where it was.
+
+    The stage's weights (optimizer, queues and EMA networks included) are
+    backed up after every epoch and restored by the next call with the same
+    `output_dir`; a finished stage is loaded instead of retrained.
+
+    Returns:
+        A `StageResult`.
+    """
+    stage_dir = os.path.join(output_dir, name)
+    os.makedirs(stage_dir, exist_ok=True)
+    result = StageResult(
+        name=name,
+        weights_path=os.path.join(stage_dir, "final.weights.h5"),
+        log_dir=os.path.join(stage_dir, "logs"),
+    )
+    record = os.path.join(stage_dir, "history.json")
+    if os.path.exists(record) and os.path.exists(result.weights_path):
+        _build_optimizer(model)
+        model.load_weights(result.weights_path)
+        with open(record) as f:
+            result.history = json.load(f)
+        return result
+    backup_dir = os.path.join(stage_dir, "backup")
+    data = _resume_stream(data, backup_dir, steps_per_epoch)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(backup_dir),
+        keras.callbacks.TensorBoard(result.log_dir, write_graph=False),
+        *callbacks,
+    ]
+    history = model.fit(
+        data,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        callbacks=callbacks,
+        verbose=verbose,
+        # The recipes' streams shuffle themselves, deterministically.
+        shuffle=False,
+    )
+    result.history = {
+        k: [float(v) for v in values] for k, values in history.history.items()
+    }
+    model.save_weights(result.weights_path)
+    with open(record, "w") as f:
+        json.dump(result.history, f)
+    return result
+
+
+def _build_optimizer(model):
+    if model.optimizer is not None and not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+
+
+class _Offset(keras.utils.PyDataset):
+    """An infinite stream started `offset` batches in."""
+
+    def __init__(self, stream, offset):
+        super().__init__()
+        self.stream = stream
+        self.offset = offset
+
+    @property
+    def num_batches(self):
+        return None
+
+    def __getitem__(self, index):
+        return self.stream[index + self.offset]
+
+
+def _resume_stream(data, backup_dir, steps_per_epoch):
+    """Skips the batches an interrupted run already trained on.
+
+    The recipes' streams are infinite and batch `i` depends on `i` alone,
+    so a resumed run sees exactly the batches the uninterrupted run would.
+    """
+    metadata = os.path.join(backup_dir, "training_metadata.json")
+    if not os.path.exists(metadata) or not steps_per_epoch:
+        return data
+    if getattr(data, "num_batches", 0) is not None:
+        return data
+    with open(metadata) as f:
+        epoch = json.load(f)["epoch"]
+    return _Offset(data, epoch * steps_per_epoch) if epoch else data

@@ -1,0 +1,99 @@
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_ssl.recipes import simclrv2
+
+TINY = dict(
+    epochs=1,
+    steps_per_epoch=2,
+    batch_size=16,
+    labeled_batch_size=8,
+    memory_size=40,
+    finetune_batch_size=20,
+    finetune_epochs=1,
+    distill_epochs=1,
+    baseline_epochs=0,
+    verbose=0,
+)
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Stops training with an error after the first epoch's backup."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt("simulated interruption")
+
+
+def _state(result):
+    model = result.models["pretrainer"]
+    return [
+        keras.ops.convert_to_numpy(v)
+        for v in model.encoder.weights
+        + model.momentum_encoder.weights
+        + model.queue.weights
+        + model.optimizer.variables
+    ]
+
+
+@pytest.mark.slow
+class TestSimCLRv2Recipe:
+    def test_pretrain_finetune_distill_export(self, tmp_path):
+        result = simclrv2.fit(
+            simclrv2.SimCLRv2Config.digits(),
+            output_dir=str(tmp_path),
+            **TINY,
+        )
+        assert set(result.stages) == {"pretrain", "finetune", "distill"}
+        history = result.stages["pretrain"].history
+        assert np.isfinite(history["loss"]).all()
+        assert "probe_accuracy" in history
+        for name in ("finetune", "distill"):
+            accuracy = result.stages[name].metrics["test_accuracy"]
+            assert 0.0 <= accuracy <= 1.0
+        assert os.path.exists(
+            os.path.join(result.export_path, "saved_model.pb")
+        )
+        assert os.listdir(result.stages["pretrain"].log_dir)
+        assert "finetune: test_accuracy=" in result.summary()
+
+    def test_resume_matches_uninterrupted_run(self, tmp_path):
+        settings = dict(TINY, epochs=2, stages=("pretrain",), export=False)
+        straight = simclrv2.fit(
+            output_dir=str(tmp_path / "straight"), **settings
+        )
+        with pytest.raises(KeyboardInterrupt):
+            simclrv2.fit(
+                output_dir=str(tmp_path / "resumed"),
+                callbacks=[Interrupt()],
+                **settings,
+            )
+        resumed = simclrv2.fit(output_dir=str(tmp_path / "resumed"), **settings)
+        for a, b in zip(_state(straight), _state(resumed)):
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-6)
+
+    def test_finished_stage_is_loaded_not_retrained(self, tmp_path):
+        settings = dict(TINY, stages=("pretrain",), export=False)
+        first = simclrv2.fit(output_dir=str(tmp_path), **settings)
+        again = simclrv2.fit(output_dir=str(tmp_path), **settings)
+        assert again.stages["pretrain"].history == (
+            first.stages["pretrain"].history
+        )
+        for a, b in zip(_state(first), _state(again)):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"ft_layer": 4}, "ft_layer=4"),
+        ({"temperature": 0.0}, "temperature=0.0"),
+        ({"stages": ("pretrain", "linear")}, "linear"),
+        ({"dataset": "mnist"}, "dataset='mnist'"),
+    ],
+)
+def test_bad_config_fails_before_training(overrides, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        simclrv2.fit(output_dir=str(tmp_path), **dict(TINY, **overrides))
