@@ -9,8 +9,6 @@ from keras_ssl.models.image_utils import to_float_images
 
 
 def _image_size(model):
-    if isinstance(model, FineTuner):
-        return model.image_size
     if hasattr(model, "image_size"):
         return model.image_size
     return model.input.shape[1]
@@ -24,6 +22,7 @@ def serving_outputs(model, images):
     them, `"projection"`, `"logits"` and `"probabilities"`.
     """
     if isinstance(model, Distiller):
+        # A distiller serves its student.
         model = model.student
     size = _image_size(model)
     x = to_float_images(images)
@@ -77,6 +76,8 @@ def export_saved_model(model, path):
             "SavedModel export needs the TensorFlow backend. Received: "
             f"backend={keras.backend.backend()}"
         )
+    if isinstance(model, Distiller):
+        model = model.student
     size = _image_size(model)
 
     def serve(images):

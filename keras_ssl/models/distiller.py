@@ -66,6 +66,10 @@ class Distiller(SSLModel):
             )
         super().__init__(**kwargs)
         teacher.trainable = False
+        # A teacher rebuilt from a config can hold sublayers created after
+        # its own `trainable=False`; freeze its variables one by one.
+        for variable in teacher.weights:
+            variable.trainable = False
         self.teacher = teacher
         self.student = student
         self.temperature = temperature

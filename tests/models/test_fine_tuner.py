@@ -1,0 +1,77 @@
+import keras
+import numpy as np
+import pytest
+
+from keras_ssl.layers import ProjectionHead
+from keras_ssl.models import FineTuner
+from keras_ssl.models import fine_tuning_network
+from keras_ssl.testing import TestCase
+from tests.models.conftest import tiny_encoder
+
+
+def _head(encoder):
+    head = ProjectionHead(num_layers=3, output_dim=4, hidden_dim=6)
+    head.build(tuple(encoder.output.shape))
+    return head
+
+
+class TestFineTuner(TestCase):
+    @pytest.mark.parametrize("ft_layer, width", [(0, 8), (1, 6), (2, 6)])
+    def test_network_is_encoder_plus_head_layers(self, ft_layer, width):
+        encoder = tiny_encoder()
+        head = _head(encoder)
+        network = fine_tuning_network(encoder, head, ft_layer)
+        x = np.random.default_rng(0).random((2, 16, 16, 3)).astype("float32")
+        features = network(x, training=False)
+        self.assertShape(features, (2, width))
+        # The kept layers are the pretrained ones, not copies.
+        activations = head(encoder(x, training=False), training=False)
+        self.assertAllClose(features, activations[ft_layer], atol=1e-6)
+
+    def test_ft_layer_larger_than_head_is_rejected(self):
+        encoder = tiny_encoder()
+        with pytest.raises(ValueError, match="ft_layer=4"):
+            FineTuner(encoder, num_classes=3, head=_head(encoder), ft_layer=4)
+
+    def test_classifier_starts_at_zero_and_trains(self):
+        rng = np.random.default_rng(0)
+        y = np.arange(12) % 3
+        # A learnable task: each class has its own brightness.
+        x = y[:, None, None, None] * 100 + rng.integers(0, 30, (12, 16, 16, 3))
+        x = x.astype("uint8")
+        encoder = tiny_encoder()
+        model = FineTuner(encoder, num_classes=3, head=_head(encoder))
+        self.assertAllClose(model(x), np.zeros((12, 3)))
+        model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+        history = model.fit(x, y, epochs=30, batch_size=12, verbose=0)
+        losses = history.history["loss"]
+        self.assertAllClose(losses[0], np.log(3), atol=1e-5)
+        assert losses[-1] < np.log(3) - 0.3
+        # The head layer that was kept is fine-tuned too.
+        kernel = model.network.get_layer("dense_0")
+        assert any(v is kernel.kernel for v in model.trainable_variables)
+
+    def test_training_augments_inference_does_not(self):
+        x = np.random.default_rng(3).integers(0, 256, (4, 16, 16, 3))
+        x = x.astype("uint8")
+        model = FineTuner(tiny_encoder(), num_classes=3, ft_layer=0)
+        model.classifier.kernel.assign(np.ones((8, 3), "float32"))
+        a = model.embed(x)
+        self.assertAllClose(model.embed(x), a)
+        trained = model.augment(x.astype("float32") / 255.0, training=True)
+        assert not np.allclose(
+            keras.ops.convert_to_numpy(trained), x / 255.0, atol=1e-3
+        )
+
+    def test_saving_round_trip(self):
+        encoder = tiny_encoder()
+        model = FineTuner(encoder, num_classes=3, head=_head(encoder))
+        model.classifier.kernel.assign(np.ones((6, 3), "float32"))
+        x = np.random.default_rng(1).integers(0, 256, (2, 16, 16, 3))
+        reloaded = self.run_model_saving(model, x.astype("uint8"))
+        assert reloaded.ft_layer == 0
+        self.run_config_round_trip(model)
+
+    def test_bad_num_classes(self):
+        with pytest.raises(ValueError, match="num_classes=1"):
+            FineTuner(tiny_encoder(), num_classes=1)
