@@ -110,7 +110,9 @@ class MemoryQueue(keras.layers.Layer):
         self.queue = self._state(
             (size, dim), self._queue_initializer(), self.variable_dtype, "queue"
         )
-        self.valid = self._state((size,), "zeros", "bool", "valid")
+        # Stored as int32: collective ops (e.g. the initial broadcast of
+        # MultiWorkerMirroredStrategy) do not accept bool variables.
+        self.valid = self._state((size,), "zeros", "int32", "valid")
         self.pointer = self._state((), "zeros", "int32", "pointer")
         self.labels = None
         if with_labels:
@@ -152,7 +154,7 @@ class MemoryQueue(keras.layers.Layer):
         `pointer` on, wrapping around, are oldest first once full).
         """
         values = ops.convert_to_tensor(self.queue)
-        valid = ops.convert_to_tensor(self.valid)
+        valid = ops.convert_to_tensor(self.valid) > 0
         if self.with_labels:
             return values, valid, ops.convert_to_tensor(self.labels)
         return values, valid
@@ -197,7 +199,7 @@ class MemoryQueue(keras.layers.Layer):
             variable.assign(ops.scatter_update(padded, index, updates)[:-1])
 
         scatter(self.queue, values)
-        scatter(self.valid, ops.ones((n,), dtype="bool"))
+        scatter(self.valid, ops.ones((n,), dtype="int32"))
         if self.with_labels:
             scatter(self.labels, labels)
         self.pointer.assign(ops.mod(pointer + count, self.size))

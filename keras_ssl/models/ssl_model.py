@@ -92,4 +92,22 @@ class SSLModel(keras.Model):
         for name, value in logs.items():
             if name in self.trackers and value is not None:
                 self.trackers[name].update_state(value)
-        return {name: t.result() for name, t in self.trackers.items()}
+        results = {name: t.result() for name, t in self.trackers.items()}
+        if _multi_worker():
+            # Keras reduces the logs of a multi-worker step with
+            # `strategy.reduce("MEAN", value, axis=0)`, which needs an axis.
+            results = {
+                k: keras.ops.reshape(v, (1,)) for k, v in results.items()
+            }
+        return results
+
+
+def _multi_worker():
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    return strategy.extended._in_multi_worker_mode()

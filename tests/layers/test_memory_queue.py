@@ -137,7 +137,7 @@ class TestMemoryQueue(TestCase):
         dtypes = {v.path.split("/")[-1]: v.dtype for v in queue.weights}
         assert dtypes == {
             "queue": "float32",
-            "valid": "bool",
+            "valid": "int32",
             "pointer": "int32",
             "labels": "int32",
         }
