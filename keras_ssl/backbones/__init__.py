@@ -1,1 +1,3 @@
 """Backbones: the SimCLRv2 ResNet family."""
+
+from keras_ssl.backbones.resnet import ResNet

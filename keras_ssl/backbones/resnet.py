@@ -1,0 +1,193 @@
+"""`ResNet`: the SimCLRv2 ResNet family (depth, width, SK, ResNet-D)."""
+
+import numbers
+
+import keras
+
+from keras_ssl.backbones import resnet_blocks
+
+# Blocks per stage; 18/34 use basic blocks, 50+ bottlenecks.
+STAGE_BLOCKS = {
+    18: (2, 2, 2, 2),
+    34: (3, 4, 6, 3),
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+    200: (3, 24, 36, 3),
+}
+STEMS = ("imagenet", "cifar")
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class ResNet(keras.Model):
+    """A SimCLRv2 ResNet mapping images to globally pooled features.
+
+    The encoder `f(.)` of SimCLRv2: a ResNet of depth 18 to 200, optionally
+    `width_multiplier` times wider and with selective kernels (SK), ending in
+    global average pooling. It maps float images `(B, H, W, 3)` in `[0, 1]`
+    (the caller normalises; there is no rescaling layer) to features
+    `(B, output_dim)`. Use the `"cifar"` stem for 32x32 images.
+
+    Following SimCLR, convs have no biases, the last BN of each residual
+    block starts with `gamma = 0`, strided convs pad symmetrically, and the
+    first block of every stage has a projection shortcut. "Whenever SK is
+    used, we also use the ResNet-D variant of ResNet" (SimCLRv2, §3.2): with
+    `sk_ratio > 0` the ImageNet stem is three 3x3 convs
+    (`32w, 32w, 64w` channels, the first one with stride 2) and a strided
+    shortcut is a 2x2/2 average pool followed by a 1x1 conv. In a
+    bottleneck block the SK conv replaces the 3x3 conv; in a basic block
+    (depth 18/34, not used by SimCLRv2) it replaces the first 3x3 conv.
+
+    `count_params()` matches every row of SimCLRv2 Table 1 (e.g. 24M for
+    ResNet-50 1x, 795M for ResNet-152 3x+SK with `sk_ratio=0.0625`). That
+    count includes the BN moving statistics; trainable weights alone give
+    232M and 353M instead of 233M and 354M for ResNet-152 2x and 2x+SK.
+
+    Args:
+        depth: int. One of 18, 34, 50, 101, 152, 200. Defaults to `50`.
+        width_multiplier: int >= 1. Multiplies every layer's width.
+            Defaults to `1`.
+        sk_ratio: float in [0, 1). Width of the SK attention descriptor
+            relative to the branch width (at least 32 channels); `0` turns
+            SK and ResNet-D off. SimCLRv2 uses `0.0625`. Defaults to `0.0`.
+        stem: str. `"imagenet"` (7x7/2 conv and 3x3/2 max-pool, or the
+            ResNet-D stem with SK) or `"cifar"` (one 3x3/1 conv, no pool).
+            Defaults to `"imagenet"`.
+        bn_momentum: float in [0, 1). BatchNorm moving-average momentum.
+            Defaults to `0.9` (SimCLR).
+        bn_epsilon: float > 0. Defaults to `1e-5` (SimCLR).
+        synchronized_bn: bool. Compute BatchNorm statistics over all
+            replicas (SimCLR's global BN). Only used on the TensorFlow
+            backend (`BatchNormalization(synchronized=True)`), where it
+            matters under a `tf.distribute` strategy. Other backends get a
+            plain BatchNorm: there, jit-compiling the step over the global
+            batch already gives global statistics. Defaults to `False`.
+        input_shape: tuple. Shape of one image. Defaults to
+            `(None, None, 3)`.
+        **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Example:
+
+    ```python
+    encoder = keras_ssl.backbones.ResNet(depth=18, stem="cifar")
+    features = encoder(np.random.uniform(size=(2, 32, 32, 3)))
+    features.shape  # (2, 512) == (2, encoder.output_dim)
+    ```
+
+    References:
+        - [He et al., 2016](https://arxiv.org/abs/1512.03385) (ResNet).
+        - [He et al., 2019](https://arxiv.org/abs/1812.01187) (ResNet-D).
+        - [Li et al., 2019](https://arxiv.org/abs/1903.06586) (SKNet).
+        - [Chen et al., 2020](https://arxiv.org/abs/2006.10029) (SimCLRv2).
+    """
+
+    def __init__(
+        self,
+        depth=50,
+        width_multiplier=1,
+        sk_ratio=0.0,
+        stem="imagenet",
+        bn_momentum=0.9,
+        bn_epsilon=1e-5,
+        synchronized_bn=False,
+        input_shape=(None, None, 3),
+        **kwargs,
+    ):
+        _validate(
+            depth, width_multiplier, sk_ratio, stem, bn_momentum, bn_epsilon
+        )
+        # Plain Python numbers keep the config JSON-serialisable.
+        depth, width_multiplier = int(depth), int(width_multiplier)
+        sk_ratio = float(sk_ratio)
+        bn_momentum, bn_epsilon = float(bn_momentum), float(bn_epsilon)
+        input_shape = tuple(input_shape)
+        bottleneck = depth >= 50
+        bn = {
+            "momentum": bn_momentum,
+            "epsilon": bn_epsilon,
+            "synchronized": bool(synchronized_bn),
+        }
+
+        # === Layers ===
+        apply_block = (
+            resnet_blocks.apply_bottleneck_block
+            if bottleneck
+            else resnet_blocks.apply_basic_block
+        )
+
+        # === Functional Model ===
+        inputs = keras.Input(shape=input_shape, name="images")
+        x = resnet_blocks.apply_stem(
+            inputs, stem, width_multiplier, sk_ratio > 0, bn
+        )
+        for stage, num_blocks in enumerate(STAGE_BLOCKS[depth]):
+            filters = 64 * 2**stage * width_multiplier
+            for block in range(num_blocks):
+                # SimCLR projects in the first block of every stage, also
+                # in stage 1 of ResNet-18/34 where the shapes already match.
+                x = apply_block(
+                    x,
+                    filters,
+                    strides=2 if stage > 0 and block == 0 else 1,
+                    projection=block == 0,
+                    sk_ratio=sk_ratio,
+                    name=f"stage{stage + 1}_block{block + 1}",
+                    bn=bn,
+                )
+        outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+        # === Config ===
+        self.depth = depth
+        self.width_multiplier = width_multiplier
+        self.sk_ratio = sk_ratio
+        self.stem = stem
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.synchronized_bn = bool(synchronized_bn)
+        self.output_dim = (2048 if bottleneck else 512) * width_multiplier
+
+    def get_config(self):
+        # A functional model's own config lists the layer graph; this one is
+        # rebuilt from its arguments instead (`from_config` = `cls(**c)`).
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "depth": self.depth,
+            "width_multiplier": self.width_multiplier,
+            "sk_ratio": self.sk_ratio,
+            "stem": self.stem,
+            "bn_momentum": self.bn_momentum,
+            "bn_epsilon": self.bn_epsilon,
+            "synchronized_bn": self.synchronized_bn,
+            # `Model.input_shape` includes the batch axis.
+            "input_shape": tuple(self.input_shape[1:]),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _validate(depth, width_multiplier, sk_ratio, stem, momentum, epsilon):
+    def fail(name, requirement, value):
+        raise ValueError(
+            f"`{name}` must be {requirement}. Received: {name}={value!r}"
+        )
+
+    if not _is_int(depth) or depth not in STAGE_BLOCKS:
+        fail("depth", f"one of {tuple(STAGE_BLOCKS)}", depth)
+    if not _is_int(width_multiplier) or width_multiplier < 1:
+        fail("width_multiplier", "an integer >= 1", width_multiplier)
+    if not isinstance(sk_ratio, numbers.Real) or not 0 <= sk_ratio < 1:
+        fail("sk_ratio", "in [0, 1)", sk_ratio)
+    if stem not in STEMS:
+        fail("stem", f"one of {STEMS}", stem)
+    if not isinstance(momentum, numbers.Real) or not 0 <= momentum < 1:
+        fail("bn_momentum", "in [0, 1)", momentum)
+    if not isinstance(epsilon, numbers.Real) or not epsilon > 0:
+        fail("bn_epsilon", "> 0", epsilon)

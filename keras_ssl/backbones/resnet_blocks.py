@@ -1,0 +1,274 @@
+"""Private building blocks of `keras_ssl.backbones.ResNet`.
+
+Functions here apply one piece of the network to a symbolic tensor and name
+every layer after its place in the network (`stage2_block1_conv1`), so that
+variable paths read like `stage2_block1_conv1/kernel`. The only layer class
+is `SelectiveKernelAttention`, the part of a SimCLRv2 selective kernel conv
+that cannot be written with stock Keras layers.
+"""
+
+import keras
+from keras import ops
+
+# SimCLR initialises every conv with `VarianceScaling()` (scale 1, fan-in,
+# truncated normal) and never uses conv biases: each conv feeds a BN.
+CONV_INITIALIZER = "variance_scaling"
+
+
+def batch_norm(name, config, zero_init=False):
+    """A BatchNormalization layer configured from `config`.
+
+    Args:
+        name: str. Layer name.
+        config: dict with `momentum`, `epsilon` and `synchronized`.
+        zero_init: bool. Initialise gamma to zero, so that a residual branch
+            starts as the identity (SimCLR's `init_zero` on the last BN of
+            each block).
+
+    Returns:
+        A `keras.layers.BatchNormalization`.
+    """
+    # `synchronized=True` raises on backends other than TensorFlow; there a
+    # jit over the global batch already gives global statistics.
+    synchronized = (
+        config["synchronized"] and keras.backend.backend() == "tensorflow"
+    )
+    return keras.layers.BatchNormalization(
+        momentum=config["momentum"],
+        epsilon=config["epsilon"],
+        gamma_initializer="zeros" if zero_init else "ones",
+        synchronized=synchronized,
+        name=name,
+    )
+
+
+def conv_bn(
+    x, filters, kernel_size, strides, name, bn, index="", relu=True, **bn_args
+):
+    """Conv (no bias, fixed padding) + BN (+ ReLU): `{name}_conv{index}` etc.
+
+    Strided convs pad explicitly and symmetrically, then convolve with
+    `"valid"` padding (SimCLR's `conv2d_fixed_padding`): this makes the
+    output independent of whether the input size is even or odd, unlike
+    `"same"`, which pads more on the bottom/right for even sizes.
+    """
+    if strides > 1:
+        pad_total = kernel_size - 1
+        pad_beg = pad_total // 2
+        pad = (pad_beg, pad_total - pad_beg)
+        x = keras.layers.ZeroPadding2D((pad, pad), name=f"{name}_pad{index}")(x)
+        padding = "valid"
+    else:
+        padding = "same"
+    x = keras.layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding=padding,
+        use_bias=False,
+        kernel_initializer=CONV_INITIALIZER,
+        name=f"{name}_conv{index}",
+    )(x)
+    x = batch_norm(f"{name}_bn{index}", bn, **bn_args)(x)
+    if relu:
+        x = keras.layers.ReLU(name=f"{name}_relu{index}")(x)
+    return x
+
+
+def apply_stem(x, stem, width_multiplier, deep, bn):
+    """The layers before the first residual stage.
+
+    `"cifar"`: one 3x3/1 conv. `"imagenet"`: a 7x7/2 conv, or with `deep`
+    the ResNet-D stem of three 3x3 convs (the first one strided), then a
+    3x3/2 max-pool.
+    """
+    width = 64 * width_multiplier
+    if stem == "cifar":
+        return conv_bn(x, width, 3, 1, "stem", bn, index=1)
+    if deep:
+        x = conv_bn(x, width // 2, 3, 2, "stem", bn, index=1)
+        x = conv_bn(x, width // 2, 3, 1, "stem", bn, index=2)
+        x = conv_bn(x, width, 3, 1, "stem", bn, index=3)
+    else:
+        x = conv_bn(x, width, 7, 2, "stem", bn, index=1)
+    return keras.layers.MaxPooling2D(
+        3, strides=2, padding="same", name="stem_pool"
+    )(x)
+
+
+def apply_shortcut(x, filters, strides, resnet_d, name, bn):
+    """Projection shortcut: 1x1 conv + BN, or ResNet-D's pool + 1x1 conv.
+
+    ResNet-D (He et al. 2019, Fig. 2c) moves the downsampling of a strided
+    shortcut to a 2x2/2 average pool, so that the 1x1 conv no longer drops
+    three quarters of its input.
+    """
+    if resnet_d and strides > 1:
+        x = keras.layers.ZeroPadding2D(
+            ((0, 1), (0, 1)), name=f"{name}_shortcut_pad"
+        )(x)
+        x = keras.layers.AveragePooling2D(
+            2, strides=2, padding="valid", name=f"{name}_shortcut_pool"
+        )(x)
+        strides = 1
+    return conv_bn(x, filters, 1, strides, f"{name}_shortcut", bn, relu=False)
+
+
+def apply_sk_conv(x, filters, strides, sk_ratio, name, bn, index):
+    """SimCLRv2's selective kernel conv in place of a 3x3 conv + BN + ReLU.
+
+    One 3x3 conv makes both branches at once (`2 * filters` channels, BN,
+    ReLU); `SelectiveKernelAttention` then mixes the two halves.
+    """
+    x = conv_bn(x, 2 * filters, 3, strides, name, bn, index=index)
+    return SelectiveKernelAttention(
+        sk_ratio=sk_ratio,
+        bn_momentum=bn["momentum"],
+        bn_epsilon=bn["epsilon"],
+        synchronized_bn=bn["synchronized"],
+        name=f"{name}_sk{index}",
+    )(x)
+
+
+def apply_3x3(x, filters, strides, sk_ratio, name, bn, index):
+    """A 3x3 conv + BN + ReLU, or a selective kernel conv if `sk_ratio`."""
+    if sk_ratio > 0:
+        return apply_sk_conv(x, filters, strides, sk_ratio, name, bn, index)
+    return conv_bn(x, filters, 3, strides, name, bn, index=index)
+
+
+def apply_basic_block(x, filters, strides, projection, sk_ratio, name, bn):
+    """Two 3x3 convs (the first one strided, SK if `sk_ratio`)."""
+    shortcut = x
+    if projection:
+        shortcut = apply_shortcut(x, filters, strides, sk_ratio > 0, name, bn)
+    x = apply_3x3(x, filters, strides, sk_ratio, name, bn, index=1)
+    x = conv_bn(x, filters, 3, 1, name, bn, index=2, relu=False, zero_init=True)
+    x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
+    return keras.layers.ReLU(name=f"{name}_out")(x)
+
+
+def apply_bottleneck_block(x, filters, strides, projection, sk_ratio, name, bn):
+    """1x1 reduce, 3x3 (or SK) with the stride, 1x1 expand to `4*filters`."""
+    shortcut = x
+    if projection:
+        shortcut = apply_shortcut(
+            x, 4 * filters, strides, sk_ratio > 0, name, bn
+        )
+    x = conv_bn(x, filters, 1, 1, name, bn, index=1)
+    x = apply_3x3(x, filters, strides, sk_ratio, name, bn, index=2)
+    x = conv_bn(
+        x, 4 * filters, 1, 1, name, bn, index=3, relu=False, zero_init=True
+    )
+    x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
+    return keras.layers.ReLU(name=f"{name}_out")(x)
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class SelectiveKernelAttention(keras.layers.Layer):
+    """Mixes the two branches of a selective kernel conv (SimCLRv2).
+
+    The input holds both branches side by side on the channel axis
+    (`2 * filters` channels). The global descriptor is the spatial mean of
+    the branch sum; a 1x1 conv to `max(int(filters * sk_ratio), min_dim)`
+    channels + BN + ReLU and a 1x1 conv back to `2 * filters` give one logit
+    per branch and channel; a softmax over the two branches weights their
+    sum.
+
+    Args:
+        sk_ratio: float in (0, 1). Width of the descriptor relative to
+            `filters`.
+        min_dim: int. Lower bound on the descriptor width. Defaults to `32`.
+        bn_momentum: float. Defaults to `0.9`.
+        bn_epsilon: float. Defaults to `1e-5`.
+        synchronized_bn: bool. See `keras_ssl.backbones.ResNet`.
+            Defaults to `False`.
+
+    Returns:
+        A tensor of shape `(B, H, W, filters)`.
+
+    References:
+        - [Li et al., 2019](https://arxiv.org/abs/1903.06586) (SKNet).
+        - [Chen et al., 2020](https://arxiv.org/abs/2006.10029) (SimCLRv2).
+    """
+
+    def __init__(
+        self,
+        sk_ratio,
+        min_dim=32,
+        bn_momentum=0.9,
+        bn_epsilon=1e-5,
+        synchronized_bn=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not 0 < sk_ratio < 1:
+            raise ValueError(
+                f"`sk_ratio` must be in (0, 1). Received: sk_ratio={sk_ratio}"
+            )
+        self.sk_ratio = sk_ratio
+        self.min_dim = min_dim
+        self.bn_momentum = bn_momentum
+        self.bn_epsilon = bn_epsilon
+        self.synchronized_bn = synchronized_bn
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None or channels % 2:
+            raise ValueError(
+                "The input of `SelectiveKernelAttention` must have an even, "
+                f"known number of channels. Received: shape={input_shape}"
+            )
+        filters = channels // 2
+        mid_dim = max(int(filters * self.sk_ratio), self.min_dim)
+        bn = {
+            "momentum": self.bn_momentum,
+            "epsilon": self.bn_epsilon,
+            "synchronized": self.synchronized_bn,
+        }
+        self.reduce_conv = keras.layers.Conv2D(
+            mid_dim,
+            1,
+            use_bias=False,
+            kernel_initializer=CONV_INITIALIZER,
+            name="reduce_conv",
+        )
+        self.reduce_bn = batch_norm("reduce_bn", bn)
+        self.expand_conv = keras.layers.Conv2D(
+            channels,
+            1,
+            use_bias=False,
+            kernel_initializer=CONV_INITIALIZER,
+            name="expand_conv",
+        )
+        descriptor_shape = (input_shape[0], 1, 1, filters)
+        self.reduce_conv.build(descriptor_shape)
+        reduced_shape = (input_shape[0], 1, 1, mid_dim)
+        self.reduce_bn.build(reduced_shape)
+        self.expand_conv.build(reduced_shape)
+
+    def call(self, inputs, training=None):
+        a, b = ops.split(inputs, 2, axis=-1)
+        descriptor = ops.mean(a + b, axis=(1, 2), keepdims=True)
+        z = self.reduce_conv(descriptor)
+        z = ops.relu(self.reduce_bn(z, training=training))
+        logits_a, logits_b = ops.split(self.expand_conv(z), 2, axis=-1)
+        # softmax over two branches = sigmoid of the logit difference.
+        weight_a = ops.sigmoid(logits_a - logits_b)
+        return b + weight_a * (a - b)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] // 2)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "sk_ratio": self.sk_ratio,
+                "min_dim": self.min_dim,
+                "bn_momentum": self.bn_momentum,
+                "bn_epsilon": self.bn_epsilon,
+                "synchronized_bn": self.synchronized_bn,
+            }
+        )
+        return config
