@@ -45,7 +45,11 @@ class ResNet(keras.Model):
 
     Args:
         depth: int. One of 18, 34, 50, 101, 152, 200. Defaults to `50`.
-        width_multiplier: int >= 1. Multiplies every layer's width.
+        width_multiplier: int >= 1, or a fraction such as `0.5` or `0.25`
+            (any value > 0 that makes `32 * width_multiplier` a whole
+            number). Multiplies every layer's width. The paper uses 1–4;
+            fractions give the small networks that suit small images and
+            CPUs (`0.25`: 16 to 128 channels).
             Defaults to `1`.
         sk_ratio: float in [0, 1). Width of the SK attention descriptor
             relative to the branch width (at least 32 channels); `0` turns
@@ -97,7 +101,12 @@ class ResNet(keras.Model):
             depth, width_multiplier, sk_ratio, stem, bn_momentum, bn_epsilon
         )
         # Plain Python numbers keep the config JSON-serialisable.
-        depth, width_multiplier = int(depth), int(width_multiplier)
+        depth = int(depth)
+        width_multiplier = (
+            int(width_multiplier)
+            if float(width_multiplier).is_integer()
+            else float(width_multiplier)
+        )
         sk_ratio = float(sk_ratio)
         bn_momentum, bn_epsilon = float(bn_momentum), float(bn_epsilon)
         input_shape = tuple(input_shape)
@@ -121,7 +130,7 @@ class ResNet(keras.Model):
             inputs, stem, width_multiplier, sk_ratio > 0, bn
         )
         for stage, num_blocks in enumerate(STAGE_BLOCKS[depth]):
-            filters = 64 * 2**stage * width_multiplier
+            filters = int(64 * 2**stage * width_multiplier)
             for block in range(num_blocks):
                 # SimCLR projects in the first block of every stage, also
                 # in stage 1 of ResNet-18/34 where the shapes already match.
@@ -145,7 +154,7 @@ class ResNet(keras.Model):
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
         self.synchronized_bn = bool(synchronized_bn)
-        self.output_dim = (2048 if bottleneck else 512) * width_multiplier
+        self.output_dim = int((2048 if bottleneck else 512) * width_multiplier)
 
     def get_config(self):
         # A functional model's own config lists the layer graph; this one is
@@ -181,8 +190,17 @@ def _validate(depth, width_multiplier, sk_ratio, stem, momentum, epsilon):
 
     if not _is_int(depth) or depth not in STAGE_BLOCKS:
         fail("depth", f"one of {tuple(STAGE_BLOCKS)}", depth)
-    if not _is_int(width_multiplier) or width_multiplier < 1:
-        fail("width_multiplier", "an integer >= 1", width_multiplier)
+    if (
+        not isinstance(width_multiplier, numbers.Real)
+        or isinstance(width_multiplier, bool)
+        or not width_multiplier > 0
+        or not float(32 * width_multiplier).is_integer()
+    ):
+        fail(
+            "width_multiplier",
+            "> 0 with 32 * width_multiplier a whole number",
+            width_multiplier,
+        )
     if not isinstance(sk_ratio, numbers.Real) or not 0 <= sk_ratio < 1:
         fail("sk_ratio", "in [0, 1)", sk_ratio)
     if stem not in STEMS:

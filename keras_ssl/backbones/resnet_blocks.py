@@ -82,7 +82,7 @@ def apply_stem(x, stem, width_multiplier, deep, bn):
     the ResNet-D stem of three 3x3 convs (the first one strided), then a
     3x3/2 max-pool.
     """
-    width = 64 * width_multiplier
+    width = int(64 * width_multiplier)
     if stem == "cifar":
         return conv_bn(x, width, 3, 1, "stem", bn, index=1)
     if deep:

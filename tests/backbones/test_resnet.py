@@ -145,6 +145,22 @@ class TestArchitecture(TestCase):
         kernel = model.get_layer("stem_conv1").kernel
         assert tuple(kernel.shape) == (3, 3, 3, 3 * 64)
 
+    def test_fractional_width_multiplier(self):
+        model = ResNet(
+            depth=18,
+            width_multiplier=0.25,
+            stem="cifar",
+            input_shape=(16, 16, 3),
+        )
+        assert model.output_dim == 128
+        assert model.get_config()["width_multiplier"] == 0.25
+        kernel = model.get_layer("stem_conv1").kernel
+        assert tuple(kernel.shape) == (3, 3, 3, 16)
+        x = np.zeros((2, 16, 16, 3), "float32")
+        self.assertShape(model(x), (2, 128))
+        sk = ResNet(depth=18, width_multiplier=0.5, sk_ratio=0.0625)
+        assert sk.output_dim == 256
+
     def test_plain_stem_and_shortcut(self):
         model = deferred_resnet(depth=50)
         stem = model.get_layer("stem_conv1")
@@ -432,7 +448,7 @@ class TestValidation(TestCase):
             ({"depth": 50.0}, "Received: depth=50.0"),
             ({"width_multiplier": 0}, "Received: width_multiplier=0"),
             ({"width_multiplier": -2}, "Received: width_multiplier=-2"),
-            ({"width_multiplier": 1.5}, "Received: width_multiplier=1.5"),
+            ({"width_multiplier": 0.3}, "Received: width_multiplier=0.3"),
             ({"width_multiplier": True}, "Received: width_multiplier=True"),
             ({"sk_ratio": 1.0}, r"`sk_ratio` must be in \[0, 1\)"),
             ({"sk_ratio": -0.1}, r"Received: sk_ratio=-0.1"),
