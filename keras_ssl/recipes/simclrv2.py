@@ -56,7 +56,7 @@ class SimCLRv2Config:
     seed: int = 0
     # Encoder and head.
     depth: int = 50
-    width_multiplier: int = 1
+    width_multiplier: float = 1
     sk_ratio: float = 0.0
     stem: str = "imagenet"
     head_layers: int = 3
@@ -83,7 +83,7 @@ class SimCLRv2Config:
     distill_temperature: float = 1.0
     distill_alpha: float = 1.0
     student_depth: int | None = None
-    student_width_multiplier: int | None = None
+    student_width_multiplier: float | None = None
     # Supervised baseline on the same labels (0 epochs: skip).
     baseline_epochs: int = 0
     baseline_learning_rate: float = 0.3
@@ -145,6 +145,7 @@ class SimCLRv2Config:
             labeled_per_class=10,
             labeled_fraction=None,
             depth=18,
+            width_multiplier=0.25,
             stem="cifar",
             views="simclr_cifar",
             batch_size=128,
