@@ -2,3 +2,5 @@
 
 from keras_ssl.losses.nt_xent import NTXent
 from keras_ssl.losses.nt_xent import nt_xent
+from keras_ssl.losses.paws import PAWS
+from keras_ssl.losses.paws import paws

@@ -1,0 +1,400 @@
+"""PAWS: predicting view assignments with a labeled support set."""
+
+import numbers
+
+import keras
+from keras import ops
+
+from keras_ssl import distribute
+from keras_ssl.ops.math import entropy
+from keras_ssl.ops.math import sharpen
+from keras_ssl.ops.math import soft_cross_entropy
+from keras_ssl.ops.math import soft_nearest_neighbour
+
+
+def _check_args(
+    temperature, sharpen_temperature, label_smoothing, num_classes
+) -> None:
+    for name, value in (
+        ("temperature", temperature),
+        ("sharpen_temperature", sharpen_temperature),
+    ):
+        if not value > 0:
+            raise ValueError(f"`{name}` must be > 0. Received: {name}={value}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(
+            "`label_smoothing` must be in [0, 1). Received: "
+            f"label_smoothing={label_smoothing}"
+        )
+    if num_classes is not None and (
+        isinstance(num_classes, bool)
+        or not isinstance(num_classes, numbers.Integral)
+        or num_classes < 1
+    ):
+        raise ValueError(
+            "`num_classes` must be None or an int >= 1. Received: "
+            f"num_classes={num_classes}"
+        )
+
+
+def _compute_dtype(x):
+    # Softmax over thousands of support samples and logs of probabilities:
+    # at least float32, float64 when asked for (the reference tests).
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    return "float64" if dtype == "float64" else "float32"
+
+
+def _check_views(views, support):
+    if isinstance(views, dict) or not isinstance(views, (list, tuple)):
+        raise ValueError(
+            "`views` must be a list of tensors (B, D), the two global views "
+            f"first. Received: views of type {type(views)}"
+        )
+    if len(views) < 2:
+        raise ValueError(
+            "`views` must hold at least the two global views. Received: "
+            f"{len(views)} view(s)"
+        )
+    shapes = [tuple(v.shape) for v in views]
+    if any(len(s) != 2 for s in shapes) or len(support.shape) != 2:
+        raise ValueError(
+            "Every view and `support` must have rank 2 (batch, dim). "
+            f"Received: view shapes={shapes}, "
+            f"support.shape={tuple(support.shape)}"
+        )
+    for axis, what in ((0, "batch size"), (1, "dim")):
+        known = {s[axis] for s in shapes if s[axis] is not None}
+        if axis == 1 and support.shape[1] is not None:
+            known.add(support.shape[1])
+        if len(known) > 1:
+            raise ValueError(
+                f"All views (and the support, for the dim) must have the "
+                f"same {what}. Received: view shapes={shapes}, "
+                f"support.shape={tuple(support.shape)}"
+            )
+
+
+def _support_targets(
+    support_labels,
+    num_classes=None,
+    label_smoothing: float = 0.1,
+    dtype="float32",
+):
+    """The smoothed label matrix `y_S` of the global support batch.
+
+    Class ids become one-hot rows (hard rows pass as they are), gathered
+    from every replica, then smoothed over the represented classes (see
+    `paws`).
+    """
+    labels = ops.convert_to_tensor(support_labels)
+    if len(labels.shape) == 1:
+        if num_classes is None:
+            raise ValueError(
+                "`num_classes` is required when `support_labels` are class "
+                "ids of shape (M,). Received: num_classes=None"
+            )
+        onehot = ops.one_hot(
+            ops.cast(labels, "int32"), num_classes, dtype=dtype
+        )
+    elif len(labels.shape) == 2:
+        width = labels.shape[-1]
+        if None not in (num_classes, width) and width != num_classes:
+            raise ValueError(
+                "`support_labels` of shape (M, K) must have K == "
+                f"num_classes. Received: support_labels.shape="
+                f"{tuple(labels.shape)}, num_classes={num_classes}"
+            )
+        onehot = ops.cast(labels, dtype)
+    else:
+        raise ValueError(
+            "`support_labels` must be class ids (M,) or label rows (M, K). "
+            f"Received: support_labels.shape={tuple(labels.shape)}"
+        )
+    onehot = distribute.all_gather(onehot)
+    if label_smoothing:
+        present = ops.cast(ops.sum(onehot, axis=0) > 0, dtype)
+        uniform = present / ops.maximum(ops.sum(present), 1.0)
+        onehot = (1.0 - label_smoothing) * onehot + label_smoothing * uniform
+    return onehot
+
+
+def _paws_terms(
+    views,
+    support,
+    support_labels,
+    num_classes,
+    temperature,
+    sharpen_temperature,
+    label_smoothing,
+):
+    """Per-anchor cross-entropies of eq. (4), H(p_bar) and the targets."""
+    _check_args(temperature, sharpen_temperature, label_smoothing, num_classes)
+    views = [ops.convert_to_tensor(v) for v in views]
+    support = ops.convert_to_tensor(support)
+    _check_views(views, support)
+    dtype = _compute_dtype(views[0])
+    queries = ops.concatenate([ops.cast(v, dtype) for v in views], axis=0)
+    # Every replica classifies against the global support batch; the
+    # gather is differentiable, so the support embeddings of every replica
+    # receive the gradient of every replica's anchors ("accommodation").
+    keys = distribute.all_gather(ops.cast(support, dtype))
+    labels = _support_targets(
+        support_labels, num_classes, label_smoothing, dtype=dtype
+    )
+    probs = soft_nearest_neighbour(queries, keys, labels, temperature)
+    sharp = sharpen(probs, sharpen_temperature)
+    batch = ops.shape(views[0])[0]
+    # §3.2: "we only differentiate the cross-entropy loss terms with respect
+    # to the predictions p_i and p_i^+, and not the sharpened targets".
+    t1 = ops.stop_gradient(sharp[:batch])
+    t2 = ops.stop_gradient(sharp[batch : 2 * batch])
+    # Eq. (4): each global view targets the other one; each small view
+    # targets the mean of the two global targets (§5, footnote 4).
+    local = [0.5 * (t1 + t2)] * (len(views) - 2)
+    targets = ops.concatenate([t2, t1] + local, axis=0)
+    cross_entropy = soft_cross_entropy(targets, probs=probs)
+    # Eq. (4): p_bar is "the average of the sharpened predictions" of all
+    # views of all images, over the global batch, and it is differentiated
+    # (otherwise ME-MAX would have no effect).
+    total = distribute.all_reduce_sum(ops.sum(sharp, axis=0))
+    count = ops.cast(
+        ops.shape(queries)[0] * distribute.num_replicas(), total.dtype
+    )
+    mean_entropy = entropy(total / count)
+    return cross_entropy, mean_entropy, ops.concatenate([t1, t2], axis=0)
+
+
+def _metrics(cross_entropy, mean_entropy, global_targets):
+    return {
+        "cross_entropy": ops.stop_gradient(ops.mean(cross_entropy)),
+        "me_max": ops.stop_gradient(mean_entropy),
+        "target_confidence": ops.mean(ops.max(global_targets, axis=-1)),
+    }
+
+
+def paws(
+    views,
+    support,
+    support_labels,
+    num_classes: int | None = None,
+    temperature: float = 0.1,
+    sharpen_temperature: float = 0.25,
+    label_smoothing: float = 0.1,
+    me_max: bool = True,
+    return_metrics: bool = False,
+):
+    """The PAWS objective, eq. (4) of Assran et al. (2021).
+
+    Each view representation `z` is classified by the soft nearest-neighbour
+    classifier `p = softmax(cos(z, z_S) / temperature) y_S` against the
+    support representations `z_S` with (smoothed) labels `y_S`. The two
+    global views target each other's *sharpened* prediction
+    `rho(p) = p^(1/T) / sum(p^(1/T))`, every further (small) view targets
+    the mean of the two global targets, and the targets get no gradient:
+
+    `(1 / (V n)) sum_i [H(rho(p_i^1), p_i^2) + H(rho(p_i^2), p_i^1)
+    + sum_{k>2} H((rho(p_i^1) + rho(p_i^2)) / 2, p_i^k)] - H(p_bar)`,
+
+    where `p_bar` is, quoting Appendix A, "the average of the sharpened
+    predictions" over all `V` views of all `n` images (§3.2 defines it the
+    same way for two views). `-H(p_bar)` is the ME-MAX regulariser; it is
+    differentiated through the sharpened predictions. The gradient reaches
+    the support representations too (§3.2: backpropagating with respect to
+    the support samples is "accommodation").
+
+    Class ids are global (`K = num_classes` columns, as
+    `keras_ssl.data.SupportSampler` yields them). PAWS instead indexes the
+    `C` classes of each support batch `0..C-1` and smooths over those; to
+    give exactly its values, label smoothing here spreads
+    `label_smoothing` uniformly over the classes *represented in the
+    support batch* (columns holding at least one label), so the columns of
+    unsampled classes stay exactly 0 in `y_S`, `p`, the targets and
+    `p_bar`. With every class sampled (CIFAR-10, 10 x 64) this is the usual
+    `(1 - eps) * onehot + eps / K`.
+
+    With collapsed representations (anchor and support all equal) and a
+    class-balanced support batch, `p` is uniform over the sampled classes,
+    so a target that is not uniform gives a non-zero gradient
+    (Proposition 1). Note that if the positive view collapses to the same
+    point too, its sharpened prediction is uniform as well (sharpening
+    leaves a uniform distribution unchanged) and the cross-entropy
+    gradient vanishes: the proposition's Assumption 2 is what rules that
+    case out.
+
+    Under a `tf.distribute` strategy pass this replica's rows: the support
+    rows (and labels) are gathered from every replica, so every replica
+    uses the global support batch, and `p_bar` is averaged over the global
+    batch. The value is the mean over this replica's anchors minus the
+    global `H(p_bar)`, *not* divided by the number of replicas: scale it by
+    `1 / num_replicas` once before taking gradients (as
+    `keras_ssl.models.SSLModel` and `keras_ssl.losses.PAWS` do). A support
+    batch that is replicated instead of sharded gives the same predictions
+    (each row then appears `R` times, which leaves the softmax-weighted
+    label average unchanged), at `R` times the cost.
+
+    Args:
+        views: list of `V >= 2` tensors `(B, D)`: the representations of
+            the two global (large-crop) views first, then any small views;
+            row `i` of each is the same image.
+        support: tensor `(M, D)`. Representations of the support images
+            (all their views), not yet normalised.
+        support_labels: int tensor `(M,)` of class ids in
+            `[0, num_classes)`, or `(M, K)` label rows (one-hot; pass
+            `label_smoothing=0` for rows that are smoothed already).
+        num_classes: optional int. `K`; required with class ids.
+        temperature: float > 0. Cosine-similarity temperature `tau` of the
+            classifier. Defaults to `0.1` (§5).
+        sharpen_temperature: float > 0. Target sharpening temperature `T`.
+            Defaults to `0.25` (§5).
+        label_smoothing: float in [0, 1). Smoothing of the support labels.
+            Defaults to `0.1` (§5).
+        me_max: bool. Subtract the ME-MAX term `H(p_bar)`. Defaults to
+            `True`.
+        return_metrics: bool. Also return a dict, all without gradient:
+            `"cross_entropy"` (the mean cross-entropy term, Fig. 4a),
+            `"me_max"` (`H(p_bar)` in nats; the loss is
+            `cross_entropy - me_max` with `me_max=True`) and
+            `"target_confidence"` (mean over the global views of the
+            largest sharpened-target probability, Fig. 4c). Defaults to
+            `False`.
+
+    Returns:
+        The scalar loss, or `(loss, metrics)` with `return_metrics`.
+
+    Example:
+    ```python
+    views = [keras.random.normal((8, 16)) for _ in range(8)]  # 2 + 6 crops
+    support = keras.random.normal((20, 16))
+    labels = keras.ops.repeat(keras.ops.arange(10), 2)  # 10 classes x 2
+    loss = keras_ssl.losses.paws(views, support, labels, num_classes=10)
+    ```
+
+    References:
+        - [Assran et al., 2021. Semi-Supervised Learning of Visual Features
+          by Non-Parametrically Predicting View Assignments with Support
+          Samples](https://arxiv.org/abs/2104.13963)
+    """
+    cross_entropy, mean_entropy, global_targets = _paws_terms(
+        views,
+        support,
+        support_labels,
+        num_classes,
+        temperature,
+        sharpen_temperature,
+        label_smoothing,
+    )
+    loss = ops.mean(cross_entropy)
+    if me_max:
+        loss = loss - mean_entropy
+    if return_metrics:
+        return loss, _metrics(cross_entropy, mean_entropy, global_targets)
+    return loss
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class PAWS(keras.losses.Loss):
+    """The PAWS loss (eq. 4 of Assran et al., 2021) as a `keras.losses.Loss`.
+
+    Use it where a Keras loss object is wanted; the math is
+    `keras_ssl.losses.paws`'s (see there for the equation, the targets, the
+    ME-MAX term and how the support is gathered across replicas).
+    `keras_ssl.models.PAWSPretrainer` trains with it end to end.
+
+    `y_true` holds the support labels: class ids `(M,)` (needs
+    `num_classes`) or label rows `(M, K)`. `y_pred` is a dict with
+    `"views"`, a list of `V >= 2` tensors `(B, D)` (the two global views
+    first), and `"support"`, a tensor `(M, D)`. The loss returns one value
+    per anchor, `V * B` of them in view order, each the anchor's
+    cross-entropy minus the batch's ME-MAX term `H(p_bar)`, so that the
+    default mean reduction is eq. (4) (and Keras's `1 / num_replicas`
+    scaling under `tf.distribute` makes the replicas' sum the global
+    value). A `sample_weight` of shape `(V * B,)` weights the anchors.
+
+    Args:
+        num_classes: optional int. Number of classes `K`; required when
+            `y_true` holds class ids. Defaults to `None`.
+        temperature: float > 0. Cosine temperature `tau`. Defaults to
+            `0.1`.
+        sharpen_temperature: float > 0. Sharpening temperature `T`.
+            Defaults to `0.25`.
+        label_smoothing: float in [0, 1). Defaults to `0.1`.
+        me_max: bool. Use the ME-MAX regulariser. Defaults to `True`.
+        reduction: str. Keras loss reduction. Defaults to
+            `"sum_over_batch_size"`.
+        name: str. Defaults to `"paws"`.
+        dtype: optional dtype of the loss computation. Defaults to `None`.
+
+    Example:
+    ```python
+    loss_fn = keras_ssl.losses.PAWS(num_classes=10)
+    views = [keras.random.normal((8, 16)) for _ in range(2)]
+    support = keras.random.normal((20, 16))
+    labels = keras.ops.repeat(keras.ops.arange(10), 2)
+    loss = loss_fn(labels, {"views": views, "support": support})
+    ```
+
+    References:
+        - [Assran et al., 2021. Semi-Supervised Learning of Visual Features
+          by Non-Parametrically Predicting View Assignments with Support
+          Samples](https://arxiv.org/abs/2104.13963)
+    """
+
+    def __init__(
+        self,
+        num_classes: int | None = None,
+        temperature: float = 0.1,
+        sharpen_temperature: float = 0.25,
+        label_smoothing: float = 0.1,
+        me_max: bool = True,
+        reduction: str = "sum_over_batch_size",
+        name: str = "paws",
+        dtype=None,
+    ):
+        _check_args(
+            temperature, sharpen_temperature, label_smoothing, num_classes
+        )
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.num_classes = num_classes
+        self.temperature = temperature
+        self.sharpen_temperature = sharpen_temperature
+        self.label_smoothing = label_smoothing
+        self.me_max = me_max
+
+    def call(self, y_true, y_pred):
+        if not isinstance(y_pred, dict) or set(y_pred) != {"views", "support"}:
+            keys = sorted(y_pred) if isinstance(y_pred, dict) else None
+            raise ValueError(
+                "`y_pred` must be a dict with keys 'views' (a list of view "
+                "representations) and 'support'. Received: "
+                f"{type(y_pred).__name__} with keys {keys}"
+            )
+        labels = y_true
+        if len(y_true.shape) == 1:
+            # Keras casts `y_true` to the loss dtype; class ids are ints.
+            labels = ops.cast(y_true, "int32")
+        cross_entropy, mean_entropy, _ = _paws_terms(
+            list(y_pred["views"]),
+            y_pred["support"],
+            labels,
+            self.num_classes,
+            self.temperature,
+            self.sharpen_temperature,
+            self.label_smoothing,
+        )
+        losses = cross_entropy
+        if self.me_max:
+            losses = losses - mean_entropy
+        return ops.cast(losses, self.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_classes": self.num_classes,
+                "temperature": self.temperature,
+                "sharpen_temperature": self.sharpen_temperature,
+                "label_smoothing": self.label_smoothing,
+                "me_max": self.me_max,
+            }
+        )
+        return config
