@@ -4,3 +4,5 @@ from keras_ssl.losses.nt_xent import NTXent
 from keras_ssl.losses.nt_xent import nt_xent
 from keras_ssl.losses.paws import PAWS
 from keras_ssl.losses.paws import paws
+from keras_ssl.losses.semppl import SemPPL
+from keras_ssl.losses.semppl import semppl

@@ -1,0 +1,628 @@
+"""SemPPL pretraining: semantic positives from k-NN pseudo-labels."""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_ssl import distribute
+from keras_ssl.layers.memory_queue import MemoryQueue
+from keras_ssl.layers.random_resized_crop import normalize_size
+from keras_ssl.layers.views import Views
+from keras_ssl.losses.semppl import majority_vote
+from keras_ssl.losses.semppl import sample_negative_indices
+from keras_ssl.losses.semppl import sample_semantic_positive_indices
+from keras_ssl.losses.semppl import semppl
+from keras_ssl.losses.semppl import view_voting
+from keras_ssl.models.image_utils import to_float_images
+from keras_ssl.models.momentum import clone_layer
+from keras_ssl.models.momentum import clone_network
+from keras_ssl.models.momentum import ema_update
+from keras_ssl.models.ssl_model import SSLModel
+from keras_ssl.ops.math import l2_normalize
+
+# Voting thresholds of the precision / recall metrics, as fractions of the
+# votes one unlabeled image gets (L^2 lookups of k votes each).
+VOTE_FRACTIONS = (25, 50, 75, 100)
+
+
+def _mlp(hidden_dim, output_dim, input_dim, name):
+    """SemPPL's projector / predictor (§2.1, Appendix D.1).
+
+    "2 linear layers—the first one followed by batch normalization and
+    rectified linear activation with output sizes 4096 and 256".
+    """
+    synchronized = keras.backend.backend() == "tensorflow"
+    mlp = keras.Sequential(
+        [
+            keras.layers.Dense(hidden_dim),
+            keras.layers.BatchNormalization(synchronized=synchronized),
+            keras.layers.ReLU(),
+            keras.layers.Dense(output_dim),
+        ],
+        name=name,
+    )
+    mlp.build((None, input_dim))
+    return mlp
+
+
+def _last(outputs):
+    # `ProjectionHead` returns every activation; a plain MLP one tensor.
+    return outputs[-1] if isinstance(outputs, (list, tuple)) else outputs
+
+
+def _output_dim(layer, input_dim):
+    shape = layer.compute_output_shape((None, input_dim))
+    if isinstance(shape, list) and isinstance(shape[-1], (tuple, list)):
+        shape = shape[-1]
+    return int(shape[-1])
+
+
+def _build(layer, input_dim):
+    if not layer.built:
+        layer.build((None, input_dim))
+    return layer
+
+
+def _clone(layer, input_dim):
+    if isinstance(layer, keras.Model):
+        return clone_network(layer)
+    return clone_layer(layer, (None, input_dim))
+
+
+def _check(condition, name, value, requirement):
+    if not condition:
+        raise ValueError(
+            f"`{name}` must be {requirement}. Received: {name}={value}"
+        )
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class SemPPLPretrainer(SSLModel):
+    """SemPPL pretraining: RELICv2 with semantic positives (Bošnjak 2023).
+
+    Each step makes SemPPL's views of every image on the device (by default
+    4 large and 2 small views, Appendix E), runs the large and small views
+    through the online network (encoder `f` -> projector `g` -> predictor
+    `h`) and the large views through the target network (EMA copies
+    `f_t`, `g_t`, decay `momentum`, updated at the start of each step), and
+    minimises eq. (10) (`keras_ssl.losses.semppl`) with augmentation
+    positives, semantic positives and RELICv2's invariance terms.
+
+    Semantic positives (§2, Appendix C):
+    1. For each large view `i` a FIFO `MemoryQueue` of `queue_size` slots
+       holds target projections (l2-normalised) of labeled images with their
+       labels. Each step enqueues the labeled images of the global batch,
+       gathered from every replica, *before* the k-NN (pseudo-code lines
+       22-23 come before line 32), so the queue is used from the first
+       step. Slots start as random unit vectors, as the paper's queue does,
+       but are marked invalid until written: they never vote and never
+       become positives.
+    2. Pseudo-labels: every unlabeled image's online prediction of each
+       large view is matched (cosine k-NN, `k` neighbours) against each
+       large view's queue: `L^2` lookups whose votes are summed ("view
+       voting"); ties go to the lowest class id (`majority_vote`).
+       Labeled images use their labels.
+    3. Each image draws `num_semantic_positives` queue slots uniformly among
+       the valid slots with its (pseudo-)label, independently (with
+       replacement). The same slots are used in every large view's queue
+       (they are filled in lockstep, so a slot holds the same image in all
+       of them) and for every view pair. An image whose label has no entry
+       gets no semantic term (`semantic_positive_coverage` is the fraction
+       that has one), never a positive of another class.
+    4. Negatives: `num_negatives` distinct other images of the global batch
+       per image, uniformly, shared by all view pairs and both positive
+       kinds (the KL terms need the same candidates on both sides).
+
+    Randomness is drawn for the global batch from one `SeedGenerator` that
+    every replica advances alike, and each replica takes its rows; images
+    are ordered globally as all unlabeled images, then all labeled ones.
+    So the samples do not depend on how the batch is split over replicas.
+
+    Batches are the dicts of `keras_ssl.data.semi_supervised`: `"unlabeled"`
+    (optional), `"labeled"` and `"labels"` (required: SemPPL needs labeled
+    images in every batch). An optional `"unlabeled_labels"` with the true
+    labels of the unlabeled images is used for monitoring only, never in
+    the loss: `pseudo_label_accuracy`, and for each voting threshold of
+    Fig. 3, expressed as a fraction `f` of the `L^2·k` votes an image gets
+    (`f` in 25, 50, 75, 100 %), `pseudo_label_precision_f` (the accuracy
+    of the pseudo-labels whose top class has at least `ceil(f·L^2·k)`
+    votes) and `pseudo_label_recall_f` (the fraction of all unlabeled
+    images that reach the threshold *and* are right). These are pooled
+    over the epoch (weighted by their counts), not averages of per-batch
+    ratios.
+
+    Other choices the paper leaves open:
+    - The target network runs its BatchNorm layers in inference mode with
+      EMA'd moving statistics (as this library's other momentum networks).
+    - Views are large if they have the largest size of `views`, small
+      otherwise; the encoder must accept both sizes (e.g. an input shape
+      `(None, None, 3)`) when there are small views.
+    - `queue_size` defaults to `20·B` for the paper's `B = 4096` (Appendix
+      D.1: "queue capacity C = 20B"); `B` is the whole global batch,
+      labeled plus unlabeled images (§2 defines the batch of size `B` as
+      holding both). Set it to `20·B` of your batch.
+
+    `call(images)` returns the `"embedding"` (encoder output), the
+    online `"projection"` and `"prediction"`.
+
+    Args:
+        encoder: `keras.Model` mapping float images to features `(B, F)`,
+            e.g. `keras_ssl.backbones.ResNet`.
+        num_classes: int >= 2. Number of classes of the labels.
+        projector: optional layer or model `g` (a
+            `keras_ssl.layers.ProjectionHead` works: its last output is
+            used). Defaults to the paper's MLP, 4096 -> 256 with BatchNorm
+            (synchronized on TensorFlow) and ReLU after the first layer.
+        predictor: optional layer or model `h`. Defaults to the same MLP.
+        views: `keras_ssl.layers.Views`. Defaults to the `"semppl_imagenet"`
+            preset at the encoder's input size (224 if unknown).
+        queue_size: int >= 1. Capacity `C` of each large view's queue.
+            Defaults to `81920` (20 x 4096).
+        k: int in [1, queue_size]. Neighbours of the k-NN. Defaults to `1`.
+        num_semantic_positives: int >= 0. Defaults to `3`.
+        num_negatives: int >= 1. Negatives per image. Defaults to `10`.
+        temperature: float > 0. `tau`. Defaults to `0.2`.
+        alpha: float >= 0. Weight of the semantic positives. Defaults to
+            `0.2`.
+        invariance_scale: float >= 0. `lambda` of eq. (10). Defaults to `5.0`.
+        contrastive_scale: float >= 0. `c` of eq. (10). Defaults to `0.3`.
+        momentum: float in [0, 1). EMA decay of the target network.
+            Defaults to `0.996`.
+        seed: optional int. Seed of the negative and semantic-positive
+            sampling. Defaults to `None`.
+        **kwargs: base `keras.Model` arguments.
+
+    Example:
+    ```python
+    encoder = keras_ssl.backbones.ResNet(depth=18, stem="cifar",
+                                         input_shape=(None, None, 3))
+    model = keras_ssl.models.SemPPLPretrainer(
+        encoder,
+        num_classes=10,
+        views=keras_ssl.layers.Views.from_preset("semppl_imagenet", size=32),
+        queue_size=20 * 512,
+    )
+    model.compile(optimizer=keras_ssl.optimizers.LARS(0.3))
+    model.fit(stream, epochs=1)  # dicts from keras_ssl.data.semi_supervised
+    ```
+
+    References:
+        - [Bošnjak et al., 2023. SemPPL: Predicting Pseudo-Labels for
+          Better Contrastive Representations](https://arxiv.org/abs/2301.05158)
+        - [Tomasev et al., 2022. Pushing the limits of self-supervised
+          ResNets (RELICv2)](https://arxiv.org/abs/2201.05119)
+    """
+
+    metric_names = (
+        "loss",
+        "augmentation_loss",
+        "semantic_loss",
+        "invariance_loss",
+        "semantic_positive_coverage",
+        "pseudo_label_accuracy",
+    ) + tuple(
+        f"pseudo_label_{kind}_{f}"
+        for f in VOTE_FRACTIONS
+        for kind in ("precision", "recall")
+    )
+
+    def __init__(
+        self,
+        encoder,
+        num_classes,
+        projector=None,
+        predictor=None,
+        views=None,
+        queue_size=81920,
+        k=1,
+        num_semantic_positives=3,
+        num_negatives=10,
+        temperature=0.2,
+        alpha=0.2,
+        invariance_scale=5.0,
+        contrastive_scale=0.3,
+        momentum=0.996,
+        seed=None,
+        **kwargs,
+    ):
+        _check(
+            _is_int(num_classes) and num_classes >= 2,
+            "num_classes",
+            num_classes,
+            "an int >= 2",
+        )
+        _check(
+            _is_int(queue_size) and queue_size >= 1,
+            "queue_size",
+            queue_size,
+            "an int >= 1",
+        )
+        _check(_is_int(k) and k >= 1, "k", k, "an int >= 1")
+        _check(
+            k <= queue_size,
+            "k",
+            k,
+            f"at most the queue size ({queue_size}): the k-NN looks for k "
+            "neighbours in the queue",
+        )
+        _check(
+            _is_int(num_semantic_positives) and num_semantic_positives >= 0,
+            "num_semantic_positives",
+            num_semantic_positives,
+            "an int >= 0",
+        )
+        _check(
+            _is_int(num_negatives) and num_negatives >= 1,
+            "num_negatives",
+            num_negatives,
+            "an int >= 1",
+        )
+        _check(temperature > 0, "temperature", temperature, "> 0")
+        for name, value in (
+            ("alpha", alpha),
+            ("invariance_scale", invariance_scale),
+            ("contrastive_scale", contrastive_scale),
+        ):
+            _check(value >= 0, name, value, ">= 0")
+        _check(0.0 <= momentum < 1.0, "momentum", momentum, "in [0, 1)")
+        super().__init__(**kwargs)
+        feature_dim = int(encoder.output.shape[-1])
+        # === Layers ===
+        self.encoder = encoder
+        if projector is None:
+            projector = _mlp(4096, 256, feature_dim, "projector")
+        self.projector = _build(projector, feature_dim)
+        projection_dim = _output_dim(self.projector, feature_dim)
+        if predictor is None:
+            predictor = _mlp(4096, projection_dim, projection_dim, "predictor")
+        self.predictor = _build(predictor, projection_dim)
+        if _output_dim(self.predictor, projection_dim) != projection_dim:
+            raise ValueError(
+                "The predictor must map projections to their own width "
+                f"({projection_dim}): its outputs are compared with target "
+                "projections. Received: predictor output dim="
+                f"{_output_dim(self.predictor, projection_dim)}"
+            )
+        if views is None:
+            size = encoder.input.shape[1] or 224
+            views = Views.from_preset("semppl_imagenet", size=size)
+        self.views = views
+        areas = [math.prod(normalize_size(s.size)) for s in views.specs]
+        self.large_views = [i for i, a in enumerate(areas) if a == max(areas)]
+        self.small_views = [i for i, a in enumerate(areas) if a != max(areas)]
+        self.image_size = normalize_size(views.specs[self.large_views[0]].size)
+        self.target_encoder = clone_network(encoder)
+        self.target_projector = _clone(self.projector, feature_dim)
+        # One attribute per queue, not a list: Keras 3 leaves layers held in
+        # lists out of `tf.train.Checkpoint`s (they are in `.keras` files).
+        for i in range(len(self.large_views)):
+            queue = MemoryQueue(
+                queue_size, projection_dim, with_labels=True, name=f"queue_{i}"
+            )
+            setattr(self, f"queue_{i}", queue)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        # === Config ===
+        self.num_classes = num_classes
+        self.queue_size = queue_size
+        self.k = k
+        self.num_semantic_positives = num_semantic_positives
+        self.num_negatives = num_negatives
+        self.temperature = temperature
+        self.alpha = alpha
+        self.invariance_scale = invariance_scale
+        self.contrastive_scale = contrastive_scale
+        self.momentum = momentum
+        self.seed = seed
+        self.built = True
+
+    @property
+    def queues(self):
+        """The `MemoryQueue` of each large view, in view order."""
+        return [
+            getattr(self, f"queue_{i}") for i in range(len(self.large_views))
+        ]
+
+    # --- inference -------------------------------------------------------
+    def _eval_images(self, images):
+        x = to_float_images(images)
+        if tuple(x.shape[1:3]) != self.image_size:
+            x = ops.image.resize(x, self.image_size)
+        return x
+
+    def call(self, images, training=None):
+        h = self.encoder(self._eval_images(images), training=training)
+        z = _last(self.projector(h, training=training))
+        return {
+            "embedding": h,
+            "projection": z,
+            "prediction": _last(self.predictor(z, training=training)),
+        }
+
+    # --- networks ------------------------------------------------------
+    def _online(self, views, training):
+        """Online predictions `h(g(f(x)))` of each view, one pass."""
+        if not views:
+            return []
+        h = self.encoder(ops.concatenate(views, axis=0), training=training)
+        z = _last(self.projector(h, training=training))
+        p = _last(self.predictor(z, training=training))
+        return ops.split(p, len(views), axis=0)
+
+    def _target(self, views):
+        """Target projections `g_t(f_t(x))` of each view (no gradient)."""
+        h = self.target_encoder(ops.concatenate(views, axis=0), training=False)
+        z = _last(self.target_projector(h, training=False))
+        z = l2_normalize(ops.stop_gradient(z))
+        return ops.split(z, len(views), axis=0)
+
+    def _update_target_network(self):
+        # BYOL / RELICv2: the target moves towards the online network before
+        # this step's forward pass (as this library's momentum networks).
+        ema_update(
+            self.target_encoder.weights + self.target_projector.weights,
+            self.encoder.weights + self.projector.weights,
+            self.momentum,
+        )
+
+    # --- the step ------------------------------------------------------
+    def _unpack(self, data):
+        if isinstance(data, (tuple, list)) and all(d is None for d in data[1:]):
+            # `train_on_batch(x)` and Keras adapters pass `(x, None, None)`.
+            data = data[0]
+        if not isinstance(data, dict) or data.get("labeled") is None:
+            raise ValueError(
+                "SemPPLPretrainer needs labeled images in every batch: a dict "
+                "with 'labeled' and 'labels' (and usually 'unlabeled'), as "
+                "keras_ssl.data.semi_supervised yields. Received: "
+                + (
+                    f"a dict with keys {sorted(data)}"
+                    if isinstance(data, dict)
+                    else type(data).__name__
+                )
+            )
+        labeled, labels = data["labeled"], data.get("labels")
+        if labels is None:
+            raise ValueError(
+                "The batch has 'labeled' images but no 'labels'. Received "
+                f"keys: {sorted(data)}"
+            )
+        if labeled.shape[0] == 0:
+            raise ValueError(
+                "SemPPLPretrainer needs labeled images in every batch. "
+                f"Received: labeled.shape={tuple(labeled.shape)}"
+            )
+        return (
+            data.get("unlabeled"),
+            labeled,
+            ops.cast(labels, "int32"),
+            data.get("unlabeled_labels"),
+        )
+
+    def _check_batch(self, num_unlabeled, num_labeled):
+        # Static checks at trace time, i.e. before the first step runs.
+        if num_unlabeled is None or num_labeled is None:
+            # The global order of the images, the gathers and the sampled
+            # indices are laid out from the batch sizes.
+            raise ValueError(
+                "SemPPLPretrainer needs batches of static size (e.g. "
+                "`batch(n, drop_remainder=True)`; keras_ssl.data streams "
+                "are). Received: unlabeled batch size="
+                f"{num_unlabeled}, labeled batch size={num_labeled}"
+            )
+        replicas = distribute.num_replicas()
+        if replicas * num_labeled > self.queue_size:
+            raise ValueError(
+                "`queue_size` must hold at least the labeled images of one "
+                f"global batch ({replicas * num_labeled}). Received: "
+                f"queue_size={self.queue_size}"
+            )
+        num_images = replicas * (num_unlabeled + num_labeled)
+        if self.num_negatives >= num_images:
+            raise ValueError(
+                "`num_negatives` must be smaller than the global batch "
+                f"({num_images} images). Received: "
+                f"num_negatives={self.num_negatives}"
+            )
+
+    def _global_order(self, x, num_unlabeled):
+        """Rows of the global batch: all unlabeled, then all labeled."""
+        parts = [x[:num_unlabeled]] if num_unlabeled else []
+        parts.append(x[num_unlabeled:])
+        parts = [distribute.all_gather(p) for p in parts]
+        return ops.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+
+    def _anchor_indices(self, num_unlabeled, num_labeled):
+        """Global row of each of this replica's images."""
+        replica = ops.cast(distribute.replica_id(), "int32")
+        replicas = distribute.num_replicas()
+        labeled = (
+            replicas * num_unlabeled
+            + replica * num_labeled
+            + ops.arange(num_labeled, dtype="int32")
+        )
+        if not num_unlabeled:
+            return labeled
+        unlabeled = replica * num_unlabeled + ops.arange(
+            num_unlabeled, dtype="int32"
+        )
+        return ops.concatenate([unlabeled, labeled], axis=0)
+
+    def _update_queues(self, targets, labels, num_unlabeled):
+        global_labels = distribute.all_gather(labels)
+        for queue, target in zip(self.queues, targets):
+            global_labeled = distribute.all_gather(target[num_unlabeled:])
+            queue.enqueue(global_labeled, global_labels)
+
+    def compute_ssl_loss(self, data, training=True):
+        unlabeled, labeled, labels, true_labels = self._unpack(data)
+        num_unlabeled = 0 if unlabeled is None else unlabeled.shape[0]
+        num_labeled = labeled.shape[0]
+        self._check_batch(num_unlabeled, num_labeled)
+        if training:
+            self._update_target_network()
+        parts = [
+            to_float_images(x) for x in (unlabeled, labeled) if x is not None
+        ]
+        images = ops.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        views = self.views(images, training=training)
+        large = [views[i] for i in self.large_views]
+        online_large = self._online(large, training)
+        online_small = self._online(
+            [views[i] for i in self.small_views], training
+        )
+        targets = self._target(large)
+        if training:
+            self._update_queues(targets, labels, num_unlabeled)
+        global_targets = [self._global_order(t, num_unlabeled) for t in targets]
+
+        memory = [queue.read() for queue in self.queues]
+        values = [m[0] for m in memory]
+        valid, queue_labels = memory[0][1], memory[0][2]
+        anchor_labels, votes = self._anchor_labels(
+            online_large, values, queue_labels, valid, labels, num_unlabeled
+        )
+        anchors = self._anchor_indices(num_unlabeled, num_labeled)
+        num_global = ops.shape(global_targets[0])[0]
+        noise = keras.random.uniform(
+            (num_global, num_global), seed=self.seed_generator
+        )
+        negatives = sample_negative_indices(
+            ops.take(noise, anchors, axis=0), anchors, self.num_negatives
+        )
+        positives, has_positive = self._semantic_positives(
+            anchors, anchor_labels, values, queue_labels, valid, num_global
+        )
+        loss, logs = semppl(
+            online_large,
+            global_targets,
+            negatives,
+            online_small=online_small,
+            semantic_positives=positives,
+            semantic_mask=has_positive,
+            anchor_indices=anchors,
+            temperature=self.temperature,
+            alpha=self.alpha,
+            invariance_scale=self.invariance_scale,
+            contrastive_scale=self.contrastive_scale,
+            return_metrics=True,
+        )
+        logs["semantic_positive_coverage"] = ops.mean(
+            ops.cast(has_positive, "float32")
+        )
+        if votes is not None and true_labels is not None:
+            logs.update(self._pseudo_label_metrics(votes, true_labels))
+        return loss, logs
+
+    def _anchor_labels(
+        self, online_large, values, queue_labels, valid, labels, num_unlabeled
+    ):
+        """Pseudo-labels (view voting) then labels, and the votes."""
+        if not num_unlabeled:
+            return labels, None
+        votes = view_voting(
+            [ops.stop_gradient(o[:num_unlabeled]) for o in online_large],
+            values,
+            queue_labels,
+            valid,
+            self.num_classes,
+            k=self.k,
+        )
+        return ops.concatenate([majority_vote(votes), labels], 0), votes
+
+    def _semantic_positives(
+        self, anchors, anchor_labels, values, queue_labels, valid, num_global
+    ):
+        # Coverage does not depend on the draws: with no positives to draw,
+        # a zero `uniform` still tells which labels have queue entries.
+        draws = max(self.num_semantic_positives, 1)
+        if self.num_semantic_positives:
+            uniform = keras.random.uniform(
+                (num_global, draws), seed=self.seed_generator
+            )
+            uniform = ops.take(uniform, anchors, axis=0)
+        else:
+            uniform = ops.zeros((ops.shape(anchors)[0], 1))
+        slots, has_positive = sample_semantic_positive_indices(
+            uniform, anchor_labels, queue_labels, valid, self.num_classes
+        )
+        if not self.num_semantic_positives:
+            return None, has_positive
+        positives = [ops.take(v, slots, axis=0) for v in values]
+        return positives, has_positive
+
+    def _pseudo_label_metrics(self, votes, true_labels):
+        """Fig. 3's precision and recall at voting thresholds, and accuracy.
+
+        Values come with the counts they are ratios of, so that the
+        trackers pool them over batches and replicas.
+        """
+        votes = ops.stop_gradient(votes)
+        correct = ops.cast(
+            ops.equal(majority_vote(votes), ops.cast(true_labels, "int32")),
+            "float32",
+        )
+        total = ops.cast(ops.shape(correct)[0], "float32")
+        logs = {"pseudo_label_accuracy": (ops.mean(correct), total)}
+        top = ops.max(votes, axis=-1)
+        per_image = len(self.large_views) ** 2 * self.k
+        for fraction in VOTE_FRACTIONS:
+            threshold = max(1, math.ceil(fraction * per_image / 100))
+            confident = ops.cast(top >= threshold, "float32")
+            count = ops.sum(confident)
+            hits = ops.sum(confident * correct)
+            logs[f"pseudo_label_precision_{fraction}"] = (
+                hits / ops.maximum(count, 1.0),
+                count,
+            )
+            logs[f"pseudo_label_recall_{fraction}"] = (hits / total, total)
+        return logs
+
+    def update_trackers(self, logs):
+        # `(value, weight)` pairs pool ratios over batches and replicas.
+        plain = {}
+        for name, value in logs.items():
+            if not isinstance(value, tuple):
+                plain[name] = value
+            elif name in self.trackers:
+                value, weight = value
+                self.trackers[name].update_state(value, sample_weight=weight)
+        return super().update_trackers(plain)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "encoder": keras.saving.serialize_keras_object(self.encoder),
+                "num_classes": self.num_classes,
+                "projector": keras.saving.serialize_keras_object(
+                    self.projector
+                ),
+                "predictor": keras.saving.serialize_keras_object(
+                    self.predictor
+                ),
+                "views": keras.saving.serialize_keras_object(self.views),
+                "queue_size": self.queue_size,
+                "k": self.k,
+                "num_semantic_positives": self.num_semantic_positives,
+                "num_negatives": self.num_negatives,
+                "temperature": self.temperature,
+                "alpha": self.alpha,
+                "invariance_scale": self.invariance_scale,
+                "contrastive_scale": self.contrastive_scale,
+                "momentum": self.momentum,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "projector", "predictor", "views"):
+            config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
