@@ -8,7 +8,6 @@ python -m keras_ssl.recipes.simclrv2 --preset cifar10 --data_dir DIR
 ```
 """
 
-import argparse
 import dataclasses
 import os
 import time
@@ -16,19 +15,21 @@ from dataclasses import dataclass
 from dataclasses import field
 
 import keras
-import numpy as np
 
 from keras_ssl import data as ssl_data
-from keras_ssl.backbones import ResNet
 from keras_ssl.layers import ProjectionHead
 from keras_ssl.layers import Views
 from keras_ssl.models import Distiller
 from keras_ssl.models import FineTuner
 from keras_ssl.models import SimCLRv2Pretrainer
 from keras_ssl.recipes import datasets
+from keras_ssl.recipes.training import build_encoder
 from keras_ssl.recipes.training import fit_stage
 from keras_ssl.recipes.training import make_lars
+from keras_ssl.recipes.training import parse_overrides
 from keras_ssl.recipes.training import resolve_strategy
+from keras_ssl.recipes.training import steps_per_epoch
+from keras_ssl.recipes.training import test_accuracy
 
 STAGES = ("pretrain", "finetune", "distill")
 
@@ -214,32 +215,12 @@ class SimCLRv2Result:
         return "\n".join(lines)
 
 
-def _encoder(config, depth=None, width=None, synchronized_bn=False):
-    return ResNet(
-        depth=depth or config.depth,
-        width_multiplier=width or config.width_multiplier,
-        sk_ratio=config.sk_ratio,
-        stem=config.stem,
-        synchronized_bn=synchronized_bn,
-        input_shape=(config.image_size, config.image_size, 3),
-    )
-
-
 def _finetune_learning_rate(config):
     if config.finetune_learning_rate is not None:
         return config.finetune_learning_rate
     # §3.1: 0.005·√B for standard ResNets, 0.002·√B for wider or SK ones.
     wide = config.width_multiplier > 1 or config.sk_ratio > 0
     return 0.002 if wide else 0.005
-
-
-def _steps(config, num_examples, batch_size):
-    return config.steps_per_epoch or max(1, num_examples // batch_size)
-
-
-def _accuracy(model, x, y):
-    logits = model.predict(x, batch_size=256, verbose=0)
-    return float(np.mean(np.argmax(logits, -1) == y))
 
 
 def fit(
@@ -281,7 +262,7 @@ def fit(
     result = SimCLRv2Result(config=config, callbacks=tuple(callbacks))
     sync = strategy.num_replicas_in_sync > 1
     with strategy.scope():
-        encoder = _encoder(config, synchronized_bn=sync)
+        encoder = build_encoder(config, synchronized_bn=sync)
         head = ProjectionHead(
             num_layers=config.head_layers,
             output_dim=config.projection_dim,
@@ -323,7 +304,7 @@ def _pretrain(config, result, encoder, head, splits, labeled):
     )
     if "pretrain" not in config.stages:
         return model
-    steps = _steps(config, len(splits.x_train), config.batch_size)
+    steps = steps_per_epoch(config, len(splits.x_train), config.batch_size)
     total = steps * config.epochs
     model.compile(
         optimizer=make_lars(
@@ -369,7 +350,7 @@ def _finetune(config, result, encoder, head, splits, labeled):
     if "finetune" not in config.stages:
         return model
     batch = min(config.finetune_batch_size, len(labeled.y))
-    steps = _steps(config, len(labeled.y), batch)
+    steps = steps_per_epoch(config, len(labeled.y), batch)
     model.compile(
         optimizer=make_lars(
             _finetune_learning_rate(config),
@@ -391,7 +372,7 @@ def _finetune(config, result, encoder, head, splits, labeled):
         verbose=config.verbose,
         callbacks=result.callbacks,
     )
-    stage.metrics["test_accuracy"] = _accuracy(
+    stage.metrics["test_accuracy"] = test_accuracy(
         model, splits.x_test, splits.y_test
     )
     result.stages["finetune"] = stage
@@ -400,7 +381,7 @@ def _finetune(config, result, encoder, head, splits, labeled):
 
 def _distill(config, result, teacher, splits, labeled, sync):
     student = FineTuner(
-        _encoder(
+        build_encoder(
             config,
             depth=config.student_depth,
             width=config.student_width_multiplier,
@@ -416,7 +397,7 @@ def _distill(config, result, teacher, splits, labeled, sync):
         temperature=config.distill_temperature,
         alpha=config.distill_alpha,
     )
-    steps = _steps(config, len(splits.x_train), config.batch_size)
+    steps = steps_per_epoch(config, len(splits.x_train), config.batch_size)
     total = steps * config.distill_epochs
     model.compile(
         optimizer=make_lars(
@@ -447,7 +428,7 @@ def _distill(config, result, teacher, splits, labeled, sync):
         verbose=config.verbose,
         callbacks=result.callbacks,
     )
-    stage.metrics["test_accuracy"] = _accuracy(
+    stage.metrics["test_accuracy"] = test_accuracy(
         student, splits.x_test, splits.y_test
     )
     result.stages["distill"] = stage
@@ -457,14 +438,14 @@ def _distill(config, result, teacher, splits, labeled, sync):
 def _baseline(config, result, splits, labeled, sync):
     """The same network trained from scratch on the same labels."""
     model = FineTuner(
-        _encoder(config, synchronized_bn=sync),
+        build_encoder(config, synchronized_bn=sync),
         num_classes=splits.num_classes,
         ft_layer=0,
         seed=config.seed,
     )
     # The fine-tuning optimizer, so that only the initialisation differs.
     batch = min(config.finetune_batch_size, len(labeled.y))
-    steps = _steps(config, len(labeled.y), batch)
+    steps = steps_per_epoch(config, len(labeled.y), batch)
     model.compile(
         optimizer=make_lars(
             config.baseline_learning_rate or _finetune_learning_rate(config),
@@ -486,51 +467,26 @@ def _baseline(config, result, splits, labeled, sync):
         verbose=config.verbose,
         callbacks=result.callbacks,
     )
-    stage.metrics["test_accuracy"] = _accuracy(
+    stage.metrics["test_accuracy"] = test_accuracy(
         model, splits.x_test, splits.y_test
     )
     result.stages["baseline"] = stage
 
 
 def _parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m keras_ssl.recipes.simclrv2",
-        description="SimCLRv2: pretrain, fine-tune, distill, export.",
+    return parse_overrides(
+        SimCLRv2Config,
+        ("digits", "cifar10", "imagenet"),
+        STAGES,
+        "python -m keras_ssl.recipes.simclrv2",
+        argv,
     )
-    parser.add_argument(
-        "--preset", default="digits", choices=("digits", "cifar10", "imagenet")
-    )
-    for f in dataclasses.fields(SimCLRv2Config):
-        if f.name in ("stages", "extra", "crop_scale"):
-            continue
-        annotation = str(f.type)
-        kind = str
-        for candidate in (bool, float, int):
-            if candidate.__name__ in annotation:
-                kind = candidate
-                break
-        parser.add_argument(f"--{f.name}", type=_parser_type(kind))
-    parser.add_argument("--stages", nargs="+", choices=STAGES)
-    parser.add_argument(
-        "--crop_scale", nargs=2, type=float, metavar=("MIN", "MAX")
-    )
-    return parser.parse_args(argv)
-
-
-def _parser_type(kind):
-    if kind is bool:
-        return lambda text: text.lower() in ("1", "true", "yes")
-    if kind in (int, float):
-        return lambda text: None if text.lower() == "none" else kind(text)
-    return lambda text: None if text.lower() == "none" else text
 
 
 def main(argv=None):
     args = vars(_parse_args(argv))
     preset = getattr(SimCLRv2Config, args.pop("preset"))
     overrides = {k: v for k, v in args.items() if v is not None}
-    if "stages" in overrides:
-        overrides["stages"] = tuple(overrides["stages"])
     result = fit(preset(), **overrides)
     print(f"\nSimCLRv2 on {result.config.dataset} ({result.seconds:.0f} s):")
     print(result.summary())

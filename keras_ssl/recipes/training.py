@@ -1,12 +1,16 @@
 """What every recipe stage needs: strategy, optimizer, resumable fit."""
 
+import argparse
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
 from dataclasses import field
 
 import keras
+import numpy as np
 
+from keras_ssl.backbones import ResNet
 from keras_ssl.optimizers import LARS
 from keras_ssl.optimizers import WarmupCosineDecay
 from keras_ssl.optimizers import scale_learning_rate
@@ -173,3 +177,65 @@ def _resume_stream(data, backup_dir, steps_per_epoch):
     with open(metadata) as f:
         epoch = json.load(f)["epoch"]
     return _Offset(data, epoch * steps_per_epoch) if epoch else data
+
+
+def build_encoder(
+    config, depth=None, width=None, synchronized_bn=False, any_size=False
+):
+    """The config's ResNet (or another depth / width, for students).
+
+    With `any_size` the input side is left open, for multi-crop methods
+    whose small views have another resolution.
+    """
+    side = None if any_size else config.image_size
+    return ResNet(
+        depth=depth or config.depth,
+        width_multiplier=width or config.width_multiplier,
+        sk_ratio=config.sk_ratio,
+        stem=config.stem,
+        synchronized_bn=synchronized_bn,
+        input_shape=(side, side, 3),
+    )
+
+
+def steps_per_epoch(config, num_examples, batch_size):
+    """`config.steps_per_epoch`, else one pass over the examples."""
+    return config.steps_per_epoch or max(1, num_examples // batch_size)
+
+
+def test_accuracy(model, x, y):
+    """Top-1 accuracy of a classifier's logits on `(x, y)`."""
+    logits = model.predict(x, batch_size=256, verbose=0)
+    return float(np.mean(np.argmax(logits, -1) == y))
+
+
+def parse_overrides(config_cls, presets, stages, prog, argv=None):
+    """A command line with `--preset` and one flag per config field."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--preset", default=presets[0], choices=presets)
+    for f in dataclasses.fields(config_cls):
+        if f.name in ("stages", "extra", "crop_scale"):
+            continue
+        annotation = str(f.type)
+        kind = str
+        for candidate in (bool, float, int):
+            if candidate.__name__ in annotation:
+                kind = candidate
+                break
+        parser.add_argument(f"--{f.name}", type=_parser_type(kind))
+    parser.add_argument("--stages", nargs="+", choices=stages, type=str)
+    parser.add_argument(
+        "--crop_scale", nargs=2, type=float, metavar=("MIN", "MAX")
+    )
+    args = parser.parse_args(argv)
+    if args.stages is not None:
+        args.stages = tuple(args.stages)
+    return args
+
+
+def _parser_type(kind):
+    if kind is bool:
+        return lambda text: text.lower() in ("1", "true", "yes")
+    if kind in (int, float):
+        return lambda text: None if text.lower() == "none" else kind(text)
+    return lambda text: None if text.lower() == "none" else text

@@ -97,3 +97,33 @@ class TestSimCLRv2Recipe:
 def test_bad_config_fails_before_training(overrides, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         simclrv2.fit(output_dir=str(tmp_path), **dict(TINY, **overrides))
+
+
+def test_command_line_parses_typed_overrides():
+    args = simclrv2._parse_args(
+        [
+            "--preset",
+            "cifar10",
+            "--epochs",
+            "3",
+            "--finetune_learning_rate",
+            "0.05",
+            "--export",
+            "false",
+            "--student_depth",
+            "none",
+            "--crop_scale",
+            "0.2",
+            "1.0",
+            "--stages",
+            "pretrain",
+            "finetune",
+        ]
+    )
+    assert args.preset == "cifar10"
+    assert args.epochs == 3
+    assert args.finetune_learning_rate == 0.05
+    assert args.export is False
+    assert args.student_depth is None
+    assert args.crop_scale == [0.2, 1.0]
+    assert args.stages == ("pretrain", "finetune")
