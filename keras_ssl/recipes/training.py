@@ -147,6 +147,28 @@ def _build_optimizer(model):
         model.optimizer.build(model.trainable_variables)
 
 
+def _resume_stream(data, backup_dir, steps_per_epoch):
+    """The stream as `fit()` should see it, past the batches an interrupted
+    run already trained on.
+
+    The recipes' streams are infinite and batch `i` depends on `i` alone,
+    so a resumed run sees exactly the batches the uninterrupted run would.
+    On TensorFlow the stream becomes a `tf.data.Dataset`, which also gives
+    its batches a static shape.
+    """
+    offset = 0
+    metadata = os.path.join(backup_dir, "training_metadata.json")
+    if os.path.exists(metadata) and steps_per_epoch:
+        with open(metadata) as f:
+            offset = json.load(f)["epoch"] * steps_per_epoch
+    if getattr(data, "num_batches", 0) is not None:
+        return data
+    if keras.backend.backend() == "tensorflow":
+        dataset = data.to_tf_dataset()
+        return dataset.skip(offset) if offset else dataset
+    return _Offset(data, offset) if offset else data
+
+
 class _Offset(keras.utils.PyDataset):
     """An infinite stream started `offset` batches in."""
 
@@ -161,22 +183,6 @@ class _Offset(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         return self.stream[index + self.offset]
-
-
-def _resume_stream(data, backup_dir, steps_per_epoch):
-    """Skips the batches an interrupted run already trained on.
-
-    The recipes' streams are infinite and batch `i` depends on `i` alone,
-    so a resumed run sees exactly the batches the uninterrupted run would.
-    """
-    metadata = os.path.join(backup_dir, "training_metadata.json")
-    if not os.path.exists(metadata) or not steps_per_epoch:
-        return data
-    if getattr(data, "num_batches", 0) is not None:
-        return data
-    with open(metadata) as f:
-        epoch = json.load(f)["epoch"]
-    return _Offset(data, epoch * steps_per_epoch) if epoch else data
 
 
 def build_encoder(

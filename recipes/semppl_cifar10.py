@@ -1,0 +1,23 @@
+"""SemPPL on CIFAR-10 with 4,000 labels.
+
+Command (CIFAR-10 as `train.npz`/`test.npz` with keys `x`, `y` in DATA_DIR,
+or no `--data_dir` to let TensorFlow Datasets download it):
+
+    python recipes/semppl_cifar10.py --data_dir DATA_DIR
+
+Hardware and time: the SemPPL paper reports ImageNet only; this preset
+(CIFAR-stem ResNet-18, two 32-px views, batch 256 + 64 labeled, 200
+epochs) is ours and takes several GPU hours. On a 2-core CPU use
+`--width_multiplier 0.25 --epochs 1 --steps_per_epoch 50`.
+
+Expected accuracy: no published CIFAR-10 number exists for SemPPL and no
+full run has been made with this code; what has been measured is in
+docs/benchmarks.md.
+"""
+
+import sys
+
+from keras_ssl.recipes import semppl
+
+if __name__ == "__main__":
+    semppl.main(["--preset", "cifar10", *sys.argv[1:]])
