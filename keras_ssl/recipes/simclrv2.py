@@ -334,6 +334,10 @@ def _pretrain(config, result, encoder, head, splits, labeled):
         verbose=config.verbose,
         callbacks=result.callbacks,
     )
+    # The last epoch's monitors, for the summary.
+    for name in ("contrastive_accuracy", "probe_accuracy"):
+        if stage.history.get(name):
+            stage.metrics[name] = stage.history[name][-1]
     result.stages["pretrain"] = stage
     return model
 
