@@ -17,17 +17,18 @@ import keras
 from keras_ssl import data as ssl_data
 from keras_ssl.evaluation import KNNClassifier
 from keras_ssl.evaluation import embed
-from keras_ssl.layers import Views
 from keras_ssl.models import FineTuner
 from keras_ssl.models import SemPPLPretrainer
 from keras_ssl.recipes import datasets
+from keras_ssl.recipes.training import RecipeResult
 from keras_ssl.recipes.training import build_encoder
+from keras_ssl.recipes.training import build_views
 from keras_ssl.recipes.training import fit_stage
 from keras_ssl.recipes.training import make_lars
 from keras_ssl.recipes.training import parse_overrides
 from keras_ssl.recipes.training import resolve_strategy
 from keras_ssl.recipes.training import steps_per_epoch
-from keras_ssl.recipes.training import test_accuracy
+from keras_ssl.recipes.training import train_classifier
 
 STAGES = ("pretrain", "finetune")
 
@@ -138,25 +139,8 @@ class SemPPLConfig:
             )
 
 
-@dataclass
-class SemPPLResult:
+class SemPPLResult(RecipeResult):
     """What `fit()` returns: one `StageResult` per stage, and paths."""
-
-    config: SemPPLConfig
-    stages: dict = field(default_factory=dict)
-    export_path: str | None = None
-    seconds: float = 0.0
-    models: dict = field(default_factory=dict, repr=False)
-    callbacks: tuple = field(default=(), repr=False)
-
-    def summary(self) -> str:
-        lines = []
-        for name, stage in self.stages.items():
-            metrics = ", ".join(
-                f"{k}={v:.4f}" for k, v in sorted(stage.metrics.items())
-            )
-            lines.append(f"{name:>9}: {metrics}")
-        return "\n".join(lines)
 
 
 def knn_accuracy(model, splits, num_train=10000):
@@ -168,16 +152,6 @@ def knn_accuracy(model, splits, num_train=10000):
     knn = KNNClassifier(k=200, temperature=0.1, num_classes=splits.num_classes)
     knn.fit(train, splits.y_train[:num_train])
     return knn.evaluate(test, splits.y_test)
-
-
-def _views(config):
-    specs = Views.preset_specs(config.views, size=config.image_size)
-    if config.crop_scale is not None:
-        specs = [
-            dataclasses.replace(spec, scale=tuple(config.crop_scale))
-            for spec in specs
-        ]
-    return Views(specs, seed=config.seed)
 
 
 def fit(config=None, *, strategy=None, callbacks=(), **overrides):
@@ -220,7 +194,7 @@ def fit(config=None, *, strategy=None, callbacks=(), **overrides):
         model = SemPPLPretrainer(
             build_encoder(config, synchronized_bn=sync, any_size=True),
             num_classes=splits.num_classes,
-            views=_views(config),
+            views=build_views(config),
             queue_size=config.queue_multiplier * total_batch,
             k=config.k,
             num_semantic_positives=config.num_semantic_positives,
@@ -290,34 +264,17 @@ def _finetune(config, result, pretrainer, splits, labeled):
         image_size=config.image_size,
         seed=config.seed,
     )
-    batch = min(256, len(labeled.y))
-    steps = steps_per_epoch(config, len(labeled.y), batch)
-    model.compile(
-        optimizer=make_lars(
-            config.finetune_learning_rate,
-            batch,
-            "sqrt",
-            total_steps=steps * config.finetune_epochs,
-        )
-    )
-    stream = ssl_data.from_arrays(
-        labeled.x, labeled.y, batch_size=batch, seed=config.seed, repeat=True
-    )
-    stage = fit_stage(
+    return train_classifier(
         "finetune",
         model,
-        stream,
+        config,
+        result,
+        splits,
+        labeled,
+        learning_rate=config.finetune_learning_rate,
         epochs=config.finetune_epochs,
-        steps_per_epoch=steps,
-        output_dir=config.output_dir,
-        verbose=config.verbose,
-        callbacks=result.callbacks,
+        batch_size=256,
     )
-    stage.metrics["test_accuracy"] = test_accuracy(
-        model, splits.x_test, splits.y_test
-    )
-    result.stages["finetune"] = stage
-    return model
 
 
 def main(argv=None):

@@ -18,18 +18,20 @@ import keras
 
 from keras_ssl import data as ssl_data
 from keras_ssl.layers import ProjectionHead
-from keras_ssl.layers import Views
 from keras_ssl.models import Distiller
 from keras_ssl.models import FineTuner
 from keras_ssl.models import SimCLRv2Pretrainer
 from keras_ssl.recipes import datasets
+from keras_ssl.recipes.training import RecipeResult
 from keras_ssl.recipes.training import build_encoder
+from keras_ssl.recipes.training import build_views
 from keras_ssl.recipes.training import fit_stage
 from keras_ssl.recipes.training import make_lars
 from keras_ssl.recipes.training import parse_overrides
 from keras_ssl.recipes.training import resolve_strategy
 from keras_ssl.recipes.training import steps_per_epoch
 from keras_ssl.recipes.training import test_accuracy
+from keras_ssl.recipes.training import train_classifier
 
 STAGES = ("pretrain", "finetune", "distill")
 
@@ -194,25 +196,8 @@ class SimCLRv2Config:
             )
 
 
-@dataclass
-class SimCLRv2Result:
+class SimCLRv2Result(RecipeResult):
     """What `fit()` returns: one `StageResult` per stage, and paths."""
-
-    config: SimCLRv2Config
-    stages: dict = field(default_factory=dict)
-    export_path: str | None = None
-    seconds: float = 0.0
-    models: dict = field(default_factory=dict, repr=False)
-    callbacks: tuple = field(default=(), repr=False)
-
-    def summary(self) -> str:
-        lines = []
-        for name, stage in self.stages.items():
-            metrics = ", ".join(
-                f"{k}={v:.4f}" for k, v in sorted(stage.metrics.items())
-            )
-            lines.append(f"{name:>9}: {metrics}")
-        return "\n".join(lines)
 
 
 def _finetune_learning_rate(config):
@@ -286,17 +271,10 @@ def fit(
 
 
 def _pretrain(config, result, encoder, head, splits, labeled):
-    specs = Views.preset_specs(config.views, size=config.image_size)
-    if config.crop_scale is not None:
-        specs = [
-            dataclasses.replace(spec, scale=tuple(config.crop_scale))
-            for spec in specs
-        ]
-    views = Views(specs, seed=config.seed)
     model = SimCLRv2Pretrainer(
         encoder,
         head=head,
-        views=views,
+        views=build_views(config),
         temperature=config.temperature,
         memory_size=config.memory_size,
         momentum=config.memory_momentum,
@@ -353,34 +331,17 @@ def _finetune(config, result, encoder, head, splits, labeled):
     )
     if "finetune" not in config.stages:
         return model
-    batch = min(config.finetune_batch_size, len(labeled.y))
-    steps = steps_per_epoch(config, len(labeled.y), batch)
-    model.compile(
-        optimizer=make_lars(
-            _finetune_learning_rate(config),
-            batch,
-            "sqrt",
-            total_steps=steps * config.finetune_epochs,
-        )
-    )
-    stream = ssl_data.from_arrays(
-        labeled.x, labeled.y, batch_size=batch, seed=config.seed, repeat=True
-    )
-    stage = fit_stage(
+    return train_classifier(
         "finetune",
         model,
-        stream,
+        config,
+        result,
+        splits,
+        labeled,
+        learning_rate=_finetune_learning_rate(config),
         epochs=config.finetune_epochs,
-        steps_per_epoch=steps,
-        output_dir=config.output_dir,
-        verbose=config.verbose,
-        callbacks=result.callbacks,
+        batch_size=config.finetune_batch_size,
     )
-    stage.metrics["test_accuracy"] = test_accuracy(
-        model, splits.x_test, splits.y_test
-    )
-    result.stages["finetune"] = stage
-    return model
 
 
 def _distill(config, result, teacher, splits, labeled, sync):
@@ -448,33 +409,19 @@ def _baseline(config, result, splits, labeled, sync):
         seed=config.seed,
     )
     # The fine-tuning optimizer, so that only the initialisation differs.
-    batch = min(config.finetune_batch_size, len(labeled.y))
-    steps = steps_per_epoch(config, len(labeled.y), batch)
-    model.compile(
-        optimizer=make_lars(
-            config.baseline_learning_rate or _finetune_learning_rate(config),
-            batch,
-            "sqrt",
-            total_steps=steps * config.baseline_epochs,
-        )
-    )
-    stream = ssl_data.from_arrays(
-        labeled.x, labeled.y, batch_size=batch, seed=config.seed, repeat=True
-    )
-    stage = fit_stage(
+    train_classifier(
         "baseline",
         model,
-        stream,
+        config,
+        result,
+        splits,
+        labeled,
+        learning_rate=(
+            config.baseline_learning_rate or _finetune_learning_rate(config)
+        ),
         epochs=config.baseline_epochs,
-        steps_per_epoch=steps,
-        output_dir=config.output_dir,
-        verbose=config.verbose,
-        callbacks=result.callbacks,
+        batch_size=config.finetune_batch_size,
     )
-    stage.metrics["test_accuracy"] = test_accuracy(
-        model, splits.x_test, splits.y_test
-    )
-    result.stages["baseline"] = stage
 
 
 def _parse_args(argv=None):

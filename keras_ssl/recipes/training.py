@@ -10,7 +10,9 @@ from dataclasses import field
 import keras
 import numpy as np
 
+from keras_ssl import data as ssl_data
 from keras_ssl.backbones import ResNet
+from keras_ssl.layers import Views
 from keras_ssl.optimizers import LARS
 from keras_ssl.optimizers import WarmupCosineDecay
 from keras_ssl.optimizers import scale_learning_rate
@@ -33,6 +35,35 @@ class StageResult:
     metrics: dict = field(default_factory=dict)
     weights_path: str = ""
     log_dir: str = ""
+
+
+@dataclass
+class RecipeResult:
+    """What a recipe's `fit()` returns.
+
+    Attributes:
+        config: the config that ran, overrides applied.
+        stages: dict of stage name to `StageResult`, in run order.
+        export_path: str or `None`. The SavedModel, when exported.
+        seconds: float. Wall time of the whole run.
+        models: dict of the trained Keras models by role.
+    """
+
+    config: object
+    stages: dict = field(default_factory=dict)
+    export_path: str | None = None
+    seconds: float = 0.0
+    models: dict = field(default_factory=dict, repr=False)
+    callbacks: tuple = field(default=(), repr=False)
+
+    def summary(self) -> str:
+        lines = []
+        for name, stage in self.stages.items():
+            metrics = ", ".join(
+                f"{k}={v:.4f}" for k, v in sorted(stage.metrics.items())
+            )
+            lines.append(f"{name:>9}: {metrics}")
+        return "\n".join(lines)
 
 
 def resolve_strategy(strategy, global_batch_sizes):
@@ -202,6 +233,62 @@ def build_encoder(
         synchronized_bn=synchronized_bn,
         input_shape=(side, side, 3),
     )
+
+
+def build_views(config):
+    """The config's `Views` preset, with its crop scale if it sets one."""
+    specs = Views.preset_specs(config.views, size=config.image_size)
+    if config.crop_scale is not None:
+        specs = [
+            dataclasses.replace(spec, scale=tuple(config.crop_scale))
+            for spec in specs
+        ]
+    return Views(specs, seed=config.seed)
+
+
+def train_classifier(
+    name,
+    model,
+    config,
+    result,
+    splits,
+    labeled,
+    *,
+    learning_rate,
+    epochs,
+    batch_size,
+):
+    """Trains a classifier on the labeled subset and tests it.
+
+    SimCLRv2's fine-tuning optimizer (§3.1): LARS at `learning_rate·√B`,
+    cosine decay, no warm-up and no weight decay. Records the stage, with
+    its test accuracy, in `result.stages[name]`.
+    """
+    batch = min(batch_size, len(labeled.y))
+    steps = steps_per_epoch(config, len(labeled.y), batch)
+    model.compile(
+        optimizer=make_lars(
+            learning_rate, batch, "sqrt", total_steps=steps * epochs
+        )
+    )
+    stream = ssl_data.from_arrays(
+        labeled.x, labeled.y, batch_size=batch, seed=config.seed, repeat=True
+    )
+    stage = fit_stage(
+        name,
+        model,
+        stream,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        output_dir=config.output_dir,
+        verbose=config.verbose,
+        callbacks=result.callbacks,
+    )
+    stage.metrics["test_accuracy"] = test_accuracy(
+        model, splits.x_test, splits.y_test
+    )
+    result.stages[name] = stage
+    return model
 
 
 def steps_per_epoch(config, num_examples, batch_size):
