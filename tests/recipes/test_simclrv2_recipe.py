@@ -127,3 +127,24 @@ def test_command_line_parses_typed_overrides():
     assert args.student_depth is None
     assert args.crop_scale == [0.2, 1.0]
     assert args.stages == ("pretrain", "finetune")
+
+
+@pytest.mark.distributed
+def test_batch_not_divisible_by_replicas_is_rejected():
+    from keras_ssl.testing import run_in_subprocess
+
+    result = run_in_subprocess(
+        """
+        from keras_ssl.recipes import simclrv2
+        strategy = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+        try:
+            simclrv2.fit(strategy=strategy, batch_size=15, verbose=0,
+                         output_dir="/tmp/never_written")
+            message = None
+        except ValueError as error:
+            message = str(error)
+        emit(message=message)
+        """
+    )
+    assert "batch_size=15" in result["message"]
+    assert "replicas (2)" in result["message"]
