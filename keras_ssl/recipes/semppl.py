@@ -12,20 +12,18 @@ import time
 from dataclasses import dataclass
 from dataclasses import field
 
-import keras
-
 from keras_ssl import data as ssl_data
 from keras_ssl.evaluation import KNNClassifier
 from keras_ssl.evaluation import embed
 from keras_ssl.models import FineTuner
 from keras_ssl.models import SemPPLPretrainer
-from keras_ssl.recipes import datasets
 from keras_ssl.recipes.training import RecipeResult
 from keras_ssl.recipes.training import build_encoder
 from keras_ssl.recipes.training import build_views
+from keras_ssl.recipes.training import config_from_command_line
 from keras_ssl.recipes.training import fit_stage
+from keras_ssl.recipes.training import load_data
 from keras_ssl.recipes.training import make_lars
-from keras_ssl.recipes.training import parse_overrides
 from keras_ssl.recipes.training import resolve_strategy
 from keras_ssl.recipes.training import steps_per_epoch
 from keras_ssl.recipes.training import train_classifier
@@ -176,17 +174,7 @@ def fit(config=None, *, strategy=None, callbacks=(), **overrides):
             "labeled_batch_size": config.labeled_batch_size,
         },
     )
-    keras.utils.set_random_seed(config.seed)
-    splits = datasets.load(
-        config.dataset, config.image_size, config.data_dir, config.seed
-    )
-    labeled = ssl_data.labeled_subset(
-        (splits.x_train, splits.y_train),
-        per_class=config.labeled_per_class,
-        fraction=config.labeled_fraction,
-        seed=config.seed,
-        num_classes=splits.num_classes,
-    )
+    splits, labeled = load_data(config)
     result = SemPPLResult(config=config, callbacks=tuple(callbacks))
     sync = strategy.num_replicas_in_sync > 1
     with strategy.scope():
@@ -278,18 +266,11 @@ def _finetune(config, result, pretrainer, splits, labeled):
 
 
 def main(argv=None):
-    args = vars(
-        parse_overrides(
-            SemPPLConfig,
-            ("digits", "cifar10", "imagenet"),
-            STAGES,
-            "python -m keras_ssl.recipes.semppl",
-            argv,
+    result = fit(
+        config_from_command_line(
+            SemPPLConfig, STAGES, "python -m keras_ssl.recipes.semppl", argv
         )
     )
-    preset = getattr(SemPPLConfig, args.pop("preset"))
-    overrides = {k: v for k, v in args.items() if v is not None}
-    result = fit(preset(), **overrides)
     print(f"\nSemPPL on {result.config.dataset} ({result.seconds:.0f} s):")
     print(result.summary())
     return result

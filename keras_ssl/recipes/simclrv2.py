@@ -14,18 +14,16 @@ import time
 from dataclasses import dataclass
 from dataclasses import field
 
-import keras
-
 from keras_ssl import data as ssl_data
 from keras_ssl.layers import ProjectionHead
 from keras_ssl.models import Distiller
 from keras_ssl.models import FineTuner
 from keras_ssl.models import SimCLRv2Pretrainer
-from keras_ssl.recipes import datasets
 from keras_ssl.recipes.training import RecipeResult
 from keras_ssl.recipes.training import build_encoder
 from keras_ssl.recipes.training import build_views
 from keras_ssl.recipes.training import fit_stage
+from keras_ssl.recipes.training import load_data
 from keras_ssl.recipes.training import make_lars
 from keras_ssl.recipes.training import parse_overrides
 from keras_ssl.recipes.training import resolve_strategy
@@ -233,17 +231,7 @@ def fit(
             "finetune_batch_size": config.finetune_batch_size,
         },
     )
-    keras.utils.set_random_seed(config.seed)
-    splits = datasets.load(
-        config.dataset, config.image_size, config.data_dir, config.seed
-    )
-    labeled = ssl_data.labeled_subset(
-        (splits.x_train, splits.y_train),
-        per_class=config.labeled_per_class,
-        fraction=config.labeled_fraction,
-        seed=config.seed,
-        num_classes=splits.num_classes,
-    )
+    splits, labeled = load_data(config)
     result = SimCLRv2Result(config=config, callbacks=tuple(callbacks))
     sync = strategy.num_replicas_in_sync > 1
     with strategy.scope():

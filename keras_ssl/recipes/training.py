@@ -235,6 +235,41 @@ def build_encoder(
     )
 
 
+def load_data(config):
+    """Seeds Keras, loads the config's data set and its labeled subset.
+
+    Returns:
+        `(splits, labeled)`: a `datasets.ArraySplits` and the
+        `keras_ssl.data.LabeledSubset` of its training images.
+    """
+    from keras_ssl.recipes import datasets
+
+    keras.utils.set_random_seed(config.seed)
+    splits = datasets.load(
+        config.dataset, config.image_size, config.data_dir, config.seed
+    )
+    labeled = ssl_data.labeled_subset(
+        (splits.x_train, splits.y_train),
+        per_class=config.labeled_per_class,
+        fraction=config.labeled_fraction,
+        seed=config.seed,
+        num_classes=splits.num_classes,
+    )
+    return splits, labeled
+
+
+def config_from_command_line(config_cls, stages, prog, argv=None):
+    """The preset named by `--preset` with the other flags applied."""
+    args = vars(
+        parse_overrides(
+            config_cls, ("digits", "cifar10", "imagenet"), stages, prog, argv
+        )
+    )
+    preset = getattr(config_cls, args.pop("preset"))
+    overrides = {k: v for k, v in args.items() if v is not None}
+    return dataclasses.replace(preset(), **overrides)
+
+
 def build_views(config):
     """The config's `Views` preset, with its crop scale if it sets one."""
     specs = Views.preset_specs(config.views, size=config.image_size)
