@@ -11,14 +11,24 @@ class SSLModel(keras.Model):
     A subclass implements `compute_ssl_loss(data, training)`, which returns
     the scalar loss of this replica's examples and a dict of values for the
     metric trackers named in `metric_names`, all written on `keras.ops`.
-    It may implement `after_step()` for updates that must follow the
-    optimizer step (none of the current methods need it: momentum encoders
-    are updated at the start of the next forward pass, as in MoCo).
+    State the method updates (momentum encoders, queues, BN statistics) is
+    assigned inside `compute_ssl_loss`; momentum encoders are updated at
+    the start of the next forward pass, as in MoCo, so nothing has to run
+    after the optimizer step.
 
     `train_step` only takes gradients, applies them and updates the
-    trackers. Under `tf.distribute` the optimizer sums the replicas'
-    gradients, so the loss is divided by the number of replicas first and
-    the sum is the gradient of the global mean.
+    trackers, with one variant per backend around the same
+    `compute_ssl_loss`:
+
+    - TensorFlow: a `GradientTape`. Under `tf.distribute` the optimizer
+      sums the replicas' gradients, so the loss is divided by the number
+      of replicas first and the sum is the gradient of the global mean.
+    - JAX: `jax.value_and_grad` of `compute_ssl_loss` run inside a
+      `keras.StatelessScope`, which collects every variable assignment as
+      new state. Under `keras.distribution.DataParallel` the jitted step
+      sees the global batch as one sharded array, so the loss is already
+      the global mean, batch statistics are global (synchronized BN for
+      free) and the `keras_ssl.distribute` helpers are the identity.
     """
 
     metric_names = ("loss",)
@@ -36,16 +46,28 @@ class SSLModel(keras.Model):
     def compute_ssl_loss(self, data, training=True):
         raise NotImplementedError
 
-    def after_step(self):
-        pass
-
-    def train_step(self, data):
+    def train_step(self, *args):
+        # Keras calls `train_step(data)` on TensorFlow and the stateless
+        # `train_step(state, data)` on JAX. Both run the same
+        # `compute_ssl_loss`: only the differentiation differs.
         backend = keras.backend.backend()
-        if backend != "tensorflow":
-            raise NotImplementedError(
-                f"{type(self).__name__}.train_step supports the TensorFlow "
-                f"backend. Received: backend={backend}"
-            )
+        if backend == "tensorflow":
+            return self._tensorflow_train_step(*args)
+        if backend == "jax":
+            return self._jax_train_step(*args)
+        raise NotImplementedError(
+            f"{type(self).__name__}.train_step supports the TensorFlow and "
+            f"JAX backends. Received: backend={backend}"
+        )
+
+    def test_step(self, *args):
+        if keras.backend.backend() == "jax":
+            return self._jax_test_step(*args)
+        (data,) = args
+        loss, logs = self.compute_ssl_loss(data, training=False)
+        return self.update_trackers(dict(logs, loss=loss))
+
+    def _tensorflow_train_step(self, data):
         import tensorflow as tf
 
         variables = self.trainable_variables
@@ -55,12 +77,65 @@ class SSLModel(keras.Model):
             scaled = self.optimizer.scale_loss(scaled)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
-        self.after_step()
         return self.update_trackers(dict(logs, loss=loss))
 
-    def test_step(self, data):
-        loss, logs = self.compute_ssl_loss(data, training=False)
-        return self.update_trackers(dict(logs, loss=loss))
+    def _stateless_ssl_loss(
+        self, trainable, non_trainable, data, training, optimizer_variables
+    ):
+        """`compute_ssl_loss` as a pure function of the variables' values.
+
+        Every assignment the method makes (BN moving statistics, momentum
+        weights, queues, seed generators) is caught by a `StatelessScope`
+        and returned as the new non-trainable values.
+        """
+        mapping = list(zip(self.trainable_variables, trainable))
+        mapping += list(zip(self.non_trainable_variables, non_trainable))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            loss, logs = self.compute_ssl_loss(data, training=training)
+        new_non_trainable = [
+            scope.get_current_value(v) for v in self.non_trainable_variables
+        ]
+        scaled = loss
+        if training and optimizer_variables is not None:
+            mapping = list(zip(self.optimizer.variables, optimizer_variables))
+            with keras.StatelessScope(state_mapping=mapping):
+                scaled = self.optimizer.scale_loss(loss)
+        return scaled, (loss, logs, new_non_trainable)
+
+    def _jax_train_step(self, state, data):
+        import jax
+
+        trainable, non_trainable, optimizer_variables, metrics = state
+        grad_fn = jax.value_and_grad(self._stateless_ssl_loss, has_aux=True)
+        (_, (loss, logs, non_trainable)), grads = grad_fn(
+            trainable, non_trainable, data, True, optimizer_variables
+        )
+        trainable, optimizer_variables = self.optimizer.stateless_apply(
+            optimizer_variables, grads, trainable
+        )
+        results, metrics = self._stateless_update_trackers(
+            metrics, dict(logs, loss=loss)
+        )
+        return results, (trainable, non_trainable, optimizer_variables, metrics)
+
+    def _jax_test_step(self, state, data):
+        trainable, non_trainable, metrics = state
+        _, (loss, logs, non_trainable) = self._stateless_ssl_loss(
+            trainable, non_trainable, data, False, None
+        )
+        results, metrics = self._stateless_update_trackers(
+            metrics, dict(logs, loss=loss)
+        )
+        return results, (trainable, non_trainable, metrics)
+
+    def _stateless_update_trackers(self, metrics_values, logs):
+        mapping = list(zip(self.metrics_variables, metrics_values))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            results = self.update_trackers(logs)
+        new_values = [
+            scope.get_current_value(v) for v in self.metrics_variables
+        ]
+        return results, new_values
 
     # Keras leaves `SeedGenerator` states out of saved weights. They are
     # saved here so that a run resumed from a checkpoint draws the same

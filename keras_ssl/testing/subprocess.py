@@ -1,8 +1,8 @@
 """Runs a snippet in a fresh Python process with several logical devices.
 
 Two `MirroredStrategy` runs in one process can collide in their collective
-ops, and the number of logical devices is fixed once TensorFlow starts, so
-every distributed test runs its own process.
+ops, and the number of logical devices is fixed once TensorFlow (or JAX)
+starts, so every distributed test runs its own process.
 """
 
 import json
@@ -11,17 +11,32 @@ import subprocess
 import sys
 import textwrap
 
-_PRELUDE = """
+_SETUP = {
+    "tensorflow": """
 import os
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import json
-import numpy as np
 import tensorflow as tf
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * {num_devices}
 )
+""",
+    # JAX reads the host device count from XLA_FLAGS when it starts.
+    "jax": """
+import os
+os.environ["KERAS_BACKEND"] = "jax"
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_force_host_platform_device_count={num_devices}"
+)
+import jax
+""",
+}
+
+_PRELUDE = """
+import json
+import numpy as np
 import keras
 
 
@@ -44,23 +59,36 @@ def emit(**values):
 
 
 def run_in_subprocess(
-    code: str, num_devices: int = 2, timeout: float = 600, env=None
+    code: str,
+    num_devices: int = 2,
+    timeout: float = 600,
+    env=None,
+    backend: str = "tensorflow",
 ) -> dict:
     """Runs `code` in a new interpreter and returns what it `emit()`-ted.
 
-    The snippet sees `np`, `tf`, `keras` and `emit(**values)`, with
-    `num_devices` logical CPU devices configured before TensorFlow starts.
+    The snippet sees `np`, `keras` and `emit(**values)`, and `tf` (with
+    `num_devices` logical CPU devices configured before TensorFlow starts)
+    or `jax` (with `num_devices` host devices), as `backend` says.
 
     Args:
         code: str. Python source; it calls `emit(name=value, ...)` once.
         num_devices: int. Logical CPU devices to create. Defaults to `2`.
         timeout: float. Seconds before the process is killed.
         env: optional dict of extra environment variables.
+        backend: `"tensorflow"` (default) or `"jax"`: the Keras backend
+            of the process.
 
     Returns:
         The dict passed to `emit`, with arrays as nested lists.
     """
-    source = _PRELUDE.format(num_devices=num_devices) + textwrap.dedent(code)
+    if backend not in _SETUP:
+        raise ValueError(
+            f"`backend` must be one of {sorted(_SETUP)}. "
+            f"Received: backend={backend!r}"
+        )
+    setup = _SETUP[backend].format(num_devices=num_devices)
+    source = setup + _PRELUDE.format() + textwrap.dedent(code)
     full_env = dict(os.environ, **(env or {}))
     result = subprocess.run(
         [sys.executable, "-c", source],

@@ -118,6 +118,7 @@ class TestArrayDataset(TestCase):
         np.testing.assert_array_equal(ds[0][1], y[:4])
 
     def test_to_tf_dataset_matches_numpy_batches(self, tiny):
+        pytest.importorskip("tensorflow")
         x, y = tiny
         ds = from_arrays(x, y, batch_size=16, seed=4)
         batches = list(ds.to_tf_dataset().as_numpy_iterator())
@@ -127,6 +128,7 @@ class TestArrayDataset(TestCase):
             np.testing.assert_array_equal(labels, ds[i][1])
 
     def test_to_tf_dataset_reshuffles_each_pass(self, tiny):
+        pytest.importorskip("tensorflow")
         x, _ = tiny
         tf_ds = from_arrays(x, batch_size=40, seed=4).to_tf_dataset()
         first = next(iter(tf_ds.as_numpy_iterator()))

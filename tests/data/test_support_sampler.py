@@ -123,6 +123,7 @@ class TestSupportSampler(TestCase):
         ]
 
     def test_to_tf_dataset_repeats_the_draws(self, tiny):
+        pytest.importorskip("tensorflow")
         x, y = tiny
         sampler = SupportSampler(x, y, classes_per_batch=2, images_per_class=2)
         batches = list(sampler.to_tf_dataset().take(3).as_numpy_iterator())

@@ -17,7 +17,7 @@ from tests.models.conftest import tiny_encoder
 
 BACKEND = keras.backend.backend()
 tf_only = pytest.mark.skipif(
-    BACKEND != "tensorflow", reason="SSLModel.train_step is TensorFlow-only"
+    BACKEND != "tensorflow", reason="feeds tf.data (JAX: test_jax_training.py)"
 )
 
 
