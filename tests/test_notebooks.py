@@ -20,7 +20,7 @@ def test_notebooks_are_up_to_date():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["simclrv2"])
+@pytest.mark.parametrize("name", ["simclrv2", "paws", "semppl"])
 def test_notebook_executes(name, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
@@ -43,4 +43,4 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
         if output.get("output_type") == "error"
     ]
     assert not errors
-    assert os.path.exists(tmp_path / "runs" / "notebook_simclrv2")
+    assert os.path.exists(tmp_path / "runs" / f"notebook_{name}")

@@ -21,6 +21,9 @@ class SemiSupervisedDataset(HostDataset):
     Each batch is a dict (the format the pretrainers' `train_step` reads):
 
     - `"unlabeled"`: uint8 `(unlabeled_batch_size, H, W, 3)`;
+    - `"unlabeled_labels"`: int32 `(unlabeled_batch_size,)`, the true labels
+      of the unlabeled images, when `unlabeled_labels` is given (for
+      monitoring pseudo-labels only; never train on them);
     - `"labeled"`: uint8 `(labeled_batch_size, H', W', 3)` and
       `"labels"`: int32 `(labeled_batch_size,)`, when labeled data is given;
     - `"support"`: uint8 `(C·I, H'', W'', 3)` and `"support_labels"`:
@@ -50,6 +53,7 @@ class SemiSupervisedDataset(HostDataset):
         seed: int = 0,
         repeat: bool = False,
         num_classes: int | None = None,
+        unlabeled_labels=None,
         **kwargs,
     ):
         self.unlabeled_images = as_uint8_images(unlabeled_images, "unlabeled")
@@ -63,6 +67,14 @@ class SemiSupervisedDataset(HostDataset):
             "unlabeled",
         )
         self.num_classes = check_num_classes(num_classes)
+        self.unlabeled_labels = None
+        if unlabeled_labels is not None:
+            self.unlabeled_labels = as_int32_labels(
+                unlabeled_labels,
+                len(self.unlabeled_images),
+                self.num_classes,
+                "unlabeled_labels",
+            )
         _check_labeled_args(labeled_images, labeled_batch_size)
         self.labeled_images = self.labels = None
         self.labeled_batch_size = None
@@ -114,6 +126,8 @@ class SemiSupervisedDataset(HostDataset):
             self.unlabeled_batch_size,
         )
         batch = {"unlabeled": self.unlabeled_images[rows]}
+        if self.unlabeled_labels is not None:
+            batch["unlabeled_labels"] = self.unlabeled_labels[rows]
         step = self.global_step(epoch, index)
         if self.labeled_images is not None:
             count = len(self.labeled_images)
@@ -180,6 +194,22 @@ def _unlabeled_source(unlabeled):
     return unlabeled
 
 
+def _unlabeled_labels(unlabeled):
+    """The labels of an array source of unlabeled images (monitoring)."""
+    labels = getattr(unlabeled, "y", None)
+    if labels is None and isinstance(unlabeled, (tuple, list)):
+        labels = unlabeled[1] if len(unlabeled) == 2 else None
+    if labels is None:
+        raise ValueError(
+            "`monitor_labels=True` needs the labels of the unlabeled "
+            "images: pass `unlabeled` as an `(images, labels)` pair, an "
+            "object with `.x` and `.y`, or a tf.data.Dataset of "
+            "`(image, label)` pairs or dicts. Received: unlabeled of type "
+            f"{type(unlabeled).__name__} without labels"
+        )
+    return labels
+
+
 def _labeled_source(labeled):
     """`(images, labels)` arrays, or a tf.data dataset, of a source."""
     if labeled is None or is_tf_dataset(labeled):
@@ -215,6 +245,7 @@ def semi_supervised(
     shuffle_buffer_size: int = 10_000,
     image_key: str = "image",
     label_key: str = "label",
+    monitor_labels: bool = False,
     **kwargs,
 ):
     """Zips unlabeled and labeled batches into the training stream.
@@ -225,6 +256,7 @@ def semi_supervised(
 
     ```
     {"unlabeled": uint8 (unlabeled_batch_size, H, W, 3),
+     "unlabeled_labels": int32 (unlabeled_batch_size,),  # monitor_labels
      "labeled":   uint8 (labeled_batch_size, H, W, 3),   # with `labeled`
      "labels":    int32 (labeled_batch_size,),           # with `labeled`
      "support":   uint8 (C·I, H, W, 3),                  # with `support`
@@ -252,8 +284,8 @@ def semi_supervised(
     Args:
         unlabeled: images `(N_u, H, W, 3)` (uint8, or float in [0, 1]); an
             `(x,)` / `(x, y)` pair or an object with `.x` (labels are
-            ignored); or a `tf.data.Dataset` of images, `(image, ...)`
-            tuples or dicts with `image_key`.
+            ignored unless `monitor_labels`); or a `tf.data.Dataset` of
+            images, `(image, ...)` tuples or dicts with `image_key`.
         labeled: optional `(images, labels)` pair, object with `.x` / `.y`
             (`ArrayDataset`, `LabeledSubset`), or a `tf.data.Dataset` of
             `(image, label)` pairs or dicts.
@@ -269,6 +301,11 @@ def semi_supervised(
         shuffle_buffer_size: int. tf.data path only. Defaults to `10000`.
         image_key: str. Image feature of dict elements (tf.data path).
         label_key: str. Label feature of dict elements (tf.data path).
+        monitor_labels: bool. Also yield the true labels of the unlabeled
+            images as `"unlabeled_labels"`, taken from an `(x, y)` pair,
+            an object with `.y` or a dataset with labels, for monitoring
+            only (e.g. `SemPPLPretrainer`'s pseudo-label precision and
+            recall); the models never train on them. Defaults to `False`.
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of
             `keras.utils.PyDataset` (NumPy path).
 
@@ -286,8 +323,12 @@ def semi_supervised(
     ```
     """
     _check_labeled_args(labeled, labeled_batch_size)
-    unlabeled = _unlabeled_source(unlabeled)
+    monitor_labels = bool(monitor_labels)
+    source, unlabeled = unlabeled, _unlabeled_source(unlabeled)
     labeled = _labeled_source(labeled)
+    unlabeled_labels = None
+    if monitor_labels and not is_tf_dataset(unlabeled):
+        unlabeled_labels = _unlabeled_labels(source)
     if not is_tf_dataset(unlabeled) and not is_tf_dataset(labeled):
         labeled_images, labels = labeled if labeled is not None else (None,) * 2
         return SemiSupervisedDataset(
@@ -301,11 +342,14 @@ def semi_supervised(
             seed=seed,
             repeat=repeat,
             num_classes=num_classes,
+            unlabeled_labels=unlabeled_labels,
             **kwargs,
         )
     return _semi_supervised_tf(
         unlabeled,
         labeled,
+        unlabeled_labels=unlabeled_labels,
+        monitor_labels=monitor_labels,
         unlabeled_batch_size=check_positive_int(
             unlabeled_batch_size, "unlabeled_batch_size"
         ),
@@ -326,6 +370,8 @@ def _semi_supervised_tf(
     unlabeled,
     labeled,
     *,
+    unlabeled_labels,
+    monitor_labels,
     unlabeled_batch_size,
     labeled_batch_size,
     support,
@@ -342,11 +388,19 @@ def _semi_supervised_tf(
     from keras_ssl.data._tf_elements import map_elements
 
     if not is_tf_dataset(unlabeled):
-        images = as_uint8_images(unlabeled, "unlabeled")
-        unlabeled = tf.data.Dataset.from_tensor_slices(images)
+        slices = as_uint8_images(unlabeled, "unlabeled")
+        if monitor_labels:
+            labels = as_int32_labels(
+                unlabeled_labels, len(slices), num_classes, "unlabeled_labels"
+            )
+            slices = (slices, labels)
+        unlabeled = tf.data.Dataset.from_tensor_slices(slices)
     unlabeled = map_elements(
-        unlabeled, element_parts(unlabeled, "unlabeled", False, *keys)
+        unlabeled,
+        element_parts(unlabeled, "unlabeled", monitor_labels, *keys),
     )
+    if monitor_labels and num_classes is not None:
+        unlabeled = unlabeled.map(_label_range_check(num_classes))
     if shuffle:
         unlabeled = unlabeled.shuffle(buffer, seed=seed)
     if repeat:
@@ -374,7 +428,11 @@ def _semi_supervised_tf(
         parts.append(_support_dataset(support, steps_per_pass))
 
     def to_dict(*batches):
-        batch = {"unlabeled": batches[0]}
+        if monitor_labels:
+            images, labels = batches[0]
+            batch = {"unlabeled": images, "unlabeled_labels": labels}
+        else:
+            batch = {"unlabeled": batches[0]}
         rest = list(batches[1:])
         if labeled is not None:
             batch["labeled"], batch["labels"] = rest.pop(0)

@@ -42,6 +42,13 @@ class SemPPLConfig:
     positives, 10 negatives, τ = 0.2, c = 0.3, λ = 5, α = 0.2, 300 epochs.
     Presets: `SemPPLConfig.imagenet()`, `.cifar10()` (4,000 labels) and
     `.digits()` (small, no download).
+
+    With `monitor_pseudo_labels` (the default) the stream also carries the
+    true labels of the unlabeled training images, when the data set has
+    them, so the pretraining history holds the pseudo-labels' accuracy and
+    their precision and recall at Fig. 3's voting thresholds
+    (`pseudo_label_precision_{25,50,75,100}`, `pseudo_label_recall_*`).
+    They are for monitoring only: the loss never sees them.
     """
 
     dataset: str = "tfds:imagenet2012"
@@ -70,6 +77,7 @@ class SemPPLConfig:
     invariance_scale: float = 5.0
     contrastive_scale: float = 0.3
     momentum: float = 0.996
+    monitor_pseudo_labels: bool = True
     finetune_epochs: int = 0
     finetune_learning_rate: float = 0.05
     stages: tuple = STAGES
@@ -224,23 +232,35 @@ def _pretrain(config, result, model, splits, labeled):
             weight_decay=config.weight_decay,
         )
     )
-    stream = ssl_data.semi_supervised(
-        splits.x_train,
-        (labeled.x, labeled.y),
-        unlabeled_batch_size=config.batch_size,
-        labeled_batch_size=config.labeled_batch_size,
-        seed=config.seed,
-        repeat=True,
-    )
     result.stages["pretrain"] = fit_stage(
         "pretrain",
         model,
-        stream,
+        pretrain_stream(config, splits, labeled),
         epochs=config.epochs,
         steps_per_epoch=steps,
         output_dir=config.output_dir,
         verbose=config.verbose,
         callbacks=result.callbacks,
+    )
+
+
+def pretrain_stream(config, splits, labeled):
+    """The infinite pretraining stream of `semi_supervised` dict batches.
+
+    The unlabeled images are all the training images (the paper's
+    unlabeled set includes the labeled ones). With
+    `config.monitor_pseudo_labels` and a labeled data set, batches also
+    carry `"unlabeled_labels"`, which `SemPPLPretrainer` only reports on.
+    """
+    monitor = config.monitor_pseudo_labels and splits.y_train is not None
+    return ssl_data.semi_supervised(
+        (splits.x_train, splits.y_train) if monitor else splits.x_train,
+        (labeled.x, labeled.y),
+        unlabeled_batch_size=config.batch_size,
+        labeled_batch_size=config.labeled_batch_size,
+        seed=config.seed,
+        repeat=True,
+        monitor_labels=monitor,
     )
 
 

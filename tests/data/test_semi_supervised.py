@@ -277,6 +277,84 @@ class TestSemiSupervised(TestCase):
         with pytest.raises(tf.errors.InvalidArgumentError, match="num_classes"):
             list(stream.as_numpy_iterator())
 
+    @pytest.mark.parametrize("source", ["pair", "object"])
+    def test_monitor_labels_yields_the_unlabeled_labels(self, tiny, source):
+        x, y = tiny
+        unlabeled = (x, y) if source == "pair" else from_arrays(x, y)
+        kwargs = dict(unlabeled_batch_size=8, labeled_batch_size=4, seed=3)
+        plain = semi_supervised(unlabeled, (x[:12], y[:12]), **kwargs)
+        stream = semi_supervised(
+            unlabeled, (x[:12], y[:12]), monitor_labels=True, **kwargs
+        )
+        assert "unlabeled_labels" not in plain[0]
+        stream.on_epoch_end()
+        plain.on_epoch_end()
+        for index in range(len(stream)):
+            batch = stream[index]
+            labels = batch["unlabeled_labels"]
+            assert labels.shape == (8,) and labels.dtype == np.int32
+            # The labels belong to the very images of the batch...
+            np.testing.assert_array_equal(
+                labels, y[_rows(batch["unlabeled"], x)]
+            )
+            # ... and monitoring changes nothing else in the stream.
+            for key, value in plain[index].items():
+                np.testing.assert_array_equal(batch[key], value)
+        dataset = stream.to_tf_dataset()
+        first = next(dataset.as_numpy_iterator())
+        np.testing.assert_array_equal(
+            first["unlabeled_labels"], y[_rows(first["unlabeled"], x)]
+        )
+
+    def test_monitor_labels_on_the_tf_data_path(self, tiny):
+        x, y = tiny
+        dicts = tf.data.Dataset.from_tensor_slices({"image": x, "label": y})
+        for unlabeled, labeled in (
+            (dicts, (x[:12], y[:12])),
+            ((x, y), tf.data.Dataset.from_tensor_slices((x[:12], y[:12]))),
+        ):
+            stream = semi_supervised(
+                unlabeled,
+                labeled,
+                unlabeled_batch_size=8,
+                labeled_batch_size=3,
+                monitor_labels=True,
+            )
+            spec = stream.element_spec["unlabeled_labels"]
+            assert spec == tf.TensorSpec((8,), tf.int32)
+            batches = list(stream.as_numpy_iterator())
+            assert len(batches) == 5
+            for batch in batches:
+                np.testing.assert_array_equal(
+                    batch["unlabeled_labels"],
+                    y[_rows(batch["unlabeled"], x)],
+                )
+
+    def test_monitor_labels_needs_labels(self, tiny):
+        x, y = tiny
+        kwargs = dict(unlabeled_batch_size=8, monitor_labels=True)
+        for unlabeled in (x, (x,), from_arrays(x)):
+            with pytest.raises(ValueError, match="monitor_labels=True"):
+                semi_supervised(unlabeled, **kwargs)
+        images = tf.data.Dataset.from_tensor_slices(x)
+        with pytest.raises(ValueError, match="pairs"):
+            semi_supervised(images, **kwargs)
+        with pytest.raises(ValueError, match="unlabeled_labels"):
+            semi_supervised((x, y), num_classes=3, **kwargs)
+        with pytest.raises(ValueError, match="unlabeled_labels"):
+            semi_supervised((x, y[:10]), **kwargs)
+        # On the tf.data path array labels are checked at once, dataset
+        # labels as they are read.
+        labeled = tf.data.Dataset.from_tensor_slices((x, y % 3))
+        with pytest.raises(ValueError, match="unlabeled_labels"):
+            semi_supervised(
+                (x, y), labeled, labeled_batch_size=2, num_classes=3, **kwargs
+            )
+        pairs = tf.data.Dataset.from_tensor_slices((x, y))
+        stream = semi_supervised(pairs, num_classes=3, **kwargs)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="num_classes"):
+            list(stream.as_numpy_iterator())
+
     @pytest.mark.parametrize("with_support", [False, True])
     def test_fit_consumes_the_dict_stream(self, tiny, with_support):
         x, y = tiny
