@@ -115,9 +115,12 @@ def make_stream(name, num_batches=2, seed=0):
         return semi_supervised(
             images, unlabeled_batch_size=8, support=sampler, shuffle=False
         )
+    # Labeled images distinct from the unlabeled ones: a duplicate would
+    # tie with the positive in the contrastive ranking.
+    labeled = make_images(4 * num_batches, seed + 1)
     return semi_supervised(
         images,
-        (images[: 4 * num_batches], labels[: 4 * num_batches]),
+        (labeled, labels[: 4 * num_batches]),
         unlabeled_batch_size=8,
         labeled_batch_size=4,
         shuffle=False,
