@@ -25,7 +25,7 @@ class SimCLRv2Pretrainer(SSLModel):
     `head` and minimises NT-Xent (SimCLRv2 eq. 1) with negatives from every
     replica. With `memory_size > 0` a momentum copy of encoder and head
     (EMA decay `momentum`, updated at the start of each step as in MoCo)
-    projects both views into a FIFO queue whose entries serve as extra
+    projects the views into a FIFO queue whose entries serve as extra
     negatives (SimCLRv2 §2: "a memory network (with a moving average of
     weights for stabilization) whose output will be buffered as negative
     examples"). Empty queue slots are masked out rather than filled with
@@ -53,6 +53,11 @@ class SimCLRv2Pretrainer(SSLModel):
             to 64K").
         momentum: float in [0, 1). EMA decay of the memory network.
             Defaults to `0.999`.
+        memory_views: 1 or 2. Views whose memory-network projections are
+            enqueued each step. `2` (default) keys both views, as a
+            symmetric loss suggests; `1` keys the first view only, as
+            MoCo's key encoder does, which halves the memory network's
+            forward cost (the queue then refreshes half as fast).
         num_classes: optional int. Classes of the online linear probe;
             `None` trains no probe. Defaults to `None`.
         **kwargs: base `keras.Model` arguments.
@@ -94,6 +99,7 @@ class SimCLRv2Pretrainer(SSLModel):
         memory_size=65536,
         momentum=0.999,
         num_classes=None,
+        memory_views=2,
         **kwargs,
     ):
         if not temperature > 0:
@@ -109,6 +115,11 @@ class SimCLRv2Pretrainer(SSLModel):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(
                 f"`momentum` must be in [0, 1). Received: momentum={momentum}"
+            )
+        if memory_views not in (1, 2):
+            raise ValueError(
+                "`memory_views` must be 1 or 2. Received: "
+                f"memory_views={memory_views}"
             )
         if num_classes is not None and (
             not isinstance(num_classes, int) or num_classes < 2
@@ -148,6 +159,7 @@ class SimCLRv2Pretrainer(SSLModel):
         self.memory_size = memory_size
         self.momentum = momentum
         self.num_classes = num_classes
+        self.memory_views = memory_views
         self.image_size = image_size
         self.built = True
 
@@ -187,7 +199,7 @@ class SimCLRv2Pretrainer(SSLModel):
         # Gathered view by view, so the queue receives all first views of
         # the global batch, then all second views, whatever the replicas.
         keys = []
-        for view in (view1, view2):
+        for view in (view1, view2)[: self.memory_views]:
             h = self.momentum_encoder(view, training=False)
             z = self.momentum_head(h, training=False)[-1]
             keys.append(distribute.all_gather(ops.stop_gradient(z)))
@@ -256,6 +268,7 @@ class SimCLRv2Pretrainer(SSLModel):
                 "memory_size": self.memory_size,
                 "momentum": self.momentum,
                 "num_classes": self.num_classes,
+                "memory_views": self.memory_views,
             }
         )
         return config

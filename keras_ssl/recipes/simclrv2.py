@@ -75,6 +75,7 @@ class SimCLRv2Config:
     temperature: float = 0.1
     memory_size: int = 65536
     memory_momentum: float = 0.999
+    memory_views: int = 2
     # Fine-tuning.
     ft_layer: int = 1
     finetune_batch_size: int = 1024
@@ -266,6 +267,7 @@ def _pretrain(config, result, encoder, head, splits, labeled):
         temperature=config.temperature,
         memory_size=config.memory_size,
         momentum=config.memory_momentum,
+        memory_views=config.memory_views,
         num_classes=splits.num_classes if config.labeled_batch_size else None,
     )
     if "pretrain" not in config.stages:

@@ -78,6 +78,18 @@ class TestSimCLRv2Pretrainer(TestCase):
         for actual, want in zip(model.momentum_encoder.weights, expected):
             self.assertAllClose(actual, want, atol=1e-6)
 
+    @pytest.mark.parametrize("memory_views", [1, 2])
+    def test_memory_views_sets_the_keys_per_step(self, batch, memory_views):
+        model = make_model(memory_size=50, memory_views=memory_views)
+        model.compile(optimizer="sgd")
+        model.train_on_batch(batch)
+        _, valid = model.queue.read()
+        # 12 images (8 unlabeled + 4 labeled) per view.
+        assert int(np.sum(keras.ops.convert_to_numpy(valid))) == (
+            12 * memory_views
+        )
+        assert model.get_config()["memory_views"] == memory_views
+
     def test_momentum_network_is_not_trained(self, batch):
         model = make_model()
         trainable = {id(v) for v in model.trainable_variables}
@@ -104,6 +116,7 @@ class TestSimCLRv2Pretrainer(TestCase):
             ({"memory_size": -1}, "memory_size=-1"),
             ({"momentum": 1.0}, "momentum=1.0"),
             ({"num_classes": 1}, "num_classes=1"),
+            ({"memory_views": 3}, "memory_views=3"),
         ],
     )
     def test_bad_arguments(self, kwargs, match):
