@@ -148,6 +148,9 @@ def fit_stage(
         with open(record) as f:
             result.history = json.load(f)
         return result
+    # Built here, the optimizer's variables exist before the first trace;
+    # built inside it, TensorFlow traces the training step twice.
+    _build_optimizer(model)
     backup_dir = os.path.join(stage_dir, "backup")
     data = _resume_stream(data, backup_dir, steps_per_epoch)
     callbacks = [
