@@ -259,7 +259,8 @@ class TestMemoryQueueCompiled(TestCase):
         result = run_in_subprocess(
             _JAX,
             num_devices=1,
-            env={"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"},
+            backend="jax",
+            env={"JAX_PLATFORMS": "cpu"},
         )
         assert result == {"backend": "jax", "ok": True}
 

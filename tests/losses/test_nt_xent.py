@@ -501,7 +501,8 @@ class TestNTXentJAX(TestCase):
                 mask=mask.tolist(),
             ),
             num_devices=1,
-            env={"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"},
+            backend="jax",
+            env={"JAX_PLATFORMS": "cpu"},
         )
         assert result["backend"] == "jax"
         assert result["grads_finite"]
