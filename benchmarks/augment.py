@@ -5,30 +5,39 @@ of 224 px per image: random resized crop, flip, colour distortion with random
 order, grayscale, blur with p = 0.5) made by
 
 - `keras_ssl.layers.Views.from_preset("simclr_imagenet")` on a batch of uint8
-  images, under `tf.function` with and without `jit_compile`, and
+  images, under `tf.function(jit_compile=True)` (and once without XLA), and
 - a per-image `tf.data.Dataset.map(num_parallel_calls=AUTOTUNE)` pipeline
   written with `tf.image` the way SimCLR's `data_util.py` does it
   (`sample_distorted_bounding_box` + crop + bicubic resize, random flip,
   `random_brightness/contrast/saturation/hue` in a random order with
   `tf.switch_case`, grayscale, blur by depthwise convolution, each applied
-  with `tf.cond` so an image only pays for what it gets).
+  with `tf.cond` so an image only pays for what it gets), batched after the
+  map and tuned as SimCLR's `data.py` tunes its training input
+  (`deterministic=False`, `experimental_slack=True`, prefetch AUTOTUNE).
 
-Both start from the same in-memory uint8 images, so no decoding is timed.
-It also reports the CIFAR presets (`simclr_cifar`, `paws_cifar`) for the
-batched layers. Run from the repository root:
+Both start from the same in-memory uint8 images, so no decoding is timed,
+and both leave their views as tensors, as a training step would use them.
+The compared pipelines run interleaved, `--rounds` times each, so
+that a change in the machine's load hits both; each round starts with
+`--warmup` untimed batches; each `tf.data` round starts a fresh iterator and
+deletes it after its timed batches, so that no background work leaks into
+the next measurement. It also reports the CIFAR presets (`simclr_cifar`
+against its baseline, and `paws_cifar`). Run from the repository root:
 
     KERAS_BACKEND=tensorflow python benchmarks/augment.py
 
 With `KERAS_BACKEND=jax` it times only the batched layers, under `jax.jit`
 on JAX's default device (a GPU where there is one), for every preset.
 
-`--batches` and `--batch-size` trade time for precision; the defaults take
-about 4 minutes on 2 CPU cores. Besides images/s it reports CPU milliseconds
-per image (process time over all threads), which stays comparable when other
-processes share the machine.
+`--batches`, `--rounds` and `--batch-size` trade time for precision; the
+defaults take about 2 minutes on 2 CPU cores. Besides images/s it reports CPU
+milliseconds per image (process time over all threads), which stays
+comparable when other processes share the machine, and the per-round
+speed-ups, whose spread shows how noisy the machine was.
 """
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -130,9 +139,16 @@ def tf_image_dataset(images, batch_size, size, strength, blur_p):
             tf_image_view(image, size, strength, blur_p),
         )
 
+    # SimCLR's data.py: non-deterministic order and slack for training,
+    # parallel map, batch after the map, prefetch.
+    options = tf.data.Options()
+    options.deterministic = False
+    options.experimental_slack = True
     ds = tf.data.Dataset.from_tensor_slices(images).repeat()
+    ds = ds.with_options(options)
     ds = ds.map(two_views, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(2)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 # --- timing ----------------------------------------------------------------
@@ -150,30 +166,86 @@ class _Timer:
         self.cpu = time.process_time() - self.cpu
 
 
-def _rates(n_images, n_views, timer):
+def _rates(n_images, n_views, wall, cpu):
     return {
-        "images_per_s": n_images / timer.wall,
-        "views_per_s": n_images * n_views / timer.wall,
+        "images_per_s": n_images / wall,
+        "views_per_s": n_images * n_views / wall,
         # CPU time per image, summed over threads: comparable even when
         # other processes share the cores.
-        "cpu_ms_per_image": 1e3 * timer.cpu / n_images,
+        "cpu_ms_per_image": 1e3 * cpu / n_images,
     }
 
 
-def time_batched(preset, images, batches, jit_compile):
-    """Throughput of `Views.from_preset(preset)` on one repeated batch."""
+def batched_window(preset, images, jit_compile, warmup=0):
+    """A function timing `batches` calls of `Views.from_preset(preset)`.
+
+    The layer is traced and compiled here, untimed; each window starts with
+    `warmup` untimed calls, as the `tf.data` windows do.
+    """
     views = Views.from_preset(preset, seed=0)
     fn = tf.function(lambda x: views(x, training=True), jit_compile=jit_compile)
     x = tf.constant(images)
-    with _Timer() as first:  # trace + compile
-        [v.numpy() for v in fn(x)]
-    with _Timer() as timer:
-        for _ in range(batches):
-            out = fn(x)
-            [v.numpy() for v in out]
-    result = _rates(batches * images.shape[0], len(out), timer)
-    result["first_call_s"] = first.wall
-    return result
+    n_views = len(views.specs)
+    fn(x)
+
+    def window(batches):
+        for _ in range(warmup):
+            fn(x)
+        # Eager calls on a CPU are synchronous: each call has made its
+        # views when it returns. They stay tensors, as in a training step
+        # (copying them to NumPy costs 0.1 ms per 224-px view).
+        with _Timer() as timer:
+            for _ in range(batches):
+                fn(x)
+        return batches * images.shape[0], n_views, timer
+
+    return window
+
+
+def tf_data_window(images, batch_size, size, strength, blur_p, warmup):
+    """A function timing `batches` batches of the per-image pipeline."""
+    ds = tf_image_dataset(images, batch_size, size, strength, blur_p)
+
+    def window(batches):
+        iterator = iter(ds)
+        # Untimed: the first batches pay for starting the workers and
+        # AUTOTUNE's ramp-up; after them the buffers are empty and the
+        # timed batches come at the steady-state rate.
+        for _ in range(warmup):
+            next(iterator)
+        # `next` returns once the batch is made; it stays tensors too.
+        with _Timer() as timer:
+            for _ in range(batches):
+                next(iterator)
+        # Deleting the iterator stops its workers, which would otherwise
+        # keep filling the buffers during the next measurement.
+        del iterator
+        gc.collect()
+        return batches * batch_size, 2, timer
+
+    return window
+
+
+def interleaved(windows, rounds, batches):
+    """Runs the named windows in turn, `rounds` times; totals and rounds."""
+    totals = {name: [0, 0, 0.0, 0.0] for name in windows}
+    per_round = {name: [] for name in windows}
+    for _ in range(rounds):
+        for name, window in windows.items():
+            n_images, n_views, timer = window(batches)
+            total = totals[name]
+            total[0] += n_images
+            total[1] = n_views
+            total[2] += timer.wall
+            total[3] += timer.cpu
+            per_round[name].append(
+                _rates(n_images, n_views, timer.wall, timer.cpu)
+            )
+    results = {}
+    for name, (n_images, n_views, wall, cpu) in totals.items():
+        results[name] = _rates(n_images, n_views, wall, cpu)
+        results[name]["rounds"] = per_round[name]
+    return results
 
 
 def time_batched_jax(preset, images, batches):
@@ -192,7 +264,7 @@ def time_batched_jax(preset, images, batches):
         for _ in range(batches):
             out, state = fn(state, x)
         jax.block_until_ready(out)
-    result = _rates(batches * images.shape[0], len(out), timer)
+    result = _rates(batches * images.shape[0], len(out), timer.wall, timer.cpu)
     result["first_call_s"] = first.wall
     return result
 
@@ -222,26 +294,27 @@ def main_jax(args, images, cifar):
     return results
 
 
-def time_tf_data(images, batch_size, batches, size, strength, blur_p):
-    """Throughput of the per-image `tf.data` pipeline."""
-    ds = tf_image_dataset(images, batch_size, size, strength, blur_p)
-    iterator = iter(ds)
-    # Drain what the workers and the prefetch buffer made while idle, so
-    # that the timed batches are produced at the steady-state rate.
-    for _ in range(3):
-        next(iterator)
-    with _Timer() as timer:
-        for _ in range(batches):
-            out = next(iterator)
-        [v.numpy() for v in out]
-    return _rates(batches * batch_size, 2, timer)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--batches", type=int, default=3)
-    parser.add_argument("--cifar-batches", type=int, default=10)
+    parser.add_argument(
+        "--batches", type=int, default=3, help="timed batches per round"
+    )
+    parser.add_argument(
+        "--cifar-batches", type=int, default=10, help="the same for CIFAR"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="interleaved rounds of each compared pipeline",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed batches at the start of each round",
+    )
     parser.add_argument(
         "--skip-eager-graph",
         action="store_true",
@@ -262,63 +335,103 @@ def main():
             with open(args.json, "w") as f:
                 json.dump(results, f, indent=2)
         return
+    # Several tf.functions are traced on purpose; no retracing warnings.
+    tf.get_logger().setLevel("ERROR")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     results = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
         "tensorflow": tf.__version__,
         "batch_size": args.batch_size,
+        "rounds": args.rounds,
         "load_average_at_start": load,
     }
     print(
         f"# {results['machine']}, TF {tf.__version__}, "
-        f"batch {args.batch_size}, load average {load:.1f}"
+        f"batch {args.batch_size}, {args.rounds} rounds, "
+        f"load average {load:.1f}"
     )
-    jits = (True,) if args.skip_eager_graph else (True, False)
-    rows = []
-
-    def record(key, name, result):
-        results[key] = result
-        rows.append((name, result))
-
-    r = time_tf_data(images, args.batch_size, args.batches, 224, 1.0, 0.5)
-    record("simclr_imagenet_tf_data", "simclr_imagenet, per-image tf.image", r)
-    for jit in jits:
-        r = time_batched("simclr_imagenet", images, args.batches, jit)
-        record(
-            f"simclr_imagenet_views_jit={jit}",
-            f"simclr_imagenet, Views, jit_compile={jit}",
-            r,
-        )
-    r = time_tf_data(cifar, args.batch_size, args.cifar_batches, 32, 0.5, 0)
-    record("simclr_cifar_tf_data", "simclr_cifar, per-image tf.image", r)
-    for preset in ("simclr_cifar", "paws_cifar"):
-        for jit in jits:
-            r = time_batched(preset, cifar, args.cifar_batches, jit)
-            record(
-                f"{preset}_views_jit={jit}",
-                f"{preset}, Views, jit_compile={jit}",
-                r,
+    size = args.batch_size
+    comparisons = {
+        "simclr_imagenet": interleaved(
+            {
+                "tf_data": tf_data_window(
+                    images, size, 224, 1.0, 0.5, args.warmup
+                ),
+                "views_jit=True": batched_window(
+                    "simclr_imagenet", images, True, args.warmup
+                ),
+            },
+            args.rounds,
+            args.batches,
+        ),
+        "simclr_cifar": interleaved(
+            {
+                "tf_data": tf_data_window(cifar, size, 32, 0.5, 0, args.warmup),
+                "views_jit=True": batched_window(
+                    "simclr_cifar", cifar, True, args.warmup
+                ),
+                "paws_cifar_views_jit=True": batched_window(
+                    "paws_cifar", cifar, True, args.warmup
+                ),
+            },
+            args.rounds,
+            args.cifar_batches,
+        ),
+    }
+    if not args.skip_eager_graph:
+        # Without XLA the layers are slow: one window, not interleaved.
+        for preset, x, batches in (
+            ("simclr_imagenet", images, 1),
+            ("simclr_cifar", cifar, args.cifar_batches),
+        ):
+            n_images, n_views, timer = batched_window(preset, x, False)(batches)
+            comparisons[preset]["views_jit=False"] = _rates(
+                n_images, n_views, timer.wall, timer.cpu
             )
 
     print(
         f"{'pipeline':46s} {'images/s':>9s} {'views/s':>9s} {'cpu ms/img':>10s}"
     )
-    for name, r in rows:
-        print(
-            f"{name:46s} {r['images_per_s']:9.1f} {r['views_per_s']:9.1f} "
-            f"{r['cpu_ms_per_image']:10.2f}"
-        )
-    for dataset in ("simclr_imagenet", "simclr_cifar"):
-        base = results[f"{dataset}_tf_data"]
-        for jit in jits:
-            ours = results[f"{dataset}_views_jit={jit}"]
+    for dataset, rows in comparisons.items():
+        for name, r in rows.items():
+            key = f"{dataset}_{name}".replace(
+                "simclr_cifar_paws_cifar", "paws_cifar"
+            )
+            results[key] = r
+            print(
+                f"{key:46s} {r['images_per_s']:9.1f} {r['views_per_s']:9.1f} "
+                f"{r['cpu_ms_per_image']:10.2f}"
+            )
+    for dataset, rows in comparisons.items():
+        base = rows["tf_data"]
+        for name in ("views_jit=True", "views_jit=False"):
+            if name not in rows:
+                continue
+            ours = rows[name]
             wall = ours["images_per_s"] / base["images_per_s"]
             cpu = base["cpu_ms_per_image"] / ours["cpu_ms_per_image"]
-            results[f"{dataset}_speedup_jit={jit}"] = {"wall": wall, "cpu": cpu}
-            print(
-                f"{dataset} speed-up per image, jit_compile={jit}: "
-                f"{wall:.2f}x (wall), {cpu:.2f}x (CPU time)"
+            speedup = {"wall": wall, "cpu": cpu}
+            line = (
+                f"{dataset} speed-up per image, {name}: {wall:.2f}x (wall), "
+                f"{cpu:.2f}x (CPU time)"
             )
+            if "rounds" in ours:
+                walls = [
+                    o["images_per_s"] / b["images_per_s"]
+                    for o, b in zip(ours["rounds"], base["rounds"])
+                ]
+                cpus = [
+                    b["cpu_ms_per_image"] / o["cpu_ms_per_image"]
+                    for o, b in zip(ours["rounds"], base["rounds"])
+                ]
+                speedup["wall_rounds"] = walls
+                speedup["cpu_rounds"] = cpus
+                line += (
+                    f"; rounds {min(walls):.2f}-{max(walls):.2f}x (wall), "
+                    f"{min(cpus):.2f}-{max(cpus):.2f}x (CPU)"
+                )
+            results[f"{dataset}_speedup_{name}"] = speedup
+            print(line)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -3,6 +3,7 @@
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_ssl.layers.color_distortion import _check_probability
@@ -36,33 +37,54 @@ def gaussian_kernel(sigma, radius):
     return weights / ops.sum(weights, axis=1, keepdims=True)
 
 
-def _blur_axis(images, sigma, radius, axis):
-    """Blurs (B, H, W, C) `images` along `axis` (1 or 2), reflect padding.
+def _reflect_index(length, radius):
+    """Indices of `length` samples padded by `radius` on each side, by
+    reflection (`np.pad(..., mode="reflect")`), as an int32 vector."""
+    index = np.arange(-radius, length + radius)
+    index = np.abs(index)
+    index = np.where(index >= length, 2 * (length - 1) - index, index)
+    return ops.convert_to_tensor(index.astype("int32"))
 
-    Width and channels are merged, so that every shifted copy is a
-    contiguous slice of a (B, H, W * C) tensor: one fused loop under XLA.
+
+def _blur_padded(padded, weights, radius, length, step):
+    """Blurs (N, L, M) `padded` along axis 1 (`step=None`) or along axis 2,
+    where taps are `step` elements apart; the axis is padded by `radius`
+    taps on each side and `length` samples long once blurred.
+
+    Every shifted copy is a contiguous slice, so XLA fuses the taps into
+    one loop. `weights` (N, 2 * radius + 1) are per-image kernels.
     """
-    pad = [[0, 0]] * 4
-    pad[axis] = [radius, radius]
-    padded = ops.pad(images, pad, mode="reflect")
-    _, height, width, channels = padded.shape
-    padded = ops.reshape(padded, (-1, height, width * channels))
-    step = 1 if axis == 1 else channels
-    length = images.shape[axis] * step
-    weights = gaussian_kernel(sigma, radius)[:, :, None, None]
+    size = length * (step or 1)
 
     def shifted(k):
-        begin = (radius + k) * step
-        if axis == 1:
+        begin = (radius + k) * (step or 1)
+        if step is None:
             return padded[:, begin : begin + length]
-        return padded[:, :, begin : begin + length]
+        return padded[:, :, begin : begin + size]
 
+    weights = weights[:, :, None, None]
     # The kernel is symmetric: pairing the taps at +k and -k does half the
     # multiplications (1.4x less CPU time at 224 px).
     out = weights[:, radius] * shifted(0)
     for k in range(1, radius + 1):
         out = out + weights[:, radius + k] * (shifted(k) + shifted(-k))
-    return ops.reshape(out, (-1,) + tuple(images.shape[1:]))
+    return out
+
+
+def _blur_padded_images(padded, sigma, radius_h, radius_w, width):
+    """Blurs (N, H + 2 r_h, (W + 2 r_w) * C) `padded` images, padded by
+    `radius_h` rows and `radius_w` columns on each side, to (N, H, W * C).
+    """
+    channels = padded.shape[2] // (width + 2 * radius_w)
+    height = padded.shape[1] - 2 * radius_h
+    x = padded
+    if radius_h > 0:
+        weights = gaussian_kernel(sigma, radius_h)
+        x = _blur_padded(x, weights, radius_h, height, None)
+    if radius_w > 0:
+        weights = gaussian_kernel(sigma, radius_w)
+        x = _blur_padded(x, weights, radius_w, width, channels)
+    return x
 
 
 def gaussian_blur(images, sigma, kernel_fraction=0.1):
@@ -81,11 +103,16 @@ def gaussian_blur(images, sigma, kernel_fraction=0.1):
         A float32 tensor (B, H, W, C).
     """
     x = ops.cast(images, "float32")
-    for axis in (1, 2):
-        radius = kernel_radius(images.shape[axis], kernel_fraction)
-        if radius > 0:
-            x = _blur_axis(x, sigma, radius, axis)
-    return x
+    _, height, width, channels = x.shape
+    radius_h = kernel_radius(height, kernel_fraction)
+    radius_w = kernel_radius(width, kernel_fraction)
+    pad = [[0, 0], [radius_h, radius_h], [radius_w, radius_w], [0, 0]]
+    x = ops.pad(x, pad, mode="reflect")
+    x = ops.reshape(
+        x, (-1, height + 2 * radius_h, (width + 2 * radius_w) * channels)
+    )
+    x = _blur_padded_images(x, sigma, radius_h, radius_w, width)
+    return ops.reshape(x, (-1, height, width, channels))
 
 
 def _capacity(batch_size, p):
@@ -97,9 +124,9 @@ def _capacity(batch_size, p):
 def blur_selected(images, sigma, apply, kernel_fraction=0.1, capacity=None):
     """Blurs the images where `apply` is true; the others pass unchanged.
 
-    The selected images are moved to the front of the batch, and a loop
-    blurs `capacity` images per step until every selected image is done:
-    one step when their count fits (the default capacity is the expected
+    The selected images are put first, and a loop blurs `capacity` images
+    per step until every selected image is done: one step when their count
+    fits (the default capacity of `RandomGaussianBlur` is the expected
     count plus three standard deviations), so the cost follows the number
     of blurred images rather than the batch size. Shapes stay static (the
     trip count is data-dependent), so it compiles with XLA; the loop also
@@ -117,42 +144,69 @@ def blur_selected(images, sigma, apply, kernel_fraction=0.1, capacity=None):
     Returns:
         A float32 tensor (B, H, W, C).
     """
-    batch_size = images.shape[0]
     images = ops.cast(images, "float32")
+    batch_size, height, width, channels = images.shape
     if batch_size is None:
         blurred = gaussian_blur(images, sigma, kernel_fraction)
         return ops.where(apply[:, None, None, None], blurred, images)
     capacity = batch_size if capacity is None else min(capacity, batch_size)
-    count = ops.sum(ops.cast(apply, "int32"))
+    radius_h = kernel_radius(height, kernel_fraction)
+    radius_w = kernel_radius(width, kernel_fraction)
     sigma = ops.cast(sigma, "float32")
+    count = ops.sum(ops.cast(apply, "int32"))
     steps = (count + capacity - 1) // capacity
-    if capacity == batch_size:
-
-        def blur_all(i, x):
-            blurred = gaussian_blur(x, sigma, kernel_fraction)
-            return ops.where(apply[:, None, None, None], blurred, x)
-
-        return ops.fori_loop(0, steps, blur_all, images)
-    # Indices of the selected images first, each group in batch order.
+    # Indices of the selected images first, each group in batch order, and
+    # each image's place in that order.
     positions = ops.arange(batch_size, dtype="int32")
     order = ops.argsort(ops.where(apply, 0, batch_size) + positions)
-    shape = tuple(images.shape[1:])
+    order = ops.cast(order, "int32")
+    rank = ops.cast(ops.argsort(order), "int32")
+    # Pixel (r, c) of image i is row (i * H + r) * W + c of the batch as a
+    # (B * H * W, C) matrix.
+    pixels = (
+        _reflect_index(height, radius_h)[:, None] * width
+        + _reflect_index(width, radius_w)[None, :]
+    )
+    padded_shape = (
+        capacity,
+        height + 2 * radius_h,
+        (width + 2 * radius_w) * channels,
+    )
 
     def step(i, x):
         # The last step may start earlier to stay inside the batch; the
         # images before `i * capacity` were blurred by the previous step.
-        # A step's indices are distinct (a slice of a permutation), so
-        # writing back the images it leaves alone is harmless.
         start = ops.minimum(i * capacity, batch_size - capacity)
         index = ops.slice(order, (start,), (capacity,))
-        chunk = ops.take(x, index, axis=0)
-        rank = start + ops.arange(capacity, dtype="int32")
-        valid = ops.logical_and(rank < count, rank >= i * capacity)
-        blurred = gaussian_blur(chunk, ops.take(sigma, index), kernel_fraction)
-        chunk = ops.where(valid[:, None, None, None], blurred, chunk)
-        return ops.scatter_update(x, index[:, None], chunk)
+        # Gathering each image's pixels in reflected order pads it for both
+        # passes in the copy that collects the chunk (1.35x less CPU time
+        # than padding each pass).
+        padded = ops.take(
+            ops.reshape(x, (-1, channels)),
+            index[:, None, None] * (height * width) + pixels[None],
+            axis=0,
+        )
+        padded = ops.reshape(padded, padded_shape)
+        blurred = _blur_padded_images(
+            padded, ops.take(sigma, index), radius_h, radius_w, width
+        )
+        # Write back with one gather from [blurred chunk; batch]: image j
+        # takes its blurred copy when this step blurs it. (A scatter into
+        # the batch cost 1.3x the CPU time; writing image by image in a
+        # loop saved 2% of a whole view on a CPU but would cost a kernel
+        # launch per image on a GPU.)
+        done = ops.logical_and(rank >= i * capacity, rank < count)
+        done = ops.logical_and(done, rank < start + capacity)
+        source = ops.where(done, rank - start, capacity + positions)
+        both = ops.concatenate(
+            [
+                ops.reshape(blurred, (capacity, -1)),
+                ops.reshape(x, (batch_size, -1)),
+            ],
+            axis=0,
+        )
+        return ops.reshape(ops.take(both, source, axis=0), x.shape)
 
-    del shape
     return ops.fori_loop(0, steps, step, images)
 
 
@@ -163,10 +217,12 @@ class RandomGaussianBlur(keras.layers.Layer):
     Each image draws its own standard deviation from `sigma` (uniform) and is
     blurred with probability `p` by a separable Gaussian kernel of
     `2 * ((side * kernel_fraction) // 2) + 1` taps per axis (23 at 224 px;
-    at 18 px the kernel has a single tap and the blur is the identity). The
-    whole batch is blurred in one pass (every image is computed, then
-    selected), so the layer compiles with XLA on every backend. Borders
-    are padded by reflection.
+    at 18 px the kernel has a single tap and the blur is the identity).
+    Borders are padded by reflection. Only the images that draw the blur are
+    blurred: they are gathered into a chunk of static size (the expected
+    count plus three standard deviations; a rare larger count takes another
+    loop step, see `blur_selected`), so the cost follows the number of
+    blurred images and the layer compiles with XLA on every backend.
 
     Args:
         p: float in [0, 1]. Probability of blurring an image. Defaults to

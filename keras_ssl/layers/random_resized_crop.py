@@ -77,6 +77,9 @@ def _gather_rows(images, index0, index1, weight1):
 
     The gather is a plain row gather from a (B * L, M * C) matrix: each tap
     copies one contiguous image row, the fastest gather on every backend.
+
+    Returns:
+        A float32 tensor (B, num, M * C).
     """
     shape = ops.shape(images)
     batch, length = shape[0], shape[1]
@@ -93,7 +96,7 @@ def crop_and_resize(images, boxes, size, flip=None):
     Unlike `tf.image.crop_and_resize` this uses half-pixel centres (output
     pixel `i` samples the centre of the i-th of `size` equal cells of the box,
     like `tf.image.resize`), works on every Keras backend and compiles with
-    XLA. It is separable: columns are gathered and blended first, then rows.
+    XLA. It is separable: rows are gathered and blended first, then columns.
     No antialiasing is applied when shrinking.
 
     Args:
@@ -109,21 +112,41 @@ def crop_and_resize(images, boxes, size, flip=None):
     """
     out_h, out_w = normalize_size(size)
     shape = ops.shape(images)
-    height, width, channels = shape[1], shape[2], shape[3]
+    batch, width, channels = shape[0], shape[2], shape[3]
     boxes = ops.cast(boxes, "float32")
-    # Columns first, on the transposed input: transposing the (often uint8)
-    # input is cheaper than transposing the float intermediate.
-    columns = ops.transpose(images, (0, 2, 1, 3))
-    taps = _sample_grid(boxes[:, 1], boxes[:, 3], out_w, width, flip)
-    x = _gather_rows(columns, *taps)
-    x = ops.reshape(x, (-1, out_w, height, channels))
-    x = ops.transpose(x, (0, 2, 1, 3))
-    taps = _sample_grid(boxes[:, 0], boxes[:, 2], out_h, height)
-    x = _gather_rows(x, *taps)
+    # Rows first: a row of the (uint8) input is one contiguous copy.
+    taps = _sample_grid(boxes[:, 0], boxes[:, 2], out_h, shape[1])
+    rows = _gather_rows(images, *taps)  # (B, out_h, W * C)
+    # Then columns, as a gather along the last axis of each row: pixel j's
+    # channel c comes from element x * C + c of the row (no transposes,
+    # which cost 1.2x the CPU time).
+    index0, index1, weight1 = _sample_grid(
+        boxes[:, 1], boxes[:, 3], out_w, width, flip
+    )
+    offsets = ops.arange(channels, dtype="int32")
+
+    def columns(index):
+        index = index[:, :, None] * channels + offsets
+        index = ops.reshape(index, (batch, 1, -1))
+        index = ops.broadcast_to(index, (batch, out_h, out_w * channels))
+        return ops.take_along_axis(rows, index, axis=2)
+
+    weight1 = ops.repeat(weight1, channels, axis=1)[:, None, :]
+    left = columns(index0)
+    x = left + (columns(index1) - left) * weight1
     x = ops.reshape(x, (-1, out_h, out_w, channels))
-    if "int" in keras.backend.standardize_dtype(images.dtype):
-        x = x / 255.0
-    return x
+    # Divided by a tensor, not by a constant (which XLA turns into a
+    # product): XLA's CPU compiler fuses no division into a consumer that
+    # reads each element several times, such as the colour distortion's
+    # channel mixing, so the resize is computed once and kept in memory
+    # instead of being recomputed inside every colour pass (1.6x less CPU
+    # time for crop + colour at 224 px). The divisor is exactly 255 (or 1):
+    # the weights are below 1.
+    dtype = keras.backend.standardize_dtype(images.dtype)
+    scale = ops.maximum(
+        ops.max(taps[2], axis=1), 255.0 if "int" in dtype else 1.0
+    )
+    return x / scale[:, None, None, None]
 
 
 def center_box(height, width, size, proportion):

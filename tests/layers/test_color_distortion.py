@@ -123,6 +123,39 @@ class TestColorDistortion(TestCase):
             )
             self.assertAllClose(out[i], expected, atol=2e-5)
 
+    def test_mixed_orders_in_one_batch_match_numpy(self):
+        # Every order once, each image with its own factors, jitter and
+        # grayscale: contrast sits in a different slot from image to image.
+        orders = list(itertools.permutations(range(4)))
+        rng = np.random.default_rng(5)
+        factors = np.stack(
+            [
+                rng.uniform(0.2, 1.8, 24),
+                rng.uniform(0.2, 1.8, 24),
+                rng.uniform(0.2, 1.8, 24),
+                rng.uniform(-0.2, 0.2, 24),
+            ],
+            axis=1,
+        ).astype("float32")
+        jitter = rng.uniform(size=24) < 0.8
+        grayscale = rng.uniform(size=24) < 0.3
+        images = colourful(24, size=4, seed=2)
+        out = ColorDistortion(seed=0).distort(
+            images,
+            {
+                "order": np.asarray(orders, "int32"),
+                "factors": factors,
+                "jitter": jitter,
+                "grayscale": grayscale,
+            },
+        )
+        out = keras.ops.convert_to_numpy(out)
+        for i in range(24):
+            expected = np_distort(
+                images[i], orders[i], factors[i], jitter[i], grayscale[i]
+            )
+            self.assertAllClose(out[i], expected, atol=2e-5)
+
     def test_single_ops_match_numpy(self):
         # Each op alone (the others set to the identity), fixed parameters.
         image = colourful(1)[0].astype(np.float64)

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from keras_ssl.layers import RandomGaussianBlur
+from keras_ssl.layers.random_gaussian_blur import _reflect_index
 from keras_ssl.layers.random_gaussian_blur import blur_selected
 from keras_ssl.layers.random_gaussian_blur import gaussian_blur
 from keras_ssl.layers.random_gaussian_blur import gaussian_kernel
@@ -33,6 +34,23 @@ def np_blur(image, sigma, radius_h, radius_w=None):
     x = np.pad(x, [(0, 0), (radius_w,) * 2, (0, 0)], "reflect")
     kernel = np_kernel(sigma, radius_w)
     return sum(k * x[:, i : i + width] for i, k in enumerate(kernel))
+
+
+def np_blur_2d(image, sigma, radius_h, radius_w):
+    """Direct 2-D convolution of one (H, W, C) image with the outer product
+    of the two 1-D kernels, reflect padding (not separable passes)."""
+    height, width = image.shape[:2]
+    kernel = np.outer(np_kernel(sigma, radius_h), np_kernel(sigma, radius_w))
+    padded = np.pad(
+        image.astype(np.float64),
+        [(radius_h,) * 2, (radius_w,) * 2, (0, 0)],
+        "reflect",
+    )
+    out = np.zeros(image.shape, np.float64)
+    for i in range(2 * radius_h + 1):
+        for j in range(2 * radius_w + 1):
+            out += kernel[i, j] * padded[i : i + height, j : j + width]
+    return out
 
 
 def images(batch, height=12, width=10, seed=0):
@@ -90,6 +108,26 @@ class TestRandomGaussianBlur(TestCase):
             apply[:, None, None, None], gaussian_blur(x, sigma, 0.5), x
         )
         self.assertAllClose(out, expected, atol=1e-6)
+
+    @pytest.mark.parametrize("length, radius", [(5, 0), (5, 2), (8, 4)])
+    def test_reflect_index_matches_numpy_pad(self, length, radius):
+        index = keras.ops.convert_to_numpy(_reflect_index(length, radius))
+        expected = np.pad(np.arange(length), radius, mode="reflect")
+        np.testing.assert_array_equal(index, expected)
+
+    @pytest.mark.parametrize("capacity", [None, 2, 4])
+    def test_blur_selected_matches_2d_convolution(self, capacity):
+        # Non-square images: radius (12 * 0.5) // 2 = 3 rows and
+        # (10 * 0.5) // 2 = 2 columns; capacity 2 takes two loop steps.
+        x = images(5, 12, 10, seed=1)
+        sigma = np.array([0.4, 1.0, 1.5, 2.0, 0.7], "float32")
+        apply = np.array([True, False, True, True, False])
+        out = keras.ops.convert_to_numpy(
+            blur_selected(x, sigma, apply, 0.5, capacity)
+        )
+        for i in range(5):
+            expected = np_blur_2d(x[i], sigma[i], 3, 2) if apply[i] else x[i]
+            self.assertAllClose(out[i], expected, atol=1e-5)
 
     def test_blur_selected_none_and_all(self):
         x = images(4, 8, 8)

@@ -69,6 +69,16 @@ class TestRandomResizedCrop(TestCase):
         out = RandomResizedCrop(4, seed=0)(images, training=True)
         self.assertAllClose(out, np.ones((2, 4, 4, 3)))
 
+    def test_uint8_white_stays_exactly_one(self):
+        # The division by 255 is exact: no value above 1 after the resize.
+        images = np.full((6, 9, 7, 3), 255, dtype="uint8")
+        layer = RandomResizedCrop((5, 8), seed=2)
+        boxes, flips = layer.sample_boxes(6, 9, 7)
+        out = keras.ops.convert_to_numpy(
+            crop_and_resize(images, boxes, (5, 8), flips)
+        )
+        np.testing.assert_array_equal(out, np.ones_like(out))
+
     def test_crop_and_resize_matches_numpy(self):
         rng = np.random.default_rng(0)
         images = rng.uniform(size=(3, 12, 10, 2)).astype("float32")
