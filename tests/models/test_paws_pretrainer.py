@@ -298,6 +298,9 @@ class TestPAWSPretrainerDistributed(TestCase):
             self.assertAllClose(
                 double["history"][name], history[name][0], atol=5e-5, msg=name
             )
+        # LARS scales each update by |w| / |g|, so that round-off becomes
+        # the updates' error too: up to ~3e-5 here, against ~1e-1 for a
+        # replica that saw half of the support.
         single = model.encoder.weights + model.head.weights
         for a, b in zip(double["weights"], single):
-            self.assertAllClose(a, b, atol=2e-5, rtol=1e-4)
+            self.assertAllClose(a, b, atol=1e-4, rtol=1e-4)
