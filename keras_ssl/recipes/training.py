@@ -78,6 +78,17 @@ def resolve_strategy(strategy, global_batch_sizes):
     Returns:
         The strategy.
     """
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        # Checked first: every recipe calls this before it loads data.
+        raise RuntimeError(
+            "The keras_ssl.recipes pipelines run on the TensorFlow backend "
+            "(tf.distribute strategies, resumable tf.data streams, "
+            "TensorBoard logs, SavedModel export). Received: "
+            f"backend={backend}. On {backend}, train the models of "
+            "keras_ssl.models with fit() on keras_ssl.data streams "
+            "(README, 'Backends')."
+        )
     import tensorflow as tf
 
     if strategy is None:

@@ -68,6 +68,12 @@ class TestJAXTraining(TestCase):
         # Evaluation must not enqueue.
         self.assertAllClose(_values([model.queue.queue])[0], queue)
 
+    def test_recipes_say_they_need_tensorflow(self):
+        from keras_ssl.recipes import simclrv2
+
+        with pytest.raises(RuntimeError, match="backend=jax"):
+            simclrv2.fit(simclrv2.SimCLRv2Config.digits(verbose=0))
+
     def test_same_seed_gives_same_training(self):
         losses = []
         for _ in range(2):
