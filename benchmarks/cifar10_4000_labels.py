@@ -29,10 +29,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np  # noqa: E402
 
-from keras_ssl.evaluation import KNNClassifier  # noqa: E402
-from keras_ssl.evaluation import embed  # noqa: E402
 from keras_ssl.recipes import paws  # noqa: E402
 from keras_ssl.recipes import semppl  # noqa: E402
+from keras_ssl.recipes.training import knn_accuracy  # noqa: E402
 from keras_ssl.recipes.training import load_data  # noqa: E402
 
 RECIPES = {
@@ -41,17 +40,8 @@ RECIPES = {
 }
 
 
-def knn_accuracy(encoder, splits, train_limit):
-    x = splits.x_train[:train_limit].astype("float32") / 255.0
-    train = embed(encoder, x, batch_size=500)
-    test = embed(encoder, splits.x_test.astype("float32") / 255.0, 500)
-    knn = KNNClassifier(k=200, temperature=0.1, num_classes=10)
-    knn.fit(train, splits.y_train[:train_limit])
-    return knn.evaluate(test, splits.y_test)
-
-
 def evaluate(method, model, config, splits, labeled, train_limit):
-    results = {"knn": knn_accuracy(model.encoder, splits, train_limit)}
+    results = {"knn": knn_accuracy(model, splits, train_limit)}
     if method == "paws":
         results["paws_nn"] = paws.paws_nn_accuracy(
             model, labeled, splits, config

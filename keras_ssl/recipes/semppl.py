@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from dataclasses import field
 
 from keras_ssl import data as ssl_data
-from keras_ssl.evaluation import KNNClassifier
-from keras_ssl.evaluation import embed
 from keras_ssl.models import FineTuner
 from keras_ssl.models import SemPPLPretrainer
 from keras_ssl.recipes.training import RecipeResult
@@ -22,6 +20,7 @@ from keras_ssl.recipes.training import build_encoder
 from keras_ssl.recipes.training import build_views
 from keras_ssl.recipes.training import config_from_command_line
 from keras_ssl.recipes.training import fit_stage
+from keras_ssl.recipes.training import knn_accuracy
 from keras_ssl.recipes.training import load_data
 from keras_ssl.recipes.training import make_lars
 from keras_ssl.recipes.training import resolve_strategy
@@ -147,17 +146,6 @@ class SemPPLConfig:
 
 class SemPPLResult(RecipeResult):
     """What `fit()` returns: one `StageResult` per stage, and paths."""
-
-
-def knn_accuracy(model, splits, num_train=10000):
-    """k-NN (k = 200, τ = 0.1) test accuracy of the encoder output."""
-    train = embed(
-        model, splits.x_train[:num_train], batch_size=256, output="embedding"
-    )
-    test = embed(model, splits.x_test, batch_size=256, output="embedding")
-    knn = KNNClassifier(k=200, temperature=0.1, num_classes=splits.num_classes)
-    knn.fit(train, splits.y_train[:num_train])
-    return knn.evaluate(test, splits.y_test)
 
 
 def fit(config=None, *, strategy=None, callbacks=(), **overrides):

@@ -12,6 +12,8 @@ import numpy as np
 
 from keras_ssl import data as ssl_data
 from keras_ssl.backbones import ResNet
+from keras_ssl.evaluation import KNNClassifier
+from keras_ssl.evaluation import embed
 from keras_ssl.layers import Views
 from keras_ssl.optimizers import LARS
 from keras_ssl.optimizers import WarmupCosineDecay
@@ -270,6 +272,18 @@ def load_data(config):
         num_classes=splits.num_classes,
     )
     return splits, labeled
+
+
+def knn_accuracy(model, splits, num_train=10000):
+    """k-NN (k = 200, τ = 0.1) test accuracy of a pretrainer's encoder
+    output, with the first `num_train` training images as the memory."""
+    train = embed(
+        model, splits.x_train[:num_train], batch_size=256, output="embedding"
+    )
+    test = embed(model, splits.x_test, batch_size=256, output="embedding")
+    knn = KNNClassifier(k=200, temperature=0.1, num_classes=splits.num_classes)
+    knn.fit(train, splits.y_train[:num_train])
+    return knn.evaluate(test, splits.y_test)
 
 
 def config_from_command_line(config_cls, stages, prog, argv=None):
