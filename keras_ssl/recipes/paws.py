@@ -7,10 +7,8 @@ python -m keras_ssl.recipes.paws --preset cifar10 --data_dir DIR
 """
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
-from dataclasses import field
 
 from keras_ssl import data as ssl_data
 from keras_ssl.evaluation import SoftNearestNeighbour
@@ -18,14 +16,17 @@ from keras_ssl.evaluation import embed
 from keras_ssl.layers import ProjectionHead
 from keras_ssl.models import FineTuner
 from keras_ssl.models import PAWSPretrainer
+from keras_ssl.recipes.training import RecipeConfig
 from keras_ssl.recipes.training import RecipeResult
 from keras_ssl.recipes.training import build_encoder
 from keras_ssl.recipes.training import build_views
+from keras_ssl.recipes.training import check_stages
 from keras_ssl.recipes.training import config_from_command_line
-from keras_ssl.recipes.training import fit_stage
+from keras_ssl.recipes.training import finish_run
 from keras_ssl.recipes.training import load_data
-from keras_ssl.recipes.training import make_lars
+from keras_ssl.recipes.training import pretrain_optimizer
 from keras_ssl.recipes.training import resolve_strategy
+from keras_ssl.recipes.training import run_stage
 from keras_ssl.recipes.training import steps_per_epoch
 from keras_ssl.recipes.training import train_classifier
 
@@ -33,7 +34,7 @@ STAGES = ("pretrain", "finetune")
 
 
 @dataclass
-class PAWSConfig:
+class PAWSConfig(RecipeConfig):
     """Everything `fit()` needs; the defaults are the paper's ImageNet ones.
 
     PAWS §5 and Appendix A: ResNet-50, 960 classes × 7 images per support
@@ -43,42 +44,25 @@ class PAWSConfig:
     `PAWSConfig.imagenet()`, `.cifar10()` (Appendix C: 4,000 labels,
     10 classes × 64 images, two views of each support image) and
     `.digits()` (small, no download).
+
+    The fields all recipes share are documented in `RecipeConfig`.
     """
 
-    dataset: str = "tfds:imagenet2012"
-    data_dir: str | None = None
-    image_size: int = 224
-    labeled_per_class: int | None = None
-    labeled_fraction: float | None = 0.1
-    seed: int = 0
-    depth: int = 50
-    width_multiplier: float = 1
-    sk_ratio: float = 0.0
-    stem: str = "imagenet"
+    # `RecipeConfig` fields with other defaults.
+    views: str = "paws_imagenet"
+    learning_rate: float = 6.4
+    output_dir: str = "runs/paws"
+    # Head.
     head_layers: int = 3
     projection_dim: int = 2048
-    views: str = "paws_imagenet"
-    crop_scale: tuple | None = None
-    batch_size: int = 4096
+    # Support batches.
     classes_per_batch: int = 960
     images_per_class: int = 7
     support_views: int = 1
-    epochs: int = 100
-    learning_rate: float = 6.4
-    warmup_fraction: float = 0.1
-    weight_decay: float = 1e-6
-    temperature: float = 0.1
+    # Loss.
     sharpen_temperature: float = 0.25
     label_smoothing: float = 0.1
     me_max: bool = True
-    finetune_epochs: int = 0
-    finetune_learning_rate: float = 0.05
-    stages: tuple = STAGES
-    steps_per_epoch: int | None = None
-    output_dir: str = "runs/paws"
-    export: bool = True
-    verbose: int = 1
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def imagenet(cls, **overrides):
@@ -132,12 +116,7 @@ class PAWSConfig:
         return dataclasses.replace(config, **overrides)
 
     def validate(self):
-        unknown = set(self.stages) - set(STAGES)
-        if unknown:
-            raise ValueError(
-                f"Unknown `stages` {sorted(unknown)}; expected a subset of "
-                f"{STAGES}. Received: stages={self.stages}"
-            )
+        check_stages(self.stages, STAGES)
         for name in ("temperature", "sharpen_temperature"):
             if not getattr(self, name) > 0:
                 raise ValueError(
@@ -203,14 +182,7 @@ def fit(config=None, *, strategy=None, callbacks=(), **overrides):
         final = model
         if "finetune" in config.stages and config.finetune_epochs:
             final = _finetune(config, result, model, splits, labeled)
-    if config.export:
-        from keras_ssl.export import export_saved_model
-
-        result.export_path = os.path.join(config.output_dir, "saved_model")
-        export_saved_model(final, result.export_path)
-    result.models["pretrainer"] = model
-    result.seconds = time.time() - started
-    return result
+    return finish_run(result, final, started, pretrainer=model)
 
 
 def _pretrain(config, result, splits, sampler, sync):
@@ -232,16 +204,13 @@ def _pretrain(config, result, splits, sampler, sync):
     if "pretrain" not in config.stages:
         return model
     steps = steps_per_epoch(config, len(splits.x_train), config.batch_size)
-    total = steps * config.epochs
     model.compile(
-        optimizer=make_lars(
-            config.learning_rate,
+        optimizer=pretrain_optimizer(
+            config,
             config.batch_size,
             # PAWS states its peak rate directly (6.4 at batch 4096).
             "linear",
-            total_steps=total,
-            warmup_steps=int(round(config.warmup_fraction * total)),
-            weight_decay=config.weight_decay,
+            total_steps=steps * config.epochs,
         )
     )
     stream = ssl_data.semi_supervised(
@@ -251,15 +220,14 @@ def _pretrain(config, result, splits, sampler, sync):
         seed=config.seed,
         repeat=True,
     )
-    result.stages["pretrain"] = fit_stage(
+    run_stage(
         "pretrain",
         model,
         stream,
+        config,
+        result,
         epochs=config.epochs,
-        steps_per_epoch=steps,
-        output_dir=config.output_dir,
-        verbose=config.verbose,
-        callbacks=result.callbacks,
+        steps=steps,
     )
     return model
 

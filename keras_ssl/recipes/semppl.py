@@ -7,23 +7,24 @@ python -m keras_ssl.recipes.semppl --preset cifar10 --data_dir DIR
 """
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
-from dataclasses import field
 
 from keras_ssl import data as ssl_data
 from keras_ssl.models import FineTuner
 from keras_ssl.models import SemPPLPretrainer
+from keras_ssl.recipes.training import RecipeConfig
 from keras_ssl.recipes.training import RecipeResult
 from keras_ssl.recipes.training import build_encoder
 from keras_ssl.recipes.training import build_views
+from keras_ssl.recipes.training import check_stages
 from keras_ssl.recipes.training import config_from_command_line
-from keras_ssl.recipes.training import fit_stage
+from keras_ssl.recipes.training import finish_run
 from keras_ssl.recipes.training import knn_accuracy
 from keras_ssl.recipes.training import load_data
-from keras_ssl.recipes.training import make_lars
+from keras_ssl.recipes.training import pretrain_optimizer
 from keras_ssl.recipes.training import resolve_strategy
+from keras_ssl.recipes.training import run_stage
 from keras_ssl.recipes.training import steps_per_epoch
 from keras_ssl.recipes.training import train_classifier
 
@@ -31,7 +32,7 @@ STAGES = ("pretrain", "finetune")
 
 
 @dataclass
-class SemPPLConfig:
+class SemPPLConfig(RecipeConfig):
     """Everything `fit()` needs; the defaults are the paper's ImageNet ones.
 
     SemPPL Appendix D.1: ResNet-50, batch 4096 (of which the labeled part
@@ -48,43 +49,27 @@ class SemPPLConfig:
     their precision and recall at Fig. 3's voting thresholds
     (`pseudo_label_precision_{25,50,75,100}`, `pseudo_label_recall_*`).
     They are for monitoring only: the loss never sees them.
+
+    The fields all recipes share are documented in `RecipeConfig`.
     """
 
-    dataset: str = "tfds:imagenet2012"
-    data_dir: str | None = None
-    image_size: int = 224
-    labeled_per_class: int | None = None
-    labeled_fraction: float | None = 0.1
-    seed: int = 0
-    depth: int = 50
-    width_multiplier: float = 1
-    sk_ratio: float = 0.0
-    stem: str = "imagenet"
+    # `RecipeConfig` fields with other defaults.
     views: str = "semppl_imagenet"
-    crop_scale: tuple | None = None
-    batch_size: int = 4096
+    epochs: int = 300
+    warmup_fraction: float = 0.033
+    temperature: float = 0.2
+    output_dir: str = "runs/semppl"
+    # Batches.
     labeled_batch_size: int = 512
     queue_multiplier: int = 20
-    epochs: int = 300
-    learning_rate: float = 0.3
-    warmup_fraction: float = 0.033
-    weight_decay: float = 1e-6
+    # Loss and target network.
     k: int = 1
     num_semantic_positives: int = 3
-    temperature: float = 0.2
     alpha: float = 0.2
     invariance_scale: float = 5.0
     contrastive_scale: float = 0.3
     momentum: float = 0.996
     monitor_pseudo_labels: bool = True
-    finetune_epochs: int = 0
-    finetune_learning_rate: float = 0.05
-    stages: tuple = STAGES
-    steps_per_epoch: int | None = None
-    output_dir: str = "runs/semppl"
-    export: bool = True
-    verbose: int = 1
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def imagenet(cls, **overrides):
@@ -131,12 +116,7 @@ class SemPPLConfig:
         return dataclasses.replace(config, **overrides)
 
     def validate(self):
-        unknown = set(self.stages) - set(STAGES)
-        if unknown:
-            raise ValueError(
-                f"Unknown `stages` {sorted(unknown)}; expected a subset of "
-                f"{STAGES}. Received: stages={self.stages}"
-            )
+        check_stages(self.stages, STAGES)
         if not self.labeled_batch_size or self.labeled_batch_size < 1:
             raise ValueError(
                 "SemPPL needs labeled images in every batch. Received: "
@@ -197,38 +177,27 @@ def fit(config=None, *, strategy=None, callbacks=(), **overrides):
             )
         if "finetune" in config.stages and config.finetune_epochs:
             final = _finetune(config, result, model, splits, labeled)
-    if config.export:
-        from keras_ssl.export import export_saved_model
-
-        result.export_path = os.path.join(config.output_dir, "saved_model")
-        export_saved_model(final, result.export_path)
-    result.models["pretrainer"] = model
-    result.seconds = time.time() - started
-    return result
+    return finish_run(result, final, started, pretrainer=model)
 
 
 def _pretrain(config, result, model, splits, labeled):
     steps = steps_per_epoch(config, len(splits.x_train), config.batch_size)
-    total = steps * config.epochs
     model.compile(
-        optimizer=make_lars(
-            config.learning_rate,
+        optimizer=pretrain_optimizer(
+            config,
             config.batch_size + config.labeled_batch_size,
             "linear",
-            total_steps=total,
-            warmup_steps=int(round(config.warmup_fraction * total)),
-            weight_decay=config.weight_decay,
+            total_steps=steps * config.epochs,
         )
     )
-    result.stages["pretrain"] = fit_stage(
+    run_stage(
         "pretrain",
         model,
         pretrain_stream(config, splits, labeled),
+        config,
+        result,
         epochs=config.epochs,
-        steps_per_epoch=steps,
-        output_dir=config.output_dir,
-        verbose=config.verbose,
-        callbacks=result.callbacks,
+        steps=steps,
     )
 
 

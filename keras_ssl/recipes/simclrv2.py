@@ -9,24 +9,25 @@ python -m keras_ssl.recipes.simclrv2 --preset cifar10 --data_dir DIR
 """
 
 import dataclasses
-import os
 import time
 from dataclasses import dataclass
-from dataclasses import field
 
 from keras_ssl import data as ssl_data
 from keras_ssl.layers import ProjectionHead
 from keras_ssl.models import Distiller
 from keras_ssl.models import FineTuner
 from keras_ssl.models import SimCLRv2Pretrainer
+from keras_ssl.recipes.training import RecipeConfig
 from keras_ssl.recipes.training import RecipeResult
 from keras_ssl.recipes.training import build_encoder
 from keras_ssl.recipes.training import build_views
-from keras_ssl.recipes.training import fit_stage
+from keras_ssl.recipes.training import check_stages
+from keras_ssl.recipes.training import finish_run
 from keras_ssl.recipes.training import load_data
-from keras_ssl.recipes.training import make_lars
 from keras_ssl.recipes.training import parse_overrides
+from keras_ssl.recipes.training import pretrain_optimizer
 from keras_ssl.recipes.training import resolve_strategy
+from keras_ssl.recipes.training import run_stage
 from keras_ssl.recipes.training import steps_per_epoch
 from keras_ssl.recipes.training import test_accuracy
 from keras_ssl.recipes.training import train_classifier
@@ -35,7 +36,7 @@ STAGES = ("pretrain", "finetune", "distill")
 
 
 @dataclass
-class SimCLRv2Config:
+class SimCLRv2Config(RecipeConfig):
     """Everything `fit()` needs; the defaults are the paper's ImageNet ones.
 
     SimCLRv2 §3.1: batch 4096, 800 epochs, LARS with learning rate
@@ -46,41 +47,33 @@ class SimCLRv2Config:
     or warm-up, 60 epochs; distillation with pretraining's schedule for 400
     epochs. Use the presets: `SimCLRv2Config.imagenet()`, `.cifar10()` and
     `.digits()` (the small default that needs no download).
+
+    The fields all recipes share are documented in `RecipeConfig`;
+    `finetune_learning_rate=None` picks §3.1's rate for the ResNet.
     """
 
-    # Data.
-    dataset: str = "tfds:imagenet2012"
-    data_dir: str | None = None
-    image_size: int = 224
-    labeled_per_class: int | None = None
+    # `RecipeConfig` fields with other defaults.
     labeled_fraction: float | None = 0.01
-    seed: int = 0
-    # Encoder and head.
-    depth: int = 50
-    width_multiplier: float = 1
-    sk_ratio: float = 0.0
-    stem: str = "imagenet"
+    epochs: int = 800
+    learning_rate: float = 0.1
+    warmup_fraction: float = 0.05
+    weight_decay: float = 1e-4
+    finetune_epochs: int = 60
+    finetune_learning_rate: float | None = None
+    stages: tuple = STAGES
+    output_dir: str = "runs/simclrv2"
+    # Head.
     head_layers: int = 3
     projection_dim: int = 128
     # Pretraining.
-    views: str = "simclr_imagenet"
-    crop_scale: tuple | None = None
-    batch_size: int = 4096
     labeled_batch_size: int = 0
-    epochs: int = 800
-    learning_rate: float = 0.1
     learning_rate_scaling: str = "sqrt"
-    warmup_fraction: float = 0.05
-    weight_decay: float = 1e-4
-    temperature: float = 0.1
     memory_size: int = 65536
     memory_momentum: float = 0.999
     memory_views: int = 2
     # Fine-tuning.
     ft_layer: int = 1
     finetune_batch_size: int = 1024
-    finetune_epochs: int = 60
-    finetune_learning_rate: float | None = None
     # Distillation.
     distill_epochs: int = 400
     distill_temperature: float = 1.0
@@ -90,13 +83,6 @@ class SimCLRv2Config:
     # Supervised baseline on the same labels (0 epochs: skip).
     baseline_epochs: int = 0
     baseline_learning_rate: float | None = None
-    # Run.
-    stages: tuple = STAGES
-    steps_per_epoch: int | None = None
-    output_dir: str = "runs/simclrv2"
-    export: bool = True
-    verbose: int = 1
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def imagenet(cls, **overrides):
@@ -176,12 +162,7 @@ class SimCLRv2Config:
         return dataclasses.replace(config, **overrides)
 
     def validate(self):
-        unknown = set(self.stages) - set(STAGES)
-        if unknown:
-            raise ValueError(
-                f"Unknown `stages` {sorted(unknown)}; expected a subset of "
-                f"{STAGES}. Received: stages={self.stages}"
-            )
+        check_stages(self.stages, STAGES)
         if not 0 <= self.ft_layer <= self.head_layers:
             raise ValueError(
                 f"`ft_layer` must be between 0 and head_layers="
@@ -248,15 +229,10 @@ def fit(
             _distill(config, result, teacher, splits, labeled, sync)
         if config.baseline_epochs:
             _baseline(config, result, splits, labeled, sync)
-    if config.export:
-        from keras_ssl.export import export_saved_model
-
-        final = result.models.get("student", teacher)
-        result.export_path = os.path.join(config.output_dir, "saved_model")
-        export_saved_model(final, result.export_path)
-    result.models.update(pretrainer=pretrainer, teacher=teacher)
-    result.seconds = time.time() - started
-    return result
+    final = result.models.get("student", teacher)
+    return finish_run(
+        result, final, started, pretrainer=pretrainer, teacher=teacher
+    )
 
 
 def _pretrain(config, result, encoder, head, splits, labeled):
@@ -273,15 +249,12 @@ def _pretrain(config, result, encoder, head, splits, labeled):
     if "pretrain" not in config.stages:
         return model
     steps = steps_per_epoch(config, len(splits.x_train), config.batch_size)
-    total = steps * config.epochs
     model.compile(
-        optimizer=make_lars(
-            config.learning_rate,
+        optimizer=pretrain_optimizer(
+            config,
             config.batch_size,
             config.learning_rate_scaling,
-            total_steps=total,
-            warmup_steps=int(round(config.warmup_fraction * total)),
-            weight_decay=config.weight_decay,
+            total_steps=steps * config.epochs,
         )
     )
     stream = ssl_data.semi_supervised(
@@ -292,21 +265,19 @@ def _pretrain(config, result, encoder, head, splits, labeled):
         seed=config.seed,
         repeat=True,
     )
-    stage = fit_stage(
+    stage = run_stage(
         "pretrain",
         model,
         stream,
+        config,
+        result,
         epochs=config.epochs,
-        steps_per_epoch=steps,
-        output_dir=config.output_dir,
-        verbose=config.verbose,
-        callbacks=result.callbacks,
+        steps=steps,
     )
     # The last epoch's monitors, for the summary.
     for name in ("contrastive_accuracy", "probe_accuracy"):
         if stage.history.get(name):
             stage.metrics[name] = stage.history[name][-1]
-    result.stages["pretrain"] = stage
     return model
 
 
@@ -353,15 +324,12 @@ def _distill(config, result, teacher, splits, labeled, sync):
         alpha=config.distill_alpha,
     )
     steps = steps_per_epoch(config, len(splits.x_train), config.batch_size)
-    total = steps * config.distill_epochs
     model.compile(
-        optimizer=make_lars(
-            config.learning_rate,
+        optimizer=pretrain_optimizer(
+            config,
             config.batch_size,
             config.learning_rate_scaling,
-            total_steps=total,
-            warmup_steps=int(round(config.warmup_fraction * total)),
-            weight_decay=config.weight_decay,
+            total_steps=steps * config.distill_epochs,
         )
     )
     with_labels = config.distill_alpha < 1.0 and config.labeled_batch_size
@@ -373,20 +341,18 @@ def _distill(config, result, teacher, splits, labeled, sync):
         seed=config.seed + 1,
         repeat=True,
     )
-    stage = fit_stage(
+    stage = run_stage(
         "distill",
         model,
         stream,
+        config,
+        result,
         epochs=config.distill_epochs,
-        steps_per_epoch=steps,
-        output_dir=config.output_dir,
-        verbose=config.verbose,
-        callbacks=result.callbacks,
+        steps=steps,
     )
     stage.metrics["test_accuracy"] = test_accuracy(
         student, splits.x_test, splits.y_test
     )
-    result.stages["distill"] = stage
     result.models["student"] = student
 
 

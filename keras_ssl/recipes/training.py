@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import json
 import os
+import time
 from dataclasses import dataclass
 from dataclasses import field
 
@@ -18,6 +19,102 @@ from keras_ssl.layers import Views
 from keras_ssl.optimizers import LARS
 from keras_ssl.optimizers import WarmupCosineDecay
 from keras_ssl.optimizers import scale_learning_rate
+
+
+@dataclass
+class RecipeConfig:
+    """The fields every recipe's config shares.
+
+    `SimCLRv2Config`, `PAWSConfig` and `SemPPLConfig` subclass it: each
+    redefines the fields whose default differs, adds its method's own and
+    has the presets `imagenet()` (the defaults: the paper's ImageNet
+    setting), `cifar10()` and `digits()`.
+
+    Attributes:
+        dataset: str. The data set `datasets.load` reads: `"digits"`,
+            `"cifar10"`, `"npz"` or `"tfds:NAME"`.
+        data_dir: str or `None`. Where the data set is (or goes when
+            downloaded).
+        image_size: int. Side of the images, in pixels.
+        labeled_per_class: int or `None`. Labeled training images per
+            class. Set this or `labeled_fraction`, not both.
+        labeled_fraction: float or `None`. Fraction of each class's
+            training images that keep their label.
+        seed: int. Seeds Keras, the labeled subset, the digits split, the
+            views and the data streams.
+        depth: int. ResNet depth.
+        width_multiplier: float. ResNet width; fractions give the small
+            networks of the CPU presets.
+        sk_ratio: float. Selective-kernel ratio; 0 for a plain ResNet.
+        stem: str. `"imagenet"` or `"cifar"` (one 3x3 conv, no pooling).
+        views: str. The `Views` preset of the pretraining augmentations.
+        crop_scale: pair of floats or `None`. When set, the area range of
+            every view's random crop.
+        batch_size: int. Global batch of unlabeled images in pretraining.
+        epochs: int. Pretraining epochs.
+        learning_rate: float. Pretraining's base LARS learning rate,
+            scaled to the batch size by the recipe's rule.
+        warmup_fraction: float. Fraction of pretraining's steps over which
+            the learning rate warms up before its cosine decay.
+        weight_decay: float. Pretraining's LARS weight decay.
+        temperature: float. Softmax temperature of the pretraining loss.
+        finetune_epochs: int. Fine-tuning epochs on the labeled subset
+            (PAWS and SemPPL skip fine-tuning at 0).
+        finetune_learning_rate: float. Fine-tuning's base LARS learning
+            rate, scaled by the square root of the batch size.
+        stages: tuple of str. The stages to run, of the recipe's
+            `STAGES`.
+        steps_per_epoch: int or `None`. Steps per epoch of every stage;
+            `None` for one pass over the stage's examples.
+        output_dir: str. Where the stages keep weights, logs and backups
+            (a rerun resumes from them), and where the export goes.
+        export: bool. Whether `fit()` exports the final model as a
+            SavedModel in `output_dir`.
+        verbose: int. `fit()`'s verbosity.
+        extra: dict. Free-form settings that the recipe itself ignores.
+    """
+
+    # Data.
+    dataset: str = "tfds:imagenet2012"
+    data_dir: str | None = None
+    image_size: int = 224
+    labeled_per_class: int | None = None
+    labeled_fraction: float | None = 0.1
+    seed: int = 0
+    # Encoder.
+    depth: int = 50
+    width_multiplier: float = 1
+    sk_ratio: float = 0.0
+    stem: str = "imagenet"
+    # Pretraining.
+    views: str = "simclr_imagenet"
+    crop_scale: tuple | None = None
+    batch_size: int = 4096
+    epochs: int = 100
+    learning_rate: float = 0.3
+    warmup_fraction: float = 0.1
+    weight_decay: float = 1e-6
+    temperature: float = 0.1
+    # Fine-tuning.
+    finetune_epochs: int = 0
+    finetune_learning_rate: float = 0.05
+    # Run.
+    stages: tuple = ("pretrain", "finetune")
+    steps_per_epoch: int | None = None
+    output_dir: str = "runs"
+    export: bool = True
+    verbose: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+def check_stages(stages, known):
+    """Raises a `ValueError` unless `stages` are some of `known`."""
+    unknown = set(stages) - set(known)
+    if unknown:
+        raise ValueError(
+            f"Unknown `stages` {sorted(unknown)}; expected a subset of "
+            f"{known}. Received: stages={stages}"
+        )
 
 
 @dataclass
@@ -125,6 +222,58 @@ def make_lars(
         peak, total_steps=max(1, total_steps), warmup_steps=warmup_steps
     )
     return LARS(schedule, momentum=momentum, weight_decay=weight_decay)
+
+
+def pretrain_optimizer(config, batch_size, scaling, total_steps):
+    """`make_lars` with the config's pretraining learning rate, warm-up
+    (`warmup_fraction` of `total_steps`) and weight decay."""
+    return make_lars(
+        config.learning_rate,
+        batch_size,
+        scaling,
+        total_steps=total_steps,
+        warmup_steps=int(round(config.warmup_fraction * total_steps)),
+        weight_decay=config.weight_decay,
+    )
+
+
+def run_stage(name, model, data, config, result, *, epochs, steps):
+    """`fit_stage` in the config's `output_dir`, with its verbosity and the
+    run's callbacks; records the stage in `result.stages[name]`.
+
+    Returns:
+        The `StageResult`.
+    """
+    stage = fit_stage(
+        name,
+        model,
+        data,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        output_dir=config.output_dir,
+        verbose=config.verbose,
+        callbacks=result.callbacks,
+    )
+    result.stages[name] = stage
+    return stage
+
+
+def finish_run(result, final, started, **models):
+    """Exports `final` when the config asks for it, records the `models` by
+    role and the seconds since `started` (a `time.time()`).
+
+    Returns:
+        `result`.
+    """
+    config = result.config
+    if config.export:
+        from keras_ssl.export import export_saved_model
+
+        result.export_path = os.path.join(config.output_dir, "saved_model")
+        export_saved_model(final, result.export_path)
+    result.models.update(models)
+    result.seconds = time.time() - started
+    return result
 
 
 def fit_stage(
@@ -337,20 +486,12 @@ def train_classifier(
     stream = ssl_data.from_arrays(
         labeled.x, labeled.y, batch_size=batch, seed=config.seed, repeat=True
     )
-    stage = fit_stage(
-        name,
-        model,
-        stream,
-        epochs=epochs,
-        steps_per_epoch=steps,
-        output_dir=config.output_dir,
-        verbose=config.verbose,
-        callbacks=result.callbacks,
+    stage = run_stage(
+        name, model, stream, config, result, epochs=epochs, steps=steps
     )
     stage.metrics["test_accuracy"] = test_accuracy(
         model, splits.x_test, splits.y_test
     )
-    result.stages[name] = stage
     return model
 
 
