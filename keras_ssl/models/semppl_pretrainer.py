@@ -134,7 +134,8 @@ class SemPPLPretrainer(SSLModel):
     votes) and `pseudo_label_recall_f` (the fraction of all unlabeled
     images that reach the threshold *and* are right). These are pooled
     over the epoch (weighted by their counts), not averages of per-batch
-    ratios.
+    ratios. Without `"unlabeled_labels"` these metrics are absent from the
+    logs.
 
     Other choices the paper leaves open:
     - The target network runs its BatchNorm layers in inference mode with
@@ -581,17 +582,6 @@ class SemPPLPretrainer(SSLModel):
             )
             logs[f"pseudo_label_recall_{fraction}"] = (hits / total, total)
         return logs
-
-    def update_trackers(self, logs):
-        # `(value, weight)` pairs pool ratios over batches and replicas.
-        plain = {}
-        for name, value in logs.items():
-            if not isinstance(value, tuple):
-                plain[name] = value
-            elif name in self.trackers:
-                value, weight = value
-                self.trackers[name].update_state(value, sample_weight=weight)
-        return super().update_trackers(plain)
 
     def get_config(self):
         config = super().get_config()

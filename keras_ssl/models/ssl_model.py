@@ -164,10 +164,27 @@ class SSLModel(keras.Model):
                 state.assign(store[key])
 
     def update_trackers(self, logs):
+        """Updates the trackers named in `logs`; returns their results.
+
+        Only metrics the step computed are returned: a metric it cannot
+        compute for this data (the probe without labels, pseudo-label
+        accuracy without held-out labels) is left out of the logs rather
+        than reported as 0. Which keys a step returns is fixed when it is
+        traced.
+
+        A value may be a `(value, weight)` pair: the tracker then pools the
+        ratio `value` over batches and replicas with weight `weight` (its
+        count), instead of averaging per-batch ratios.
+        """
+        results = {}
         for name, value in logs.items():
-            if name in self.trackers and value is not None:
-                self.trackers[name].update_state(value)
-        results = {name: t.result() for name, t in self.trackers.items()}
+            if name not in self.trackers or value is None:
+                continue
+            weight = None
+            if isinstance(value, tuple):
+                value, weight = value
+            self.trackers[name].update_state(value, sample_weight=weight)
+            results[name] = self.trackers[name].result()
         if _multi_worker():
             # Keras reduces the logs of a multi-worker step with
             # `strategy.reduce("MEAN", value, axis=0)`, which needs an axis.

@@ -99,6 +99,18 @@ class TestSemPPLPretrainer(TestCase):
             assert np.all(_numpy(valid))
             assert list(_numpy(labels)) == [2, 1, 2, 1, 0, 1]
 
+    def test_no_pseudo_label_metrics_without_held_out_labels(self, batch):
+        model = make_model(small=False)
+        model.compile(
+            optimizer=keras_ssl.optimizers.LARS(0.1), run_eagerly=True
+        )
+        ds = tf.data.Dataset.from_tensors(batch)
+        history = model.fit(ds, epochs=1, verbose=0, shuffle=False).history
+        assert np.isfinite(history["loss"][0])
+        assert "semantic_positive_coverage" in history
+        # Nothing to compare the pseudo-labels with: absent, not 0.
+        assert not [k for k in history if k.startswith("pseudo_label")]
+
     def test_queue_holds_target_projections_of_labeled_images(self, batch):
         model = make_model(fixed=True, queue_size=7)
         model.compile(optimizer="sgd", run_eagerly=True)
