@@ -64,10 +64,12 @@ def _build(layer, input_dim):
     return layer
 
 
-def _clone(layer, input_dim):
+def _clone(layer, input_dim, batch_statistics):
     if isinstance(layer, keras.Model):
-        return clone_network(layer)
-    return clone_layer(layer, (None, input_dim))
+        return clone_network(layer, batch_statistics=batch_statistics)
+    return clone_layer(
+        layer, (None, input_dim), batch_statistics=batch_statistics
+    )
 
 
 def _check(condition, name, value, requirement):
@@ -138,8 +140,15 @@ class SemPPLPretrainer(SSLModel):
     logs.
 
     Other choices the paper leaves open:
-    - The target network runs its BatchNorm layers in inference mode with
-      EMA'd moving statistics (as this library's other momentum networks).
+    - The target network's BatchNorm layers normalise each batch by its own
+      statistics during training (`target_batch_statistics=True`), as the
+      BYOL code base RELICv2 builds on does; their moving statistics are
+      the EMA of the online network's and serve only `training=False`
+      calls. In inference mode instead, the target starts from moving
+      statistics of (0, 1): its projections of different images are nearly
+      parallel (mean cosine 0.97 on the digits) and, at lambda = 5, the
+      invariance term holds the network at the point where every candidate
+      scores alike (docs/benchmarks.md).
     - Views are large if they have the largest size of `views`, small
       otherwise; the encoder must accept both sizes (e.g. an input shape
       `(None, None, 3)`) when there are small views.
@@ -174,6 +183,10 @@ class SemPPLPretrainer(SSLModel):
         contrastive_scale: float >= 0. `c` of eq. (10). Defaults to `0.3`.
         momentum: float in [0, 1). EMA decay of the target network.
             Defaults to `0.996`.
+        target_batch_statistics: bool. Whether the target network's
+            BatchNorm layers use the batch's statistics in training steps
+            (synchronized across replicas where the online network's are).
+            Defaults to `True`.
         seed: optional int. Seed of the negative and semantic-positive
             sampling. Defaults to `None`.
         **kwargs: base `keras.Model` arguments.
@@ -228,6 +241,7 @@ class SemPPLPretrainer(SSLModel):
         invariance_scale=5.0,
         contrastive_scale=0.3,
         momentum=0.996,
+        target_batch_statistics=True,
         seed=None,
         **kwargs,
     ):
@@ -271,6 +285,12 @@ class SemPPLPretrainer(SSLModel):
         ):
             _check(value >= 0, name, value, ">= 0")
         _check(0.0 <= momentum < 1.0, "momentum", momentum, "in [0, 1)")
+        _check(
+            isinstance(target_batch_statistics, bool),
+            "target_batch_statistics",
+            target_batch_statistics,
+            "a bool",
+        )
         super().__init__(**kwargs)
         feature_dim = int(encoder.output.shape[-1])
         # === Layers ===
@@ -297,8 +317,12 @@ class SemPPLPretrainer(SSLModel):
         self.large_views = [i for i, a in enumerate(areas) if a == max(areas)]
         self.small_views = [i for i, a in enumerate(areas) if a != max(areas)]
         self.image_size = normalize_size(views.specs[self.large_views[0]].size)
-        self.target_encoder = clone_network(encoder)
-        self.target_projector = _clone(self.projector, feature_dim)
+        self.target_encoder = clone_network(
+            encoder, batch_statistics=target_batch_statistics
+        )
+        self.target_projector = _clone(
+            self.projector, feature_dim, target_batch_statistics
+        )
         # One attribute per queue, not a list: Keras 3 leaves layers held in
         # lists out of `tf.train.Checkpoint`s (they are in `.keras` files).
         for i in range(len(self.large_views)):
@@ -318,6 +342,7 @@ class SemPPLPretrainer(SSLModel):
         self.invariance_scale = invariance_scale
         self.contrastive_scale = contrastive_scale
         self.momentum = momentum
+        self.target_batch_statistics = target_batch_statistics
         self.seed = seed
         self.built = True
 
@@ -354,10 +379,12 @@ class SemPPLPretrainer(SSLModel):
         p = _last(self.predictor(z, training=training))
         return ops.split(p, len(views), axis=0)
 
-    def _target(self, views):
+    def _target(self, views, training):
         """Target projections `g_t(f_t(x))` of each view (no gradient)."""
-        h = self.target_encoder(ops.concatenate(views, axis=0), training=False)
-        z = _last(self.target_projector(h, training=False))
+        h = self.target_encoder(
+            ops.concatenate(views, axis=0), training=training
+        )
+        z = _last(self.target_projector(h, training=training))
         z = l2_normalize(ops.stop_gradient(z))
         return ops.split(z, len(views), axis=0)
 
@@ -476,7 +503,7 @@ class SemPPLPretrainer(SSLModel):
         online_small = self._online(
             [views[i] for i in self.small_views], training
         )
-        targets = self._target(large)
+        targets = self._target(large, training)
         if training:
             self._update_queues(targets, labels, num_unlabeled)
         global_targets = [self._global_order(t, num_unlabeled) for t in targets]
@@ -605,6 +632,7 @@ class SemPPLPretrainer(SSLModel):
                 "invariance_scale": self.invariance_scale,
                 "contrastive_scale": self.contrastive_scale,
                 "momentum": self.momentum,
+                "target_batch_statistics": self.target_batch_statistics,
                 "seed": self.seed,
             }
         )

@@ -115,9 +115,13 @@ class TestSemPPLPretrainer(TestCase):
         model = make_model(fixed=True, queue_size=7)
         model.compile(optimizer="sgd", run_eagerly=True)
         model.train_on_batch(batch)
-        images = batch["labeled"].astype("float32") / 255.0
-        h = model.target_encoder(images, training=False)
-        expected = _unit(_numpy(model.target_projector(h)))
+        # The target normalises by the statistics of the whole batch (both
+        # fixed views are the images themselves, so one copy has the same).
+        images = np.concatenate([batch["unlabeled"], batch["labeled"]])
+        h = model.target_encoder(
+            images.astype("float32") / 255.0, training=True
+        )
+        expected = _unit(_numpy(model.target_projector(h, training=True)))[-4:]
         for queue in model.queues:
             values, valid, labels = (_numpy(x) for x in queue.read())
             self.assertAllClose(values[:4], expected, atol=1e-5)
@@ -192,6 +196,17 @@ class TestSemPPLPretrainer(TestCase):
         for v in target + [w for q in model.queues for w in q.weights]:
             assert id(v) not in trainable
 
+    @pytest.mark.parametrize("batch_statistics", [True, False])
+    def test_target_batch_statistics(self, batch_statistics):
+        model = make_model(target_batch_statistics=batch_statistics)
+        rng = np.random.default_rng(3)
+        views = [rng.uniform(size=(6, 16, 16, 3)).astype("float32")] * 2
+        train = np.stack(_numpy(model._target(views, training=True)))
+        infer = np.stack(_numpy(model._target(views, training=False)))
+        # A fresh network's moving statistics (0, 1) are not the batch's:
+        # training steps see other projections only on batch statistics.
+        assert (np.abs(train - infer).max() > 1e-3) == batch_statistics
+
     def test_saving_keeps_queues_and_target_network(self, batch):
         model = make_model()
         model.compile(optimizer="sgd", run_eagerly=True)
@@ -247,6 +262,10 @@ class TestSemPPLPretrainer(TestCase):
             ({"num_classes": 1}, "num_classes=1"),
             ({"temperature": 0}, "temperature=0"),
             ({"momentum": 1.0}, "momentum=1.0"),
+            (
+                {"target_batch_statistics": "yes"},
+                "target_batch_statistics=yes",
+            ),
             ({"num_semantic_positives": -1}, "num_semantic_positives=-1"),
             ({"num_negatives": 0}, "num_negatives=0"),
         ],
