@@ -438,8 +438,10 @@ class SemPPLPretrainer(SSLModel):
             # indices are laid out from the batch sizes.
             raise ValueError(
                 "SemPPLPretrainer needs batches of static size (e.g. "
-                "`batch(n, drop_remainder=True)`; keras_ssl.data streams "
-                "are). Received: unlabeled batch size="
+                "`batch(n, drop_remainder=True)`, or a keras_ssl.data "
+                "stream's `.to_tf_dataset()` on TensorFlow, where Keras "
+                "gives a stream passed as is an unknown batch size). "
+                "Received: unlabeled batch size="
                 f"{num_unlabeled}, labeled batch size={num_labeled}"
             )
         replicas = distribute.num_replicas()
