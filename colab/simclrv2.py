@@ -3,7 +3,7 @@
 #
 # This notebook runs the whole SimCLRv2 recipe (Chen et al., 2020) on
 # scikit-learn's bundled 8×8 digits, so it needs no download: contrastive
-# pretraining with a MoCo memory, fine-tuning from the first layer of the
+# pretraining, fine-tuning from the first layer of the
 # projection head on 10 labels per class, self-distillation with the
 # unlabeled images, and export of a SavedModel for serving. Switch to the
 # CIFAR-10 preset for a real run on a GPU.
@@ -29,7 +29,10 @@ TINY = os.environ.get("KERAS_SSL_NOTEBOOK_TINY") == "1"
 #
 # `SimCLRv2Config.digits()` is a small CPU-friendly preset: a CIFAR-stem
 # ResNet-18 at a quarter of the width, 16-px images, LARS with a warm-up +
-# cosine schedule. Every stage is checkpointed under `output_dir`, so a
+# cosine schedule. It leaves the MoCo memory off: in a few hundred steps
+# the memory network stays near its random initialisation and its keys
+# hold pretraining back (`memory_size=4096` turns it on, as in the
+# CIFAR-10 preset). Every stage is checkpointed under `output_dir`, so a
 # rerun after an interruption resumes where it stopped.
 
 # %%

@@ -133,6 +133,14 @@ class SimCLRv2Config(RecipeConfig):
         layer by about `learning_rate × eeta` (eeta = 0.001) of its norm per
         step, and the paper's rates are meant for 100k-step runs, not the
         few hundred steps of this preset.
+
+        No MoCo memory (`memory_size=0`): in a run this short the memory
+        network (EMA 0.999) stays close to its random initialisation, and
+        its keys cost far more than their negatives bring. Measured on
+        this preset (pretrain + fine-tune, one run each): fine-tuned test
+        accuracy 80.8% without the memory, 25.1% with a 1,024-entry one,
+        47.9% with one whose network normalises by batch statistics and
+        44.3% with EMA 0.99 (docs/benchmarks.md).
         """
         config = cls(
             dataset="digits",
@@ -151,7 +159,7 @@ class SimCLRv2Config(RecipeConfig):
             learning_rate_scaling="linear",
             weight_decay=1e-6,
             temperature=0.5,
-            memory_size=1024,
+            memory_size=0,
             finetune_learning_rate=0.05,
             finetune_batch_size=50,
             finetune_epochs=30,
