@@ -16,6 +16,9 @@ STAGE_BLOCKS = {
     200: (3, 24, 36, 3),
 }
 STEMS = ("imagenet", "cifar")
+CONV_PADDINGS = ("symmetric", "same")
+POOL_PADDINGS = ("same", "symmetric")
+SHORTCUT_POOLS = ("strided", "all")
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -68,6 +71,30 @@ class ResNet(keras.Model):
             batch already gives global statistics. Defaults to `False`.
         input_shape: tuple. Shape of one image. Defaults to
             `(None, None, 3)`.
+        resnet_d: bool or `None`. Use the ResNet-D stem and strided
+            shortcuts; `None` turns them on exactly when `sk_ratio > 0`,
+            as SimCLRv2 does. SimCLR's code with SK on builds ResNet-18/34
+            with ResNet-D but without SK (`sk_ratio=0, resnet_d=True`).
+            Defaults to `None`.
+        shortcut_pool: str. `"strided"` (He et al.) average-pools only in
+            strided ResNet-D shortcuts; `"all"` also in the stride-1
+            projection shortcut of stage 1 (a 2x2/1 `"same"` pool, as in
+            SimCLR's code and its published checkpoints). Defaults to
+            `"strided"`.
+        conv_padding: str. `"symmetric"` pads strided convs by
+            `(k - 1) // 2` on each side (SimCLR, PyTorch); `"same"` uses
+            TensorFlow's `"same"` rule, which pads one more row and column
+            at the bottom/right of even-sized inputs (Haiku, as in SemPPL's
+            and BYOL's networks). Defaults to `"symmetric"`.
+        pool_padding: str. Padding of the stem's 3x3/2 max-pool: `"same"`
+            (TensorFlow, Haiku) or `"symmetric"` (one pixel on every side,
+            PyTorch's `padding=1`, as in PAWS). Defaults to `"same"`.
+        input_mean: optional sequence of 3 floats. With `input_std`, the
+            network first maps images `x` to `(x - input_mean) / input_std`
+            (the ImageNet statistics that PAWS and SemPPL were trained
+            with), so that it still takes images in `[0, 1]`. Defaults to
+            `None` (no normalisation).
+        input_std: optional sequence of 3 floats > 0. Defaults to `None`.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -95,11 +122,28 @@ class ResNet(keras.Model):
         bn_epsilon=1e-5,
         synchronized_bn=False,
         input_shape=(None, None, 3),
+        resnet_d=None,
+        shortcut_pool="strided",
+        conv_padding="symmetric",
+        pool_padding="same",
+        input_mean=None,
+        input_std=None,
         **kwargs,
     ):
         _validate(
             depth, width_multiplier, sk_ratio, stem, bn_momentum, bn_epsilon
         )
+        _validate_layout(
+            resnet_d,
+            shortcut_pool,
+            conv_padding,
+            pool_padding,
+            input_mean,
+            input_std,
+        )
+        if input_mean is not None:
+            input_mean = [float(v) for v in input_mean]
+            input_std = [float(v) for v in input_std]
         # Plain Python numbers keep the config JSON-serialisable.
         depth = int(depth)
         width_multiplier = (
@@ -125,9 +169,22 @@ class ResNet(keras.Model):
         )
 
         # === Functional Model ===
+        layout = {
+            "resnet_d": sk_ratio > 0 if resnet_d is None else bool(resnet_d),
+            "shortcut_pool": shortcut_pool,
+            "conv_padding": conv_padding,
+            "pool_padding": pool_padding,
+        }
         inputs = keras.Input(shape=input_shape, name="images")
+        x = inputs
+        if input_mean is not None:
+            x = keras.layers.Normalization(
+                mean=input_mean,
+                variance=[s**2 for s in input_std],
+                name="input_normalization",
+            )(x)
         x = resnet_blocks.apply_stem(
-            inputs, stem, width_multiplier, sk_ratio > 0, bn
+            x, stem, width_multiplier, layout["resnet_d"], bn, layout
         )
         for stage, num_blocks in enumerate(STAGE_BLOCKS[depth]):
             filters = int(64 * 2**stage * width_multiplier)
@@ -142,6 +199,7 @@ class ResNet(keras.Model):
                     sk_ratio=sk_ratio,
                     name=f"stage{stage + 1}_block{block + 1}",
                     bn=bn,
+                    layout=layout,
                 )
         outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
@@ -154,6 +212,12 @@ class ResNet(keras.Model):
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
         self.synchronized_bn = bool(synchronized_bn)
+        self.resnet_d = resnet_d if resnet_d is None else bool(resnet_d)
+        self.shortcut_pool = shortcut_pool
+        self.conv_padding = conv_padding
+        self.pool_padding = pool_padding
+        self.input_mean = input_mean
+        self.input_std = input_std
         self.output_dim = int((2048 if bottleneck else 512) * width_multiplier)
 
     def get_config(self):
@@ -171,6 +235,12 @@ class ResNet(keras.Model):
             "synchronized_bn": self.synchronized_bn,
             # `Model.input_shape` includes the batch axis.
             "input_shape": tuple(self.input_shape[1:]),
+            "resnet_d": self.resnet_d,
+            "shortcut_pool": self.shortcut_pool,
+            "conv_padding": self.conv_padding,
+            "pool_padding": self.pool_padding,
+            "input_mean": self.input_mean,
+            "input_std": self.input_std,
         }
 
     @classmethod
@@ -209,3 +279,29 @@ def _validate(depth, width_multiplier, sk_ratio, stem, momentum, epsilon):
         fail("bn_momentum", "in [0, 1)", momentum)
     if not isinstance(epsilon, numbers.Real) or not epsilon > 0:
         fail("bn_epsilon", "> 0", epsilon)
+
+
+def _validate_layout(
+    resnet_d, shortcut_pool, conv_padding, pool_padding, mean, std
+):
+    def fail(name, requirement, value):
+        raise ValueError(
+            f"`{name}` must be {requirement}. Received: {name}={value!r}"
+        )
+
+    if resnet_d is not None and not isinstance(resnet_d, bool):
+        fail("resnet_d", "None, True or False", resnet_d)
+    if shortcut_pool not in SHORTCUT_POOLS:
+        fail("shortcut_pool", f"one of {SHORTCUT_POOLS}", shortcut_pool)
+    if conv_padding not in CONV_PADDINGS:
+        fail("conv_padding", f"one of {CONV_PADDINGS}", conv_padding)
+    if pool_padding not in POOL_PADDINGS:
+        fail("pool_padding", f"one of {POOL_PADDINGS}", pool_padding)
+    if (mean is None) != (std is None):
+        fail("input_std", "given exactly when `input_mean` is", std)
+    if mean is not None:
+        for name, value in (("input_mean", mean), ("input_std", std)):
+            if len(value) != 3:
+                fail(name, "a sequence of 3 floats", value)
+        if not all(s > 0 for s in std):
+            fail("input_std", "> 0", std)

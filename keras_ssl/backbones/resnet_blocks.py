@@ -43,16 +43,27 @@ def batch_norm(name, config, zero_init=False):
 
 
 def conv_bn(
-    x, filters, kernel_size, strides, name, bn, index="", relu=True, **bn_args
+    x,
+    filters,
+    kernel_size,
+    strides,
+    name,
+    bn,
+    index="",
+    relu=True,
+    padding="symmetric",
+    **bn_args,
 ):
     """Conv (no bias, fixed padding) + BN (+ ReLU): `{name}_conv{index}` etc.
 
-    Strided convs pad explicitly and symmetrically, then convolve with
-    `"valid"` padding (SimCLR's `conv2d_fixed_padding`): this makes the
+    With `padding="symmetric"`, strided convs pad explicitly and
+    symmetrically, then convolve with `"valid"` padding (SimCLR's
+    `conv2d_fixed_padding`, and PyTorch's `padding=k // 2`): this makes the
     output independent of whether the input size is even or odd, unlike
-    `"same"`, which pads more on the bottom/right for even sizes.
+    `"same"` (TensorFlow's and Haiku's rule), which pads more on the
+    bottom/right for even sizes.
     """
-    if strides > 1:
+    if strides > 1 and padding == "symmetric":
         pad_total = kernel_size - 1
         pad_beg = pad_total // 2
         pad = (pad_beg, pad_total - pad_beg)
@@ -75,35 +86,49 @@ def conv_bn(
     return x
 
 
-def apply_stem(x, stem, width_multiplier, deep, bn):
+def apply_stem(x, stem, width_multiplier, deep, bn, layout=None):
     """The layers before the first residual stage.
 
     `"cifar"`: one 3x3/1 conv. `"imagenet"`: a 7x7/2 conv, or with `deep`
     the ResNet-D stem of three 3x3 convs (the first one strided), then a
-    3x3/2 max-pool.
+    3x3/2 max-pool. `layout` holds `conv_padding` and `pool_padding` (see
+    `ResNet`).
     """
+    layout = layout or {}
+    padding = layout.get("conv_padding", "symmetric")
     width = int(64 * width_multiplier)
     if stem == "cifar":
-        return conv_bn(x, width, 3, 1, "stem", bn, index=1)
+        return conv_bn(x, width, 3, 1, "stem", bn, index=1, padding=padding)
     if deep:
-        x = conv_bn(x, width // 2, 3, 2, "stem", bn, index=1)
-        x = conv_bn(x, width // 2, 3, 1, "stem", bn, index=2)
-        x = conv_bn(x, width, 3, 1, "stem", bn, index=3)
+        x = conv_bn(x, width // 2, 3, 2, "stem", bn, index=1, padding=padding)
+        x = conv_bn(x, width // 2, 3, 1, "stem", bn, index=2, padding=padding)
+        x = conv_bn(x, width, 3, 1, "stem", bn, index=3, padding=padding)
     else:
-        x = conv_bn(x, width, 7, 2, "stem", bn, index=1)
+        x = conv_bn(x, width, 7, 2, "stem", bn, index=1, padding=padding)
+    if layout.get("pool_padding", "same") == "symmetric":
+        # PyTorch's `MaxPool2d(3, 2, padding=1)` pads one row/column on
+        # every side with -inf. The input is a ReLU output (>= 0) and every
+        # window holds at least one real value, so zeros pad alike.
+        x = keras.layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+        return keras.layers.MaxPooling2D(
+            3, strides=2, padding="valid", name="stem_pool"
+        )(x)
     return keras.layers.MaxPooling2D(
         3, strides=2, padding="same", name="stem_pool"
     )(x)
 
 
-def apply_shortcut(x, filters, strides, resnet_d, name, bn):
+def apply_shortcut(x, filters, strides, layout, name, bn):
     """Projection shortcut: 1x1 conv + BN, or ResNet-D's pool + 1x1 conv.
 
     ResNet-D (He et al. 2019, Fig. 2c) moves the downsampling of a strided
     shortcut to a 2x2/2 average pool, so that the 1x1 conv no longer drops
-    three quarters of its input.
+    three quarters of its input. With `layout["shortcut_pool"] == "all"`
+    a stride-1 projection shortcut also average-pools, 2x2/1 with `"same"`
+    padding (the mean of the window's pixels inside the image), as
+    SimCLR's code does in the first block of stage 1.
     """
-    if resnet_d and strides > 1:
+    if layout["resnet_d"] and strides > 1:
         x = keras.layers.ZeroPadding2D(
             ((0, 1), (0, 1)), name=f"{name}_shortcut_pad"
         )(x)
@@ -111,16 +136,31 @@ def apply_shortcut(x, filters, strides, resnet_d, name, bn):
             2, strides=2, padding="valid", name=f"{name}_shortcut_pool"
         )(x)
         strides = 1
-    return conv_bn(x, filters, 1, strides, f"{name}_shortcut", bn, relu=False)
+    elif layout["resnet_d"] and layout["shortcut_pool"] == "all":
+        x = keras.layers.AveragePooling2D(
+            2, strides=1, padding="same", name=f"{name}_shortcut_pool"
+        )(x)
+    return conv_bn(
+        x,
+        filters,
+        1,
+        strides,
+        f"{name}_shortcut",
+        bn,
+        relu=False,
+        padding=layout["conv_padding"],
+    )
 
 
-def apply_sk_conv(x, filters, strides, sk_ratio, name, bn, index):
+def apply_sk_conv(x, filters, strides, sk_ratio, name, bn, index, padding):
     """SimCLRv2's selective kernel conv in place of a 3x3 conv + BN + ReLU.
 
     One 3x3 conv makes both branches at once (`2 * filters` channels, BN,
     ReLU); `SelectiveKernelAttention` then mixes the two halves.
     """
-    x = conv_bn(x, 2 * filters, 3, strides, name, bn, index=index)
+    x = conv_bn(
+        x, 2 * filters, 3, strides, name, bn, index=index, padding=padding
+    )
     return SelectiveKernelAttention(
         sk_ratio=sk_ratio,
         bn_momentum=bn["momentum"],
@@ -130,33 +170,63 @@ def apply_sk_conv(x, filters, strides, sk_ratio, name, bn, index):
     )(x)
 
 
-def apply_3x3(x, filters, strides, sk_ratio, name, bn, index):
+def apply_3x3(x, filters, strides, sk_ratio, name, bn, index, padding):
     """A 3x3 conv + BN + ReLU, or a selective kernel conv if `sk_ratio`."""
     if sk_ratio > 0:
-        return apply_sk_conv(x, filters, strides, sk_ratio, name, bn, index)
-    return conv_bn(x, filters, 3, strides, name, bn, index=index)
+        return apply_sk_conv(
+            x, filters, strides, sk_ratio, name, bn, index, padding
+        )
+    return conv_bn(
+        x, filters, 3, strides, name, bn, index=index, padding=padding
+    )
 
 
-def apply_basic_block(x, filters, strides, projection, sk_ratio, name, bn):
+def default_layout(sk_ratio):
+    """The layout options of `ResNet`'s defaults for this `sk_ratio`."""
+    return {
+        "resnet_d": sk_ratio > 0,
+        "shortcut_pool": "strided",
+        "conv_padding": "symmetric",
+    }
+
+
+def apply_basic_block(
+    x, filters, strides, projection, sk_ratio, name, bn, layout=None
+):
     """Two 3x3 convs (the first one strided, SK if `sk_ratio`)."""
+    layout = layout or default_layout(sk_ratio)
+    padding = layout["conv_padding"]
     shortcut = x
     if projection:
-        shortcut = apply_shortcut(x, filters, strides, sk_ratio > 0, name, bn)
-    x = apply_3x3(x, filters, strides, sk_ratio, name, bn, index=1)
-    x = conv_bn(x, filters, 3, 1, name, bn, index=2, relu=False, zero_init=True)
+        shortcut = apply_shortcut(x, filters, strides, layout, name, bn)
+    x = apply_3x3(x, filters, strides, sk_ratio, name, bn, 1, padding)
+    x = conv_bn(
+        x,
+        filters,
+        3,
+        1,
+        name,
+        bn,
+        index=2,
+        relu=False,
+        zero_init=True,
+        padding=padding,
+    )
     x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
     return keras.layers.ReLU(name=f"{name}_out")(x)
 
 
-def apply_bottleneck_block(x, filters, strides, projection, sk_ratio, name, bn):
+def apply_bottleneck_block(
+    x, filters, strides, projection, sk_ratio, name, bn, layout=None
+):
     """1x1 reduce, 3x3 (or SK) with the stride, 1x1 expand to `4*filters`."""
+    layout = layout or default_layout(sk_ratio)
+    padding = layout["conv_padding"]
     shortcut = x
     if projection:
-        shortcut = apply_shortcut(
-            x, 4 * filters, strides, sk_ratio > 0, name, bn
-        )
+        shortcut = apply_shortcut(x, 4 * filters, strides, layout, name, bn)
     x = conv_bn(x, filters, 1, 1, name, bn, index=1)
-    x = apply_3x3(x, filters, strides, sk_ratio, name, bn, index=2)
+    x = apply_3x3(x, filters, strides, sk_ratio, name, bn, 2, padding)
     x = conv_bn(
         x, 4 * filters, 1, 1, name, bn, index=3, relu=False, zero_init=True
     )
