@@ -1,0 +1,173 @@
+"""`PretrainedModel`: a published network rebuilt from keras_ssl parts."""
+
+import keras
+import numpy as np
+
+from keras_ssl.layers.projection_head import ProjectionHead
+
+
+@keras.saving.register_keras_serializable(package="keras_ssl")
+class PretrainedModel(keras.Model):
+    """A published self-/semi-supervised network as keras_ssl layers.
+
+    The readers in `keras_ssl.pretrained` return this model: the encoder is
+    a `keras_ssl.backbones.ResNet` (which takes images in `[0, 1]`, and
+    normalises them itself where the reference network expects ImageNet
+    statistics), the heads are the reference's heads, and a call returns
+    a dict with `"features"` (the pooled encoder output), and, where the
+    checkpoint has them, `"projection"`, `"prediction"` and `"logits"`.
+    Every part is an ordinary Keras object, so the parts plug into the rest
+    of the library: `FineTuner(model.encoder, num_classes, head=model.head,
+    ft_layer=1)` fine-tunes a SimCLRv2 network from the middle of its
+    projection head, `Distiller` takes the model as a teacher, and
+    `keras_ssl.export` exports it.
+
+    Args:
+        encoder: `keras.Model` mapping images to features `(B, C)`.
+        head: optional projection head: a
+            `keras_ssl.layers.ProjectionHead` (SimCLR), whose `ft_layer`-th
+            activation feeds the classifier, or any layer mapping features
+            to the projection (PAWS, SemPPL). Defaults to `None`.
+        classifier: optional layer mapping the classifier input to logits.
+            Defaults to `None`.
+        predictor: optional layer mapping projections to predictions (the
+            PAWS and SemPPL prediction heads). Defaults to `None`.
+        ft_layer: int. Which `ProjectionHead` activation the classifier
+            reads (0: the features). Must be 0 unless `head` is a
+            `ProjectionHead`. Defaults to `0`.
+        **kwargs: passed to `keras.Model` (e.g. `name`).
+
+    Example:
+
+    ```python
+    model = keras_ssl.pretrained.load("simclrv2/r50_1x_sk0/pretrained")
+    outputs = model(images)  # images in [0, 1], (B, 224, 224, 3)
+    outputs["features"], outputs["projection"], outputs["logits"]
+    ```
+    """
+
+    def __init__(
+        self,
+        encoder,
+        head=None,
+        classifier=None,
+        predictor=None,
+        ft_layer=0,
+        **kwargs,
+    ):
+        num_layers = head.num_layers if isinstance(head, ProjectionHead) else 0
+        if not isinstance(ft_layer, int) or not 0 <= ft_layer <= num_layers:
+            raise ValueError(
+                "`ft_layer` must be an int between 0 and the number of "
+                f"projection-head layers ({num_layers}). Received: "
+                f"ft_layer={ft_layer}"
+            )
+        if predictor is not None and head is None:
+            raise ValueError(
+                "`predictor` needs a `head` to read projections from. "
+                f"Received: head=None, predictor={predictor!r}"
+            )
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.head = head
+        self.classifier = classifier
+        self.predictor = predictor
+        self.ft_layer = ft_layer
+        features = tuple(encoder.output.shape)
+        shape = features
+        if head is not None and not head.built:
+            head.build(features)
+        if head is not None:
+            shapes = head.compute_output_shape(features)
+            if isinstance(head, ProjectionHead):
+                shape = tuple(shapes[ft_layer])
+                shapes = shapes[-1]
+            if predictor is not None and not predictor.built:
+                predictor.build(tuple(shapes))
+        if classifier is not None and not classifier.built:
+            classifier.build(shape)
+        self.built = True
+
+    def call(self, images, training=None):
+        features = self.encoder(images, training=training)
+        outputs = {"features": features}
+        classifier_input = features
+        if self.head is not None:
+            projection = self.head(features, training=training)
+            if isinstance(self.head, ProjectionHead):
+                classifier_input = projection[self.ft_layer]
+                projection = projection[-1]
+            outputs["projection"] = projection
+            if self.predictor is not None:
+                outputs["prediction"] = self.predictor(
+                    projection, training=training
+                )
+        if self.classifier is not None:
+            outputs["logits"] = self.classifier(
+                classifier_input, training=training
+            )
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        serialize = keras.saving.serialize_keras_object
+        config.update(
+            {
+                "encoder": serialize(self.encoder),
+                "head": serialize(self.head),
+                "classifier": serialize(self.classifier),
+                "predictor": serialize(self.predictor),
+                "ft_layer": self.ft_layer,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("encoder", "head", "classifier", "predictor"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+
+def relative_path(layer, variable):
+    """`variable.path` without the leading `layer.name/`."""
+    prefix = f"{layer.name}/"
+    path = variable.path
+    return path[len(prefix) :] if path.startswith(prefix) else path
+
+
+def assign(layer, values, source):
+    """Sets every variable of `layer` from `values` (relative path -> array).
+
+    Every variable must get a value of its own shape and every value must
+    be used, so that a reader that misreads a checkpoint fails here rather
+    than returning a half-initialised network.
+
+    Args:
+        layer: built `keras.layers.Layer` or `keras.Model`.
+        values: dict from `relative_path(layer, variable)` to arrays.
+        source: str. Names the checkpoint in error messages.
+    """
+    values = dict(values)
+    missing = []
+    for variable in layer.weights:
+        path = relative_path(layer, variable)
+        if path not in values:
+            missing.append(path)
+            continue
+        value = np.asarray(values.pop(path))
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(
+                f"{source}: the value for `{path}` has shape {value.shape}, "
+                f"the network expects {tuple(variable.shape)}."
+            )
+        variable.assign(value.astype(variable.dtype))
+    if missing or values:
+        raise ValueError(
+            f"{source} does not match the network `{layer.name}`: no value "
+            f"for {sorted(missing)[:8]}"
+            + (f" (and {len(missing) - 8} more)" if len(missing) > 8 else "")
+            + f"; unused values {sorted(values)[:8]}."
+        )
