@@ -26,6 +26,10 @@ class SemiSupervisedDataset(HostDataset):
       monitoring pseudo-labels only; never train on them);
     - `"labeled"`: uint8 `(labeled_batch_size, H', W', 3)` and
       `"labels"`: int32 `(labeled_batch_size,)`, when labeled data is given;
+    - `"unlabeled_ids"` (and `"labeled_ids"`): int32, each image's id
+      (its row in the unlabeled images; `labeled_ids`, or `-1` where
+      unknown, for the labeled ones) when `image_ids=True`, so a memory
+      queue can tell an image's own keys from other images';
     - `"support"`: uint8 `(C·I, H'', W'', 3)` and `"support_labels"`:
       int32 `(C·I,)` (plus `"support_targets"`, float32 `(C·I, K)`, for a
       sampler with `one_hot=True`), when a `SupportSampler` is given.
@@ -54,6 +58,8 @@ class SemiSupervisedDataset(HostDataset):
         repeat: bool = False,
         num_classes: int | None = None,
         unlabeled_labels=None,
+        image_ids: bool = False,
+        labeled_ids=None,
         **kwargs,
     ):
         self.unlabeled_images = as_uint8_images(unlabeled_images, "unlabeled")
@@ -92,6 +98,12 @@ class SemiSupervisedDataset(HostDataset):
                 "labeled_batch_size",
                 "labeled",
             )
+        self.image_ids = bool(image_ids)
+        self.labeled_ids = _labeled_ids(
+            labeled_ids,
+            self.image_ids,
+            None if labeled_images is None else len(self.labeled_images),
+        )
         self.support = _check_support(support)
         self.shuffle = bool(shuffle)
         self.seed = check_seed(seed)
@@ -126,6 +138,8 @@ class SemiSupervisedDataset(HostDataset):
             self.unlabeled_batch_size,
         )
         batch = {"unlabeled": self.unlabeled_images[rows]}
+        if self.image_ids:
+            batch["unlabeled_ids"] = rows.astype(np.int32)
         if self.unlabeled_labels is not None:
             batch["unlabeled_labels"] = self.unlabeled_labels[rows]
         step = self.global_step(epoch, index)
@@ -144,6 +158,8 @@ class SemiSupervisedDataset(HostDataset):
             )
             batch["labeled"] = self.labeled_images[rows]
             batch["labels"] = self.labels[rows]
+            if self.image_ids:
+                batch["labeled_ids"] = self.labeled_ids[rows]
         if self.support is not None:
             batch.update(self.support.features(step))
         return batch
@@ -155,6 +171,31 @@ def _check_enough(count, batch_size, name, source):
             f"`{name}` must not exceed the number of {source} images "
             f"({count}). Received: {name}={batch_size}"
         )
+
+
+def _labeled_ids(labeled_ids, image_ids, count):
+    """The labeled images' ids as int32 `(count,)`, `-1` where unknown."""
+    if labeled_ids is None:
+        return None if count is None else np.full(count, -1, np.int32)
+    if not image_ids or count is None:
+        raise ValueError(
+            "`labeled_ids` needs `image_ids=True` and labeled data. "
+            f"Received: image_ids={image_ids}, labeled "
+            f"{'given' if count is not None else 'None'}"
+        )
+    ids = np.asarray(labeled_ids)
+    if ids.shape != (count,) or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(
+            "`labeled_ids` must be integers of shape (number of labeled "
+            f"images,) = ({count},). Received: labeled_ids of shape "
+            f"{ids.shape} and dtype {ids.dtype}"
+        )
+    if ids.size and (ids.min() < -1 or ids.max() >= 2**31 - 1):
+        raise ValueError(
+            "`labeled_ids` must lie in [-1, 2**31 - 1). Received: values "
+            f"in [{ids.min()}, {ids.max()}]"
+        )
+    return ids.astype(np.int32)
 
 
 def _check_labeled_args(labeled, labeled_batch_size):
@@ -246,6 +287,8 @@ def semi_supervised(
     image_key: str = "image",
     label_key: str = "label",
     monitor_labels: bool = False,
+    image_ids: bool = False,
+    labeled_ids=None,
     **kwargs,
 ):
     """Zips unlabeled and labeled batches into the training stream.
@@ -257,6 +300,8 @@ def semi_supervised(
     ```
     {"unlabeled": uint8 (unlabeled_batch_size, H, W, 3),
      "unlabeled_labels": int32 (unlabeled_batch_size,),  # monitor_labels
+     "unlabeled_ids": int32 (unlabeled_batch_size,),     # image_ids
+     "labeled_ids": int32 (labeled_batch_size,),  # image_ids, with labeled
      "labeled":   uint8 (labeled_batch_size, H, W, 3),   # with `labeled`
      "labels":    int32 (labeled_batch_size,),           # with `labeled`
      "support":   uint8 (C·I, H, W, 3),                  # with `support`
@@ -306,6 +351,17 @@ def semi_supervised(
             an object with `.y` or a dataset with labels, for monitoring
             only (e.g. `SemPPLPretrainer`'s pseudo-label precision and
             recall); the models never train on them. Defaults to `False`.
+        image_ids: bool. Also yield each image's id: `"unlabeled_ids"`,
+            the image's position in the unlabeled source, and, with
+            labeled data, `"labeled_ids"` (see `labeled_ids`). A memory
+            queue uses them to keep an image's own earlier keys out of its
+            negatives (`keras_ssl.models.SimCLRv2Pretrainer`). Defaults to
+            `False`.
+        labeled_ids: optional ints `(N_l,)`, with `image_ids=True`: the
+            id of each labeled image in the unlabeled source (e.g.
+            `LabeledSubset.indices` when the labeled images were drawn
+            from the unlabeled ones), or `-1` where it is not there.
+            Defaults to `-1` for every labeled image.
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of
             `keras.utils.PyDataset` (NumPy path).
 
@@ -343,6 +399,8 @@ def semi_supervised(
             repeat=repeat,
             num_classes=num_classes,
             unlabeled_labels=unlabeled_labels,
+            image_ids=image_ids,
+            labeled_ids=labeled_ids,
             **kwargs,
         )
     return _semi_supervised_tf(
@@ -350,6 +408,8 @@ def semi_supervised(
         labeled,
         unlabeled_labels=unlabeled_labels,
         monitor_labels=monitor_labels,
+        image_ids=bool(image_ids),
+        labeled_ids=labeled_ids,
         unlabeled_batch_size=check_positive_int(
             unlabeled_batch_size, "unlabeled_batch_size"
         ),
@@ -372,6 +432,8 @@ def _semi_supervised_tf(
     *,
     unlabeled_labels,
     monitor_labels,
+    image_ids,
+    labeled_ids,
     unlabeled_batch_size,
     labeled_batch_size,
     support,
@@ -401,6 +463,11 @@ def _semi_supervised_tf(
     )
     if monitor_labels and num_classes is not None:
         unlabeled = unlabeled.map(_label_range_check(num_classes))
+    if image_ids:
+        # The position in the source, fixed before any shuffling.
+        unlabeled = unlabeled.enumerate().map(
+            lambda index, element: (element, tf.cast(index, tf.int32))
+        )
     if shuffle:
         unlabeled = unlabeled.shuffle(buffer, seed=seed)
     if repeat:
@@ -419,6 +486,8 @@ def _semi_supervised_tf(
         )
         if num_classes is not None:
             labeled = labeled.map(_label_range_check(num_classes))
+        if image_ids:
+            labeled = _with_labeled_ids(labeled, labeled_ids)
         if shuffle:
             labeled = labeled.shuffle(buffer, seed=seed + 1)
         parts.append(
@@ -428,20 +497,44 @@ def _semi_supervised_tf(
         parts.append(_support_dataset(support, steps_per_pass))
 
     def to_dict(*batches):
+        first = batches[0]
+        batch = {}
+        if image_ids:
+            first, batch["unlabeled_ids"] = first
         if monitor_labels:
-            images, labels = batches[0]
-            batch = {"unlabeled": images, "unlabeled_labels": labels}
+            batch["unlabeled"], batch["unlabeled_labels"] = first
         else:
-            batch = {"unlabeled": batches[0]}
+            batch["unlabeled"] = first
         rest = list(batches[1:])
         if labeled is not None:
-            batch["labeled"], batch["labels"] = rest.pop(0)
+            if image_ids:
+                batch["labeled"], batch["labels"], batch["labeled_ids"] = (
+                    rest.pop(0)
+                )
+            else:
+                batch["labeled"], batch["labels"] = rest.pop(0)
         if support is not None:
             batch.update(rest.pop(0))
         return batch
 
     stream = tf.data.Dataset.zip(tuple(parts)).map(to_dict)
     return stream.prefetch(tf.data.AUTOTUNE)
+
+
+def _with_labeled_ids(labeled, labeled_ids):
+    """`(image, label, id)` elements: `labeled_ids` in order, else -1."""
+    import tensorflow as tf
+
+    if labeled_ids is None:
+        return labeled.map(lambda image, label: (image, label, tf.constant(-1)))
+    count = int(labeled.cardinality())
+    ids = _labeled_ids(
+        labeled_ids, True, count if count >= 0 else len(labeled_ids)
+    )
+    pairs = tf.data.Dataset.zip(
+        (labeled, tf.data.Dataset.from_tensor_slices(ids))
+    )
+    return pairs.map(lambda pair, index: (*pair, index))
 
 
 def _label_range_check(num_classes):

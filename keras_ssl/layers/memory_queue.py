@@ -5,9 +5,11 @@ from keras import ops
 
 from keras_ssl.ops.math import l2_normalize
 
-# Label stored in slots that hold no example yet; no class index equals it,
-# so a label comparison alone can never match an empty slot.
+# Label (and image id) stored in slots that hold no example yet, and the id
+# of an image whose id is unknown; no class index or image id equals it, so
+# a comparison alone can never match an empty slot.
 EMPTY_LABEL = -1
+UNKNOWN_ID = -1
 
 
 def _check_int(name, value):
@@ -28,12 +30,16 @@ class MemoryQueue(keras.layers.Layer):
     positives. This layer is that buffer: non-trainable variables `queue`
     `(size, dim)`, `valid` `(size,)` (which slots hold an enqueued
     example), `pointer` (the next slot to write, i.e. the oldest entry once
-    full) and, with `with_labels=True`, `labels` `(size,)`.
+    full), with `with_labels=True`, `labels` `(size,)` and, with
+    `with_ids=True`, `ids` `(size,)`: the id of the image each entry was
+    computed from (`-1` where unknown), so that a query can leave the keys
+    of its own image out (`keras_ssl.models.SimCLRv2Pretrainer` does).
 
-    Write with `enqueue(values, labels=None, mask=None)` and read with
-    `read()`. `enqueue` writes the rows in order at the pointer with
-    wrap-around, for any `size >= 1` (not necessarily a multiple of the
-    batch); a batch larger than the queue keeps only its newest `size` rows.
+    Write with `enqueue(values, labels=None, mask=None, ids=None)` and read
+    with `read()` (and `read_ids()`). `enqueue` writes the rows in order at
+    the pointer with wrap-around, for any `size >= 1` (not necessarily a
+    multiple of the batch); a batch larger than the queue keeps only its
+    newest `size` rows.
     It uses a scatter with indices computed by modular arithmetic, so it
     has no data-dependent shapes and compiles with XLA.
 
@@ -58,6 +64,8 @@ class MemoryQueue(keras.layers.Layer):
         dim: int >= 1. Width of the stored embeddings. Defaults to `128`.
         with_labels: bool. Also store an int label per slot. Defaults to
             `False`.
+        with_ids: bool. Also store the int id of each entry's source image
+            (`-1` when the caller does not know it). Defaults to `False`.
         initializer: `"random_unit"` (normal vectors scaled to unit norm)
             or any Keras initializer for the initial queue contents. Defaults
             to `"random_unit"`.
@@ -95,6 +103,7 @@ class MemoryQueue(keras.layers.Layer):
         with_labels=False,
         initializer="random_unit",
         seed=None,
+        with_ids=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -103,6 +112,7 @@ class MemoryQueue(keras.layers.Layer):
         self.size = size
         self.dim = dim
         self.with_labels = with_labels
+        self.with_ids = with_ids
         self.initializer = initializer
         self.seed = seed
         # The state does not depend on any input shape, so it is created
@@ -121,6 +131,11 @@ class MemoryQueue(keras.layers.Layer):
                 keras.initializers.Constant(EMPTY_LABEL),
                 "int32",
                 "labels",
+            )
+        self.ids = None
+        if with_ids:
+            self.ids = self._state(
+                (size,), keras.initializers.Constant(UNKNOWN_ID), "int32", "ids"
             )
         self.built = True
 
@@ -159,8 +174,16 @@ class MemoryQueue(keras.layers.Layer):
             return values, valid, ops.convert_to_tensor(self.labels)
         return values, valid
 
-    def enqueue(self, values, labels=None, mask=None):
-        """Writes the rows of `values` (and `labels`) at the pointer.
+    def read_ids(self):
+        """The source-image id of each slot, `-1` where empty or unknown."""
+        if not self.with_ids:
+            raise ValueError(
+                "`read_ids()` needs a queue built with `with_ids=True`."
+            )
+        return ops.convert_to_tensor(self.ids)
+
+    def enqueue(self, values, labels=None, mask=None, ids=None):
+        """Writes the rows of `values` (and `labels`, `ids`) at the pointer.
 
         Args:
             values: tensor `(n, dim)`. Rows to store, oldest first.
@@ -168,13 +191,17 @@ class MemoryQueue(keras.layers.Layer):
             mask: optional bool tensor `(n,)`. Only rows where it is `True`
                 are written, in order, without gaps (e.g. the labeled rows
                 of a mixed batch); the shape stays static.
+            ids: int tensor `(n,)`. Source-image ids (`-1`: unknown). With
+                `with_ids=True` only; `None` stores `-1`.
         """
         values = ops.convert_to_tensor(values)
         if labels is not None:
             labels = ops.convert_to_tensor(labels)
         if mask is not None:
             mask = ops.convert_to_tensor(mask)
-        self._check_enqueue(values, labels, mask)
+        if ids is not None:
+            ids = ops.convert_to_tensor(ids)
+        self._check_enqueue(values, labels, mask, ids)
         n = ops.shape(values)[0]
         if mask is None:
             write = ops.ones((n,), dtype="int32")
@@ -202,9 +229,13 @@ class MemoryQueue(keras.layers.Layer):
         scatter(self.valid, ops.ones((n,), dtype="int32"))
         if self.with_labels:
             scatter(self.labels, labels)
+        if self.with_ids:
+            if ids is None:
+                ids = ops.full((n,), UNKNOWN_ID, dtype="int32")
+            scatter(self.ids, ids)
         self.pointer.assign(ops.mod(pointer + count, self.size))
 
-    def _check_enqueue(self, values, labels, mask):
+    def _check_enqueue(self, values, labels, mask, ids):
         if len(values.shape) != 2 or values.shape[-1] not in (None, self.dim):
             raise ValueError(
                 "`values` must have shape (batch, dim) with the queue's dim. "
@@ -219,7 +250,11 @@ class MemoryQueue(keras.layers.Layer):
             raise ValueError(
                 "`labels` given to a queue built with `with_labels=False`."
             )
-        for name, x in (("labels", labels), ("mask", mask)):
+        if not self.with_ids and ids is not None:
+            raise ValueError(
+                "`ids` given to a queue built with `with_ids=False`."
+            )
+        for name, x in (("labels", labels), ("mask", mask), ("ids", ids)):
             if x is None:
                 continue
             shape = tuple(x.shape)
@@ -244,6 +279,7 @@ class MemoryQueue(keras.layers.Layer):
                 "size": self.size,
                 "dim": self.dim,
                 "with_labels": self.with_labels,
+                "with_ids": self.with_ids,
                 "initializer": initializer,
                 "seed": self.seed,
             }

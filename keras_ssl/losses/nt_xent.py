@@ -51,17 +51,20 @@ def _check_shapes(z1, z2, negatives, negatives_mask) -> None:
             f"projection dim of `z1` and `z2`. Received: queue dim="
             f"{queue_dim}, projection dim={dim}"
         )
-    if negatives_mask is not None and (
-        len(negatives_mask.shape) != 1
-        or (
-            negatives_mask.shape[0] is not None
-            and negatives.shape[0] is not None
-            and negatives_mask.shape[0] != negatives.shape[0]
-        )
+    if negatives_mask is None:
+        return
+    # (Q,) for every anchor alike, or (B, Q) row by row of the local batch.
+    rank = len(negatives_mask.shape)
+    expected = (z1.shape[0], negatives.shape[0])[-rank:] if rank else ()
+    if rank not in (1, 2) or any(
+        a is not None and b is not None and a != b
+        for a, b in zip(negatives_mask.shape, expected)
     ):
         raise ValueError(
-            "`negatives_mask` must have shape (queue size,). Received: "
+            "`negatives_mask` must have shape (queue size,) or (batch, "
+            "queue size). Received: "
             f"negatives_mask.shape={tuple(negatives_mask.shape)}, "
+            f"z1.shape={tuple(z1.shape)}, "
             f"negatives.shape={tuple(negatives.shape)}"
         )
 
@@ -114,7 +117,9 @@ def _contrastive_logits(z1, z2, temperature, negatives, negatives_mask):
             queue = l2_normalize(ops.cast(negatives, dtype))
             block = ops.matmul(anchor, ops.transpose(queue)) * scale
             if negatives_mask is not None:
-                keep = ops.cast(negatives_mask, "bool")[None, :]
+                keep = ops.cast(negatives_mask, "bool")
+                if len(keep.shape) == 1:
+                    keep = keep[None, :]
                 block = ops.where(keep, block, masked)
             blocks.append(block)
         return ops.concatenate(blocks, axis=1)
@@ -190,9 +195,12 @@ def nt_xent(
         negatives: optional tensor `(Q, D)`. Extra negatives for every
             anchor, e.g. `keras_ssl.layers.MemoryQueue.read()[0]`. They are
             l2-normalised here like the projections. Defaults to `None`.
-        negatives_mask: optional bool tensor `(Q,)`. Rows of `negatives`
-            where it is `False` (empty queue slots) never enter the
-            denominator. Defaults to `None` (all rows count).
+        negatives_mask: optional bool tensor `(Q,)` or `(B, Q)`. Rows of
+            `negatives` where it is `False` never enter the denominator:
+            `(Q,)` for every anchor alike (empty queue slots), `(B, Q)` per
+            image of this replica's batch, for both of its views (e.g. the
+            keys of the image's own earlier views). Defaults to `None` (all
+            rows count).
         return_metrics: bool. Also return a dict with
             `"contrastive_accuracy"` (fraction of anchors whose positive has
             the highest logit of all candidates) and
@@ -247,9 +255,10 @@ class NTXent(keras.losses.Loss):
       view 2, row `i` and row `B + i` being the same image (what a model
       returning `concatenate([z1, z2])` gives `compile()`); or
     - a dict with keys `"z1"`, `"z2"` (each `(B, D)`) and optionally
-      `"negatives"` `(Q, D)` and `"negatives_mask"` `(Q,)`, to add extra
-      negatives such as a memory queue. The loss holds no state: the queue
-      is passed in on every call, never stored or updated here.
+      `"negatives"` `(Q, D)` and `"negatives_mask"` `(Q,)` or `(B, Q)`,
+      to add extra negatives such as a memory queue. The loss holds no
+      state: the queue is passed in on every call, never stored or updated
+      here.
 
     The per-anchor losses are ordered view 1 first, so a `sample_weight`
     of shape `(2B,)` lines up with the stacked `y_pred`.

@@ -1,5 +1,7 @@
 """SimCLRv2 contrastive pretraining with a MoCo memory and a linear probe."""
 
+import warnings
+
 import keras
 from keras import ops
 
@@ -30,6 +32,23 @@ class SimCLRv2Pretrainer(SSLModel):
     weights for stabilization) whose output will be buffered as negative
     examples"). Empty queue slots are masked out rather than filled with
     random vectors.
+
+    The memory network normalises each batch by its own statistics, as
+    MoCo's key encoder does (it runs in training mode); its moving
+    statistics are the EMA of the online network's and are never written
+    by the step. (On moving statistics, which start at (0, 1), a fresh
+    memory network maps different images to nearly the same key, and the
+    queue fills with near-copies of one vector.)
+
+    An image is never its own negative: when batches carry image ids
+    (`keras_ssl.data.semi_supervised(..., image_ids=True)` yields
+    `"unlabeled_ids"` and `"labeled_ids"`), the queue stores each key's id
+    and every query leaves the keys of its own image out of its
+    denominator. MoCo relies on scale for this (65,536 keys against 1.28M
+    images); with a queue that holds a large share of the data set, most
+    queries would otherwise meet an earlier key of their own image. `fit()`
+    warns when it sees a memory larger than 10% of an array data set
+    without ids.
 
     Batches may be plain uint8 images, or the dicts of
     `keras_ssl.data.semi_supervised`; then the labeled images join the
@@ -146,9 +165,15 @@ class SimCLRv2Pretrainer(SSLModel):
         self.views = views
         self.queue = None
         if memory_size:
-            self.momentum_encoder = clone_network(encoder)
-            self.momentum_head = clone_layer(self.head, feature_shape)
-            self.queue = MemoryQueue(memory_size, self.head.output_dim)
+            self.momentum_encoder = clone_network(
+                encoder, batch_statistics=True
+            )
+            self.momentum_head = clone_layer(
+                self.head, feature_shape, batch_statistics=True
+            )
+            self.queue = MemoryQueue(
+                memory_size, self.head.output_dim, with_ids=True
+            )
             self.queue.build(None)
         self.probe = None
         if num_classes is not None:
@@ -189,25 +214,44 @@ class SimCLRv2Pretrainer(SSLModel):
             self.momentum,
         )
 
-    def _memory_negatives(self, view1, view2):
-        """The queue as it was before this step, and this step's keys.
+    def _memory_negatives(self, views, ids):
+        """The queue as it was before this step, its mask, this step's keys.
 
-        Reading before enqueueing keeps an image from being its own
-        negative.
+        The queue is read before this step's keys are written, and keys of
+        a query's own image (same id) are masked out of its row.
         """
         negatives, valid = self.queue.read()
+        mask = valid
+        if ids is not None:
+            own = ops.logical_and(
+                ops.equal(ids[:, None], self.queue.read_ids()[None, :]),
+                (ids >= 0)[:, None],
+            )
+            mask = ops.logical_and(valid[None, :], ops.logical_not(own))
+        # The keyed views go through the memory network together, as the
+        # online network sees them, so its batch statistics are over the
+        # same images.
+        batch = ops.shape(views[0])[0]
+        keyed = views[: self.memory_views]
+        x = keyed[0] if len(keyed) == 1 else ops.concatenate(keyed, axis=0)
+        h = self.momentum_encoder(x, training=True)
+        z = ops.stop_gradient(self.momentum_head(h, training=True)[-1])
         # Gathered view by view, so the queue receives all first views of
         # the global batch, then all second views, whatever the replicas.
-        keys = []
-        for view in (view1, view2)[: self.memory_views]:
-            h = self.momentum_encoder(view, training=False)
-            z = self.momentum_head(h, training=False)[-1]
-            keys.append(distribute.all_gather(ops.stop_gradient(z)))
+        keys, key_ids = [], []
+        for index in range(len(keyed)):
+            keys.append(
+                distribute.all_gather(z[index * batch : (index + 1) * batch])
+            )
+            if ids is not None:
+                key_ids.append(distribute.all_gather(ids))
         keys = ops.concatenate(keys, axis=0)
-        return negatives, valid, keys
+        key_ids = ops.concatenate(key_ids, axis=0) if key_ids else None
+        return negatives, mask, (keys, key_ids)
 
     def compute_ssl_loss(self, data, training=True):
         unlabeled, labeled, labels = unpack_batch(data)
+        ids = _image_ids(data, unlabeled, labeled)
         if self.queue is not None and training:
             self._update_memory_network()
         parts = [
@@ -219,19 +263,21 @@ class SimCLRv2Pretrainer(SSLModel):
         h = self.encoder(ops.concatenate([view1, view2], 0), training=training)
         z = self.head(h, training=training)[-1]
         z1, z2 = z[:batch], z[batch:]
-        negatives = valid = keys = None
-        if self.queue is not None:
-            negatives, valid, keys = self._memory_negatives(view1, view2)
+        negatives = mask = keys = None
+        if self.queue is not None and training:
+            negatives, mask, keys = self._memory_negatives((view1, view2), ids)
+        elif self.queue is not None:
+            negatives, mask = self.queue.read()
         contrastive, logs = nt_xent(
             z1,
             z2,
             temperature=self.temperature,
             negatives=negatives,
-            negatives_mask=valid,
+            negatives_mask=mask,
             return_metrics=True,
         )
-        if keys is not None and training:
-            self.queue.enqueue(keys)
+        if keys is not None:
+            self.queue.enqueue(keys[0], ids=keys[1])
         logs = dict(logs, contrastive_loss=contrastive)
         loss = contrastive
         if self.probe is not None and labels is not None:
@@ -257,6 +303,25 @@ class SimCLRv2Pretrainer(SSLModel):
         )
         return loss, accuracy
 
+    def fit(self, x=None, *args, **kwargs):
+        self._warn_if_memory_sees_itself(x)
+        return super().fit(x, *args, **kwargs)
+
+    def _warn_if_memory_sees_itself(self, x):
+        count = _count_without_ids(x)
+        if self.queue is None or count is None:
+            return
+        if self.memory_size > 0.1 * count:
+            warnings.warn(
+                f"`memory_size={self.memory_size}` exceeds 10% of the "
+                f"{count} training images and the batches carry no image "
+                "ids, so many queries will meet an earlier key of their own "
+                "image among their negatives. Feed "
+                "`keras_ssl.data.semi_supervised(..., image_ids=True)` "
+                "batches, or use a smaller memory.",
+                stacklevel=3,
+            )
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -279,3 +344,38 @@ class SimCLRv2Pretrainer(SSLModel):
         for key in ("encoder", "head", "views"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
+
+
+def _image_ids(data, unlabeled, labeled):
+    """int32 ids of the batch's images (unlabeled first), or `None`.
+
+    A part of the batch whose ids are not given gets `-1` (unknown).
+    """
+    if isinstance(data, (tuple, list)) and data:
+        data = data[0]  # `train_on_batch(x)` wraps the dict as `(x,)`
+    if not isinstance(data, dict) or not (
+        "unlabeled_ids" in data or "labeled_ids" in data
+    ):
+        return None
+    parts = []
+    for images, key in ((unlabeled, "unlabeled_ids"), (labeled, "labeled_ids")):
+        if images is None:
+            continue
+        ids = data.get(key)
+        if ids is None:
+            ids = ops.full((ops.shape(images)[0],), -1, dtype="int32")
+        parts.append(ops.cast(ids, "int32"))
+    return ops.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+
+
+def _count_without_ids(x):
+    """The number of images of an in-memory source without ids, or None."""
+    if hasattr(x, "shape") and len(getattr(x, "shape", ())) == 4:
+        return int(x.shape[0])
+    images = getattr(x, "unlabeled_images", None)
+    if images is not None and not getattr(x, "image_ids", False):
+        return len(images)
+    images = getattr(x, "x", None)
+    if images is not None and hasattr(images, "shape"):
+        return int(images.shape[0])
+    return None

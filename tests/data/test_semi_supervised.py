@@ -330,6 +330,77 @@ class TestSemiSupervised(TestCase):
                     y[_rows(batch["unlabeled"], x)],
                 )
 
+    def test_image_ids_name_each_image(self, tiny):
+        x, y = tiny
+        subset = labeled_subset((x, y), per_class=3, seed=0)
+        kwargs = dict(unlabeled_batch_size=8, labeled_batch_size=4, seed=3)
+        plain = semi_supervised(x, subset, **kwargs)
+        stream = semi_supervised(
+            x, subset, image_ids=True, labeled_ids=subset.indices, **kwargs
+        )
+        assert "unlabeled_ids" not in plain[0]
+        for index in range(len(stream)):
+            batch = stream[index]
+            for part in ("unlabeled", "labeled"):
+                ids = batch[f"{part}_ids"]
+                assert ids.dtype == np.int32
+                # The ids are the images' rows in the unlabeled source.
+                np.testing.assert_array_equal(ids, _rows(batch[part], x))
+            for key, value in plain[index].items():
+                np.testing.assert_array_equal(batch[key], value)
+        first = next(stream.to_tf_dataset().as_numpy_iterator())
+        np.testing.assert_array_equal(
+            first["unlabeled_ids"], _rows(first["unlabeled"], x)
+        )
+        # Labeled images without given ids are unknown: -1.
+        unknown = semi_supervised(x, subset, image_ids=True, **kwargs)
+        assert np.all(unknown[0]["labeled_ids"] == -1)
+
+    def test_image_ids_on_the_tf_data_path(self, tiny):
+        x, y = tiny
+        stream = semi_supervised(
+            tf.data.Dataset.from_tensor_slices(x),
+            (x[:12], y[:12]),
+            unlabeled_batch_size=8,
+            labeled_batch_size=3,
+            image_ids=True,
+            labeled_ids=np.arange(12) + 1000,
+        )
+        assert stream.element_spec["unlabeled_ids"].dtype == tf.int32
+        for batch in stream.as_numpy_iterator():
+            np.testing.assert_array_equal(
+                batch["unlabeled_ids"], _rows(batch["unlabeled"], x)
+            )
+            np.testing.assert_array_equal(
+                batch["labeled_ids"],
+                np.array(_rows(batch["labeled"], x)) + 1000,
+            )
+
+    @pytest.mark.parametrize(
+        "kwargs, message",
+        [
+            ({"labeled_ids": [1, 2]}, "image_ids=True"),
+            (
+                {"image_ids": True, "labeled_ids": [1, 2]},
+                r"= \(12,\)\. Received: labeled_ids of shape \(2,\)",
+            ),
+            (
+                {"image_ids": True, "labeled_ids": np.full(12, -5)},
+                r"\[-1, 2\*\*31",
+            ),
+        ],
+    )
+    def test_bad_labeled_ids_raise(self, tiny, kwargs, message):
+        x, y = tiny
+        with pytest.raises(ValueError, match=message):
+            semi_supervised(
+                x,
+                (x[:12], y[:12]),
+                unlabeled_batch_size=8,
+                labeled_batch_size=4,
+                **kwargs,
+            )
+
     def test_monitor_labels_needs_labels(self, tiny):
         x, y = tiny
         kwargs = dict(unlabeled_batch_size=8, monitor_labels=True)

@@ -119,6 +119,33 @@ class TestMemoryQueue(TestCase):
         rows, labels = fifo_reference(2, stream, mask)
         self.check_fifo(queue, initial, rows, labels, 3)
 
+    def test_ids_follow_their_rows(self):
+        queue = MemoryQueue(size=5, dim=2, with_ids=True)
+        assert np.all(keras.ops.convert_to_numpy(queue.read_ids()) == -1)
+        stream = list(batches([4, 3], 2))
+        ids = [np.array([10, 11, 12, 13]), np.array([20, 21, 22])]
+        mask = [None, np.array([True, False, True])]
+        for (values, _), row_ids, row_mask in zip(stream, ids, mask):
+            queue.enqueue(values, ids=row_ids, mask=row_mask)
+        values = keras.ops.convert_to_numpy(queue.read()[0])
+        stored = keras.ops.convert_to_numpy(queue.read_ids())
+        # Oldest first from the pointer: 11, 12, 13, 20, 22 (10 dropped).
+        pointer = int(keras.ops.convert_to_numpy(queue.pointer))
+        order = [(pointer + k) % 5 for k in range(5)]
+        np.testing.assert_array_equal(stored[order], [11, 12, 13, 20, 22])
+        expected = np.concatenate([stream[0][0][1:], stream[1][0][[0, 2]]])
+        self.assertAllClose(values[order], expected)
+        # Rows written without ids are unknown (-1), not a stale id.
+        queue.enqueue(stream[1][0][:1])
+        assert keras.ops.convert_to_numpy(queue.read_ids())[pointer] == -1
+        with pytest.raises(ValueError, match="with_ids=False"):
+            MemoryQueue(size=2, dim=2).enqueue(np.ones((1, 2)), ids=[0])
+        with pytest.raises(ValueError, match="with_ids=True"):
+            MemoryQueue(size=2, dim=2).read_ids()
+        with pytest.raises(ValueError, match="ids.shape"):
+            queue.enqueue(np.ones((2, 2)), ids=np.array([1, 2, 3]))
+        assert queue.get_config()["with_ids"] is True
+
     def test_initial_state(self):
         queue = MemoryQueue(size=6, dim=4, with_labels=True, seed=3)
         values, valid, labels = state(queue)

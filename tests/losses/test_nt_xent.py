@@ -21,16 +21,15 @@ def reference(z1, z2, temperature, negatives=None, mask=None):
     """
     z = np.concatenate([z1, z2]).astype(np.float64)
     n = len(z1)
-    queue = []
-    if negatives is not None:
-        queue = [
-            np.asarray(q, np.float64)
-            for q, keep in zip(
-                negatives,
-                np.ones(len(negatives), bool) if mask is None else mask,
-            )
-            if keep
-        ]
+
+    def queue_of(i):
+        """The negatives anchor `i` sees: its image's row of a 2-D mask."""
+        if negatives is None:
+            return []
+        keep = np.ones(len(negatives), bool) if mask is None else mask
+        if np.ndim(keep) == 2:
+            keep = keep[i % n]
+        return [np.asarray(q, np.float64) for q, k in zip(negatives, keep) if k]
 
     def sim(a, b):
         return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
@@ -44,7 +43,7 @@ def reference(z1, z2, temperature, negatives=None, mask=None):
             for k in range(2 * n)
             if k not in (i, j)
         ]
-        others += [sim(z[i], q) / temperature for q in queue]
+        others += [sim(z[i], q) / temperature for q in queue_of(i)]
         candidates = [positive] + others  # the k != i of eq. (1)
         denominator = math.fsum(math.exp(s) for s in candidates)
         losses.append(-math.log(math.exp(positive) / denominator))
@@ -167,6 +166,41 @@ class TestNTXentFunction(TestCase):
             atol=1e-6,
         )
 
+    def test_per_image_mask_matches_reference(self):
+        # A (B, Q) mask: each image (both of its views) leaves out its own
+        # row of slots, e.g. the earlier keys of that same image.
+        z1, z2 = views(3, 4, seed=2, agreement=1.0)
+        negatives, _ = queue_case("queue", 4)
+        mask = np.array(
+            [
+                [True, False, True, True, True],
+                [True, True, True, False, False],
+                [False, True, True, True, True],
+            ]
+        )
+        loss, metrics = nt_xent(
+            z1, z2, 0.2, negatives, mask, return_metrics=True
+        )
+        expected = reference(z1, z2, 0.2, negatives, mask)
+        self.assertAllClose(loss, expected[0], atol=1e-5)
+        self.assertAllClose(
+            metrics["contrastive_entropy"], expected[2], atol=1e-5
+        )
+        # Not the same as masking nothing, nor as any one row for all.
+        assert abs(float(loss) - reference(z1, z2, 0.2, negatives)[0]) > 1e-3
+        for row in mask:
+            other = reference(z1, z2, 0.2, negatives, row)[0]
+            assert abs(float(loss) - other) > 1e-4
+        # Slot 1, masked for image 0 only, made equal to image 0's
+        # positive: image 0's terms are untouched, the others' follow it.
+        poisoned = negatives.copy()
+        poisoned[1] = z2[0]
+        self.assertAllClose(
+            nt_xent(z1, z2, 0.2, poisoned, mask),
+            reference(z1, z2, 0.2, poisoned, mask)[0],
+            atol=1e-5,
+        )
+
     def test_scale_invariant(self):
         # Cosine similarity: the norm of the projections does not matter.
         z1, z2 = views(4, 5, seed=2)
@@ -227,6 +261,8 @@ class TestNTXentFunction(TestCase):
         negatives = np.zeros((3, 4), "float32")
         with pytest.raises(ValueError, match="negatives_mask"):
             nt_xent(z1, z2, negatives=negatives, negatives_mask=[True] * 2)
+        with pytest.raises(ValueError, match="batch, queue size"):
+            nt_xent(z1, z2, negatives=negatives, negatives_mask=np.ones((3, 3)))
         with pytest.raises(ValueError, match="without `negatives`"):
             nt_xent(z1, z2, negatives_mask=[True] * 3)
 

@@ -6,23 +6,46 @@ import tensorflow as tf
 import keras_ssl
 from keras_ssl.layers import ProjectionHead
 from keras_ssl.layers import Views
+from keras_ssl.layers import ViewSpec
 from keras_ssl.losses import nt_xent
 from keras_ssl.models import SimCLRv2Pretrainer
 from keras_ssl.testing import TestCase
 from keras_ssl.testing import run_in_subprocess
+from tests.losses.test_nt_xent import reference as nt_xent_reference
 from tests.models.conftest import tiny_encoder
 
 
 def make_model(memory_size=6, num_classes=3, momentum=0.999, **kwargs):
+    kwargs.setdefault(
+        "views", Views.from_preset("simclr_cifar", size=16, seed=1)
+    )
     return SimCLRv2Pretrainer(
         tiny_encoder(),
         head=ProjectionHead(num_layers=2, output_dim=4),
-        views=Views.from_preset("simclr_cifar", size=16, seed=1),
         memory_size=memory_size,
         momentum=momentum,
         num_classes=num_classes,
         **kwargs,
     )
+
+
+def deterministic_views():
+    spec = ViewSpec(
+        size=16,
+        scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        flip=False,
+        color_strength=0.0,
+        p_grayscale=0.0,
+    )
+    return Views([spec, spec])
+
+
+def mean_pairwise_cosine(z):
+    z = np.asarray(z, np.float64)
+    z = z / np.linalg.norm(z, axis=1, keepdims=True)
+    n = len(z)
+    return float(((z @ z.T).sum() - n) / (n * n - n))
 
 
 class TestSimCLRv2Pretrainer(TestCase):
@@ -92,6 +115,97 @@ class TestSimCLRv2Pretrainer(TestCase):
         )
         assert model.get_config()["memory_views"] == memory_views
 
+    def test_keys_are_as_diverse_as_the_online_projections(self):
+        # MoCo's key encoder normalises by batch statistics. On moving
+        # statistics (which start at 0 and 1) a fresh memory network maps
+        # all images to nearly one key (mean cosine 0.998 here), and the
+        # queue's negatives are near-copies of each other.
+        keras.utils.set_random_seed(0)
+        model = SimCLRv2Pretrainer(
+            tiny_encoder(),
+            head=ProjectionHead(num_layers=2, output_dim=8),
+            views=Views.from_preset("simclr_cifar", size=16, seed=1),
+            memory_size=64,
+            momentum=0.99,
+        )
+        model.compile(optimizer=keras_ssl.optimizers.LARS(1.0))
+        x = np.random.default_rng(0).integers(0, 256, (16, 16, 16, 3))
+        x = x.astype("uint8")
+        for _ in range(3):
+            model.train_on_batch(x)
+            keys = keras.ops.convert_to_numpy(model.queue.read()[0])
+            pointer = int(keras.ops.convert_to_numpy(model.queue.pointer))
+            # This step's 32 keys sit just before the pointer.
+            latest = keys[[(pointer - 32 + k) % 64 for k in range(32)]]
+            online = model(x, training=True)["projection"]
+            keys_cosine = mean_pairwise_cosine(latest)
+            online_cosine = mean_pairwise_cosine(online)
+            assert abs(keys_cosine - online_cosine) < 0.15, (
+                keys_cosine,
+                online_cosine,
+            )
+
+    def test_own_earlier_keys_never_in_the_denominator(self):
+        keras.utils.set_random_seed(0)
+        model = make_model(
+            memory_size=40, num_classes=None, views=deterministic_views()
+        )
+        model.compile(optimizer="sgd")
+        rng = np.random.default_rng(3)
+        first = rng.integers(0, 256, (8, 16, 16, 3)).astype("uint8")
+        model.train_on_batch(
+            {"unlabeled": first, "unlabeled_ids": np.arange(8, dtype="int32")}
+        )
+        # Half of the next batch was keyed in the first step.
+        new = rng.integers(0, 256, (4, 16, 16, 3)).astype("uint8")
+        images = np.concatenate([first[:4], new])
+        ids = np.array([0, 1, 2, 3, 100, 101, 102, 103], "int32")
+        negatives, valid = model.queue.read()
+        negatives = keras.ops.convert_to_numpy(negatives)
+        valid = keras.ops.convert_to_numpy(valid)
+        stored = keras.ops.convert_to_numpy(model.queue.read_ids())
+        np.testing.assert_array_equal(stored[:16], np.tile(np.arange(8), 2))
+        view = model.views(images, training=True)[0]
+        h = model.encoder(keras.ops.concatenate([view, view]), training=True)
+        z = keras.ops.convert_to_numpy(model.head(h, training=True)[-1])
+        z1, z2 = z[:8], z[8:]
+        mask = valid[None, :] & (stored[None, :] != ids[:, None])
+        assert (~mask[:4] & valid[None, :]).sum() == 8  # 2 own keys each
+        expected = nt_xent_reference(z1, z2, 0.1, negatives, mask)[0]
+        without_ids = nt_xent_reference(z1, z2, 0.1, negatives, valid)[0]
+        assert abs(expected - without_ids) > 1e-3
+        _, logs = model.compute_ssl_loss(
+            {"unlabeled": images, "unlabeled_ids": ids}, training=True
+        )
+        self.assertAllClose(logs["contrastive_loss"], expected, atol=1e-5)
+        # The step's keys entered the queue with their ids.
+        stored = keras.ops.convert_to_numpy(model.queue.read_ids())
+        np.testing.assert_array_equal(stored[16:32], np.tile(ids, 2))
+
+    def test_labeled_ids_join_the_unlabeled_ones(self, batch):
+        model = make_model(memory_size=30)
+        model.compile(optimizer="sgd")
+        model.train_on_batch(
+            dict(batch, labeled_ids=np.array([5, -1, 7, 2], "int32"))
+        )
+        stored = keras.ops.convert_to_numpy(model.queue.read_ids())
+        # No unlabeled ids: those images are unknown (-1).
+        np.testing.assert_array_equal(
+            stored[:24], np.tile([-1] * 8 + [5, -1, 7, 2], 2)
+        )
+
+    def test_warns_when_the_memory_can_hold_the_data_without_ids(self):
+        model = make_model(memory_size=8, num_classes=None)
+        model.compile(optimizer="sgd")
+        x = np.zeros((16, 16, 16, 3), "uint8")
+        with pytest.warns(UserWarning, match="memory_size=8"):
+            model.fit(x, batch_size=8, epochs=1, verbose=0)
+        stream = keras_ssl.data.semi_supervised(
+            x, unlabeled_batch_size=8, image_ids=True
+        )
+        model.fit(stream, epochs=1, verbose=0)  # ids: no warning
+        model.fit(x[:4].repeat(20, 0), batch_size=8, epochs=1, verbose=0)
+
     def test_momentum_network_is_not_trained(self, batch):
         model = make_model()
         trainable = {id(v) for v in model.trainable_variables}
@@ -137,10 +251,12 @@ _DISTRIBUTED_STEP = """
 import keras_ssl
 from keras_ssl.layers import ProjectionHead, Views, ViewSpec
 from keras_ssl.models import SimCLRv2Pretrainer
+from tests.losses.test_nt_xent import reference as nt_xent_reference
 from tests.models.conftest import tiny_encoder
 
 NUM_REPLICAS = {num_replicas}
 SYNC = {sync}
+IDS = {ids}
 keras.utils.set_random_seed(0)
 # Deterministic views, so that 1 and 2 replicas see the same images.
 spec = ViewSpec(size=16, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False,
@@ -163,6 +279,9 @@ batch = {{
     "labeled": rng.integers(0, 256, (4, 16, 16, 3)).astype("uint8"),
     "labels": np.array([0, 1, 2, 1], "int32"),
 }}
+if IDS:
+    batch["unlabeled_ids"] = np.arange(8, dtype="int32")
+    batch["labeled_ids"] = np.array([20, 21, 3, 22], "int32")
 ds = tf.data.Dataset.from_tensors(batch).repeat({steps})
 history = model.fit(ds, epochs=1, verbose=0, shuffle=False).history
 emit(
@@ -174,10 +293,10 @@ emit(
 """
 
 
-def _run(num_replicas, sync, steps=2):
+def _run(num_replicas, sync, steps=2, ids=False):
     return run_in_subprocess(
         _DISTRIBUTED_STEP.format(
-            num_replicas=num_replicas, sync=sync, steps=steps
+            num_replicas=num_replicas, sync=sync, steps=steps, ids=ids
         ),
         env={"PYTHONPATH": "."},
     )
@@ -209,3 +328,12 @@ class TestSimCLRv2PretrainerDistributed(TestCase):
             for a, b in zip(unsynced["weights"], single["weights"])
         )
         assert difference > 1e-3
+        # With image ids the second step meets the first step's keys of
+        # the same images: each replica must mask its own images' keys in
+        # the gathered queue, and that changes the loss.
+        single_ids = _run(1, True, ids=True)
+        double_ids = _run(2, True, ids=True)
+        self.assertAllClose(double_ids["loss"], single_ids["loss"], atol=1e-5)
+        for a, b in zip(double_ids["weights"], single_ids["weights"]):
+            self.assertAllClose(a, b, atol=2e-5, rtol=1e-4)
+        assert abs(single_ids["loss"] - single["loss"]) > 1e-3
