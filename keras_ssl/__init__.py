@@ -2,17 +2,34 @@
 
 SimCLRv2, PAWS and SemPPL as Keras models with custom training steps, LARS,
 synchronized BatchNorm and recipes that run from one CPU to TPU pods.
+
+The subpackages load on first use (`keras_ssl.models`, ...), so that a
+recipe's command line answers before Keras and its backend are imported.
 """
 
-from keras_ssl import backbones
-from keras_ssl import data
-from keras_ssl import distribute
-from keras_ssl import evaluation
-from keras_ssl import layers
-from keras_ssl import losses
-from keras_ssl import models
-from keras_ssl import ops
-from keras_ssl import optimizers
-from keras_ssl import recipes
+import importlib
+
+_SUBPACKAGES = (
+    "backbones",
+    "data",
+    "distribute",
+    "evaluation",
+    "layers",
+    "losses",
+    "models",
+    "ops",
+    "optimizers",
+    "recipes",
+)
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"keras_ssl.{name}")
+    raise AttributeError(f"module 'keras_ssl' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_SUBPACKAGES))

@@ -1,49 +1,41 @@
 """SavedModel export with named serving endpoints."""
 
+import os
+import shutil
+
 import keras
+import numpy as np
 from keras import ops
 
-from keras_ssl.models.distiller import Distiller
-from keras_ssl.models.fine_tuner import FineTuner
 from keras_ssl.models.image_utils import to_float_images
 
 
 def _image_size(model):
-    if hasattr(model, "image_size"):
-        return model.image_size
-    return model.input.shape[1]
+    """The side (or `(height, width)`) images are resized to."""
+    size = getattr(model, "image_size", None) or model.input.shape[1]
+    return tuple(size) if isinstance(size, (tuple, list)) else (size, size)
 
 
 def serving_outputs(model, images):
     """The named outputs a served model returns for uint8 images.
 
     Images of any size are resized (bilinear) to the side the model was
-    trained at. Returns a dict with `"embedding"` and, where the model has
-    them, `"projection"`, `"logits"` and `"probabilities"`.
+    trained at. A model names its outputs with a `serving_outputs(images)`
+    method (every `keras_ssl.models` model has one); any other Keras model
+    serves its output as `"embedding"`. `"probabilities"` are added where
+    there are `"logits"`.
     """
-    if isinstance(model, Distiller):
-        # A distiller serves its student.
-        model = model.student
-    size = _image_size(model)
-    x = to_float_images(images)
-    x = ops.image.resize(x, (size, size))
-    if isinstance(model, FineTuner):
-        x = model.augment(x, training=False)
-        embedding = model.network(x, training=False)
-        outputs = {
-            "embedding": embedding,
-            "logits": model.classifier(embedding),
-        }
+    x = ops.image.resize(to_float_images(images), _image_size(model))
+    if hasattr(model, "serving_outputs"):
+        outputs = dict(model.serving_outputs(x))
     else:
-        outputs = model(x, training=False)
-        if not isinstance(outputs, dict):
-            outputs = {"embedding": outputs}
+        outputs = {"embedding": model(x, training=False)}
     if "logits" in outputs:
         outputs["probabilities"] = ops.softmax(outputs["logits"], axis=-1)
     return outputs
 
 
-def export_saved_model(model, path):
+def export_saved_model(model, path, overwrite=False):
     """Writes `model` as a TensorFlow SavedModel for serving.
 
     Endpoints:
@@ -53,11 +45,17 @@ def export_saved_model(model, path):
     - `serve_encoded(encoded)`: a `(B,)` string tensor of JPEG or PNG bytes,
       each decoded to RGB and resized; same outputs.
 
+    The SavedModel is written to a new temporary folder next to `path`
+    and renamed into place, so `path` never holds a partial export or a
+    mix with an older one.
+
     Args:
         model: a `keras_ssl.models` model (`FineTuner`, `Distiller` (its
-            student is exported), `SimCLRv2Pretrainer`, ...), or any Keras
+            student is served), `SimCLRv2Pretrainer`, ...), or any Keras
             model from float images in [0, 1] to features.
         path: str. Output directory.
+        overwrite: bool. Whether to replace an existing non-empty `path`.
+            Defaults to `False`.
 
     Returns:
         `path`.
@@ -76,8 +74,8 @@ def export_saved_model(model, path):
             "SavedModel export needs the TensorFlow backend. Received: "
             f"backend={keras.backend.backend()}"
         )
-    if isinstance(model, Distiller):
-        model = model.student
+    _check_target(path, overwrite)
+    _check_finite(model)
     size = _image_size(model)
 
     def serve(images):
@@ -88,18 +86,19 @@ def export_saved_model(model, path):
             image = tf.io.decode_image(
                 data, channels=3, expand_animations=False
             )
-            image = tf.image.resize(image, (size, size))
+            image = tf.image.resize(image, size)
             return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
         images = tf.map_fn(
             decode,
             encoded,
-            fn_output_signature=tf.TensorSpec((size, size, 3), tf.uint8),
+            fn_output_signature=tf.TensorSpec((*size, 3), tf.uint8),
         )
         return serving_outputs(model, images)
 
+    # The endpoints track the variables they use (a distiller's student's,
+    # not its teacher's).
     archive = keras.export.ExportArchive()
-    archive.track(model)
     archive.add_endpoint(
         name="serving_default",
         fn=serve,
@@ -112,5 +111,45 @@ def export_saved_model(model, path):
         fn=serve_encoded,
         input_signature=[tf.TensorSpec((None,), tf.string, name="encoded")],
     )
-    archive.write_out(path, verbose=False)
+    _write_atomically(archive, path)
     return path
+
+
+def _check_target(path, overwrite):
+    if os.path.isdir(path) and os.listdir(path) and not overwrite:
+        raise ValueError(
+            f"`path` is a non-empty directory; pass overwrite=True to "
+            f"replace it. Received: path={path!r}"
+        )
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"`path` is a file. Received: path={path!r}")
+
+
+def _check_finite(model):
+    for variable in model.weights:
+        value = keras.ops.convert_to_numpy(variable)
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ValueError(
+                "The model has non-finite weights and is not exported. "
+                f"Received: a model whose {variable.path} is not finite"
+            )
+
+
+def _write_atomically(archive, path):
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    temporary = os.path.join(
+        parent, f".tmp{os.getpid()}-{os.path.basename(path)}"
+    )
+    old = temporary + "-old"
+    for stale in (temporary, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        archive.write_out(temporary, verbose=False)
+        if os.path.exists(path):
+            os.replace(path, old)
+        os.replace(temporary, path)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

@@ -79,6 +79,14 @@ class Distiller(SSLModel):
     def call(self, images, training=None):
         return self.student(images, training=training)
 
+    @property
+    def image_size(self):
+        return self.student.image_size
+
+    def serving_outputs(self, images):
+        """A distiller serves its student."""
+        return self.student.serving_outputs(images)
+
     def compute_ssl_loss(self, data, training=True):
         unlabeled, labeled, labels = unpack_batch(data)
         if unlabeled is None:

@@ -149,6 +149,13 @@ class FineTuner(keras.Model):
         x = self.augment(to_float_images(images), training=training)
         return self.classify(x, training=training)
 
+    def serving_outputs(self, images):
+        """What an export serves for float images in [0, 1] at
+        `image_size`: the classifier's input features and its logits."""
+        x = self.augment(images, training=False)
+        embedding = self.network(x, training=False)
+        return {"embedding": embedding, "logits": self.classifier(embedding)}
+
     def get_config(self):
         config = super().get_config()
         # The network already contains the kept head layers, so the saved

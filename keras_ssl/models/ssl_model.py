@@ -46,6 +46,12 @@ class SSLModel(keras.Model):
     def compute_ssl_loss(self, data, training=True):
         raise NotImplementedError
 
+    def serving_outputs(self, images):
+        """What an export serves for float images in [0, 1] at the model's
+        `image_size`: the dict `call` returns (`embedding`, ...)."""
+        outputs = self(images, training=False)
+        return outputs if isinstance(outputs, dict) else {"embedding": outputs}
+
     def train_step(self, *args):
         # Keras calls `train_step(data)` on TensorFlow and the stateless
         # `train_step(state, data)` on JAX. Both run the same

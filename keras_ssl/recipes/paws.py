@@ -7,30 +7,12 @@ python -m keras_ssl.recipes.paws --preset cifar10 --data_dir DIR
 """
 
 import dataclasses
-import time
+import sys
 from dataclasses import dataclass
 
-from keras_ssl import data as ssl_data
-from keras_ssl.evaluation import SoftNearestNeighbour
-from keras_ssl.evaluation import embed
-from keras_ssl.layers import ProjectionHead
-from keras_ssl.models import FineTuner
-from keras_ssl.models import PAWSPretrainer
-from keras_ssl.recipes.training import RecipeConfig
-from keras_ssl.recipes.training import RecipeResult
-from keras_ssl.recipes.training import build_encoder
-from keras_ssl.recipes.training import build_views
-from keras_ssl.recipes.training import check_stages
-from keras_ssl.recipes.training import config_from_command_line
-from keras_ssl.recipes.training import finish_run
-from keras_ssl.recipes.training import load_data
-from keras_ssl.recipes.training import pretrain_optimizer
-from keras_ssl.recipes.training import resolve_strategy
-from keras_ssl.recipes.training import run_stage
-from keras_ssl.recipes.training import steps_per_epoch
-from keras_ssl.recipes.training import train_classifier
-
-STAGES = ("pretrain", "finetune")
+from keras_ssl.recipes import stages
+from keras_ssl.recipes.config import RecipeConfig
+from keras_ssl.recipes.config import main as config_main
 
 
 @dataclass
@@ -45,8 +27,18 @@ class PAWSConfig(RecipeConfig):
     10 classes × 64 images, two views of each support image) and
     `.digits()` (small, no download).
 
-    The fields all recipes share are documented in `RecipeConfig`.
+    Attributes:
+        head_layers: int. Layers of the projection head.
+        projection_dim: int. Output size of the projection head.
+        classes_per_batch: int. Classes in each support batch.
+        images_per_class: int. Labeled images of each class in it.
+        support_views: int. Views of each support image.
+        sharpen_temperature: float. T of the target sharpening.
+        label_smoothing: float. Smoothing of the support labels, in [0, 1).
+        me_max: bool. Whether the ME-MAX regulariser is on.
     """
+
+    STAGE_NAMES = ("pretrain", "finetune")
 
     # `RecipeConfig` fields with other defaults.
     views: str = "paws_imagenet"
@@ -115,23 +107,80 @@ class PAWSConfig(RecipeConfig):
         )
         return dataclasses.replace(config, **overrides)
 
-    def validate(self):
-        check_stages(self.stages, STAGES)
-        for name in ("temperature", "sharpen_temperature"):
-            if not getattr(self, name) > 0:
-                raise ValueError(
-                    f"`{name}` must be > 0. Received: "
-                    f"{name}={getattr(self, name)}"
-                )
+    def checks(self):
+        return super().checks() + (
+            ("head_layers", "int>=1"),
+            ("projection_dim", "int>=1"),
+            ("classes_per_batch", "int>=1"),
+            ("images_per_class", "int>=1"),
+            ("support_views", "int>=1"),
+            ("sharpen_temperature", ">0"),
+            ("label_smoothing", "[0,1)"),
+            ("me_max", "bool"),
+        )
+
+    def global_batch_sizes(self):
+        support = self.classes_per_batch * self.images_per_class
+        return {"batch_size": self.batch_size, "support batch": support}
 
 
-class PAWSResult(RecipeResult):
-    """What `fit()` returns: one `StageResult` per stage, and paths."""
+def _sampler(run):
+    """Class-balanced support batches; checks the classes and their sizes
+    before anything trains."""
+    from keras_ssl import data as ssl_data
+
+    config = run.config
+    return ssl_data.SupportSampler(
+        run.labeled.x,
+        run.labeled.y,
+        classes_per_batch=config.classes_per_batch,
+        images_per_class=config.images_per_class,
+        num_classes=run.splits.num_classes,
+        seed=config.seed,
+    )
+
+
+def _pretrainer(run):
+    from keras_ssl.layers import ProjectionHead
+    from keras_ssl.models import PAWSPretrainer
+
+    config = run.config
+    head = ProjectionHead(
+        num_layers=config.head_layers,
+        output_dim=config.projection_dim,
+        synchronized_bn=run.sync,
+    )
+    return PAWSPretrainer(
+        stages.encoder(run, any_size=True),
+        num_classes=run.splits.num_classes,
+        head=head,
+        views=stages.views(run),
+        support_views=config.support_views,
+        temperature=config.temperature,
+        sharpen_temperature=config.sharpen_temperature,
+        label_smoothing=config.label_smoothing,
+        me_max=config.me_max,
+    )
+
+
+def _stream(run):
+    from keras_ssl import data as ssl_data
+
+    return ssl_data.semi_supervised(
+        run.splits.x_train,
+        unlabeled_batch_size=run.config.batch_size,
+        support=_sampler(run),
+        seed=run.config.seed,
+        repeat=True,
+    )
 
 
 def paws_nn_accuracy(model, labeled, splits, config):
     """PAWS-NN: soft nearest neighbours of the test projections among the
     labeled images' projections (PAWS §5, τ as in training)."""
+    from keras_ssl.evaluation import SoftNearestNeighbour
+    from keras_ssl.evaluation import embed
+
     support = embed(model, labeled.x, batch_size=256, output="projection")
     queries = embed(model, splits.x_test, batch_size=256, output="projection")
     classifier = SoftNearestNeighbour(
@@ -139,6 +188,54 @@ def paws_nn_accuracy(model, labeled, splits, config):
     )
     classifier.fit(support, labeled.y)
     return classifier.evaluate(queries, splits.y_test)
+
+
+def _paws_nn(run, model):
+    accuracy = paws_nn_accuracy(model, run.labeled, run.splits, run.config)
+    return {"paws_nn_accuracy": accuracy}
+
+
+def _fine_tuner(run):
+    """Appendix C: fine-tune the encoder and the first head layer."""
+    from keras_ssl.models import FineTuner
+
+    pretrainer = run.models["pretrainer"]
+    return FineTuner(
+        pretrainer.encoder,
+        num_classes=run.splits.num_classes,
+        head=pretrainer.head,
+        ft_layer=1,
+        image_size=run.config.image_size,
+        seed=run.config.seed,
+    )
+
+
+def _batch(run):
+    return run.config.batch_size
+
+
+STAGES = (
+    stages.Stage(
+        "pretrain",
+        build=_pretrainer,
+        data=_stream,
+        # PAWS states its peak rate directly (6.4 at batch 4096).
+        optimizer=stages.pretrain_optimizer(_batch, "linear"),
+        epochs="epochs",
+        batch=_batch,
+        examples=stages.train_images,
+        report=(_paws_nn,),
+        role="pretrainer",
+    ),
+    stages.classifier_stage(
+        "finetune",
+        _fine_tuner,
+        learning_rate=lambda run: run.config.finetune_learning_rate,
+        batch=lambda run: 256,
+        start="pretrain",
+        role="finetuner",
+    ),
+)
 
 
 def fit(config=None, *, strategy=None, callbacks=(), **overrides):
@@ -151,120 +248,17 @@ def fit(config=None, *, strategy=None, callbacks=(), **overrides):
         **overrides: fields of `config` to replace.
 
     Returns:
-        A `PAWSResult`.
+        A `RecipeResult`.
     """
-    started = time.time()
     config = dataclasses.replace(config or PAWSConfig.digits(), **overrides)
-    config.validate()
-    support_size = config.classes_per_batch * config.images_per_class
-    strategy = resolve_strategy(
-        strategy,
-        {"batch_size": config.batch_size, "support batch": support_size},
-    )
-    splits, labeled = load_data(config)
-    # Validates classes and class sizes before anything trains.
-    sampler = ssl_data.SupportSampler(
-        labeled.x,
-        labeled.y,
-        classes_per_batch=config.classes_per_batch,
-        images_per_class=config.images_per_class,
-        num_classes=splits.num_classes,
-        seed=config.seed,
-    )
-    result = PAWSResult(config=config, callbacks=tuple(callbacks))
-    sync = strategy.num_replicas_in_sync > 1
-    with strategy.scope():
-        model = _pretrain(config, result, splits, sampler, sync)
-        if "pretrain" in result.stages:
-            result.stages["pretrain"].metrics["paws_nn_accuracy"] = (
-                paws_nn_accuracy(model, labeled, splits, config)
-            )
-        final = model
-        if "finetune" in config.stages and config.finetune_epochs:
-            final = _finetune(config, result, model, splits, labeled)
-    return finish_run(result, final, started, pretrainer=model)
-
-
-def _pretrain(config, result, splits, sampler, sync):
-    model = PAWSPretrainer(
-        build_encoder(config, synchronized_bn=sync, any_size=True),
-        num_classes=splits.num_classes,
-        head=ProjectionHead(
-            num_layers=config.head_layers,
-            output_dim=config.projection_dim,
-            synchronized_bn=sync,
-        ),
-        views=build_views(config),
-        support_views=config.support_views,
-        temperature=config.temperature,
-        sharpen_temperature=config.sharpen_temperature,
-        label_smoothing=config.label_smoothing,
-        me_max=config.me_max,
-    )
-    if "pretrain" not in config.stages:
-        return model
-    steps = steps_per_epoch(config, len(splits.x_train), config.batch_size)
-    model.compile(
-        optimizer=pretrain_optimizer(
-            config,
-            config.batch_size,
-            # PAWS states its peak rate directly (6.4 at batch 4096).
-            "linear",
-            total_steps=steps * config.epochs,
-        )
-    )
-    stream = ssl_data.semi_supervised(
-        splits.x_train,
-        unlabeled_batch_size=config.batch_size,
-        support=sampler,
-        seed=config.seed,
-        repeat=True,
-    )
-    run_stage(
-        "pretrain",
-        model,
-        stream,
-        config,
-        result,
-        epochs=config.epochs,
-        steps=steps,
-    )
-    return model
-
-
-def _finetune(config, result, pretrainer, splits, labeled):
-    """Appendix C: fine-tune the encoder and the first head layer."""
-    model = FineTuner(
-        pretrainer.encoder,
-        num_classes=splits.num_classes,
-        head=pretrainer.head,
-        ft_layer=1,
-        image_size=config.image_size,
-        seed=config.seed,
-    )
-    return train_classifier(
-        "finetune",
-        model,
-        config,
-        result,
-        splits,
-        labeled,
-        learning_rate=config.finetune_learning_rate,
-        epochs=config.finetune_epochs,
-        batch_size=256,
-    )
+    return stages.run(config, STAGES, strategy=strategy, callbacks=callbacks)
 
 
 def main(argv=None):
-    result = fit(
-        config_from_command_line(
-            PAWSConfig, STAGES, "python -m keras_ssl.recipes.paws", argv
-        )
+    return config_main(
+        PAWSConfig, fit, "python -m keras_ssl.recipes.paws", argv
     )
-    print(f"\nPAWS on {result.config.dataset} ({result.seconds:.0f} s):")
-    print(result.summary())
-    return result
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -7,28 +7,12 @@ python -m keras_ssl.recipes.semppl --preset cifar10 --data_dir DIR
 """
 
 import dataclasses
-import time
+import sys
 from dataclasses import dataclass
 
-from keras_ssl import data as ssl_data
-from keras_ssl.models import FineTuner
-from keras_ssl.models import SemPPLPretrainer
-from keras_ssl.recipes.training import RecipeConfig
-from keras_ssl.recipes.training import RecipeResult
-from keras_ssl.recipes.training import build_encoder
-from keras_ssl.recipes.training import build_views
-from keras_ssl.recipes.training import check_stages
-from keras_ssl.recipes.training import config_from_command_line
-from keras_ssl.recipes.training import finish_run
-from keras_ssl.recipes.training import knn_accuracy
-from keras_ssl.recipes.training import load_data
-from keras_ssl.recipes.training import pretrain_optimizer
-from keras_ssl.recipes.training import resolve_strategy
-from keras_ssl.recipes.training import run_stage
-from keras_ssl.recipes.training import steps_per_epoch
-from keras_ssl.recipes.training import train_classifier
-
-STAGES = ("pretrain", "finetune")
+from keras_ssl.recipes import stages
+from keras_ssl.recipes.config import RecipeConfig
+from keras_ssl.recipes.config import main as config_main
 
 
 @dataclass
@@ -50,8 +34,23 @@ class SemPPLConfig(RecipeConfig):
     (`pseudo_label_precision_{25,50,75,100}`, `pseudo_label_recall_*`).
     They are for monitoring only: the loss never sees them.
 
-    The fields all recipes share are documented in `RecipeConfig`.
+    Attributes:
+        labeled_batch_size: int. Labeled images in each batch (>= 1).
+        queue_multiplier: int. Queue length in batches (of labeled and
+            unlabeled images together).
+        k: int. Neighbours voting for each pseudo-label.
+        num_semantic_positives: int. Semantic positives per image.
+        alpha: float. Share of the loss on semantic positives, in [0, 1].
+        invariance_scale: float. λ, weight of the invariance term.
+        contrastive_scale: float. c, the contrastive term's scale.
+        momentum: float. EMA of the target network, in [0, 1).
+        target_batch_statistics: bool. Whether the target network
+            normalises by batch statistics.
+        monitor_pseudo_labels: bool. Whether to report the pseudo-labels'
+            accuracy from the unlabeled images' true labels.
     """
+
+    STAGE_NAMES = ("pretrain", "finetune")
 
     # `RecipeConfig` fields with other defaults.
     views: str = "semppl_imagenet"
@@ -125,90 +124,46 @@ class SemPPLConfig(RecipeConfig):
         )
         return dataclasses.replace(config, **overrides)
 
-    def validate(self):
-        check_stages(self.stages, STAGES)
-        if not self.labeled_batch_size or self.labeled_batch_size < 1:
-            raise ValueError(
-                "SemPPL needs labeled images in every batch. Received: "
-                f"labeled_batch_size={self.labeled_batch_size}"
-            )
-
-
-class SemPPLResult(RecipeResult):
-    """What `fit()` returns: one `StageResult` per stage, and paths."""
-
-
-def fit(config=None, *, strategy=None, callbacks=(), **overrides):
-    """Runs SemPPL: pretrain → k-NN evaluation → optional fine-tuning.
-
-    Args:
-        config: `SemPPLConfig`. Defaults to `SemPPLConfig.digits()`.
-        strategy: optional `tf.distribute.Strategy`.
-        callbacks: extra `keras.callbacks.Callback`s for every stage.
-        **overrides: fields of `config` to replace.
-
-    Returns:
-        A `SemPPLResult`.
-    """
-    started = time.time()
-    config = dataclasses.replace(config or SemPPLConfig.digits(), **overrides)
-    config.validate()
-    strategy = resolve_strategy(
-        strategy,
-        {
-            "batch_size": config.batch_size,
-            "labeled_batch_size": config.labeled_batch_size,
-        },
-    )
-    splits, labeled = load_data(config)
-    result = SemPPLResult(config=config, callbacks=tuple(callbacks))
-    sync = strategy.num_replicas_in_sync > 1
-    with strategy.scope():
-        total_batch = config.batch_size + config.labeled_batch_size
-        model = SemPPLPretrainer(
-            build_encoder(config, synchronized_bn=sync, any_size=True),
-            num_classes=splits.num_classes,
-            views=build_views(config),
-            queue_size=config.queue_multiplier * total_batch,
-            k=config.k,
-            num_semantic_positives=config.num_semantic_positives,
-            temperature=config.temperature,
-            alpha=config.alpha,
-            invariance_scale=config.invariance_scale,
-            contrastive_scale=config.contrastive_scale,
-            momentum=config.momentum,
-            target_batch_statistics=config.target_batch_statistics,
-            seed=config.seed,
+    def checks(self):
+        return super().checks() + (
+            ("labeled_batch_size", "int>=1"),
+            ("queue_multiplier", "int>=1"),
+            ("k", "int>=1"),
+            ("num_semantic_positives", "int>=0"),
+            ("alpha", "[0,1]"),
+            ("invariance_scale", ">=0"),
+            ("contrastive_scale", ">0"),
+            ("momentum", "[0,1)"),
+            ("target_batch_statistics", "bool"),
+            ("monitor_pseudo_labels", "bool"),
         )
-        final = model
-        if "pretrain" in config.stages:
-            _pretrain(config, result, model, splits, labeled)
-            result.stages["pretrain"].metrics["knn_accuracy"] = knn_accuracy(
-                model, splits
-            )
-        if "finetune" in config.stages and config.finetune_epochs:
-            final = _finetune(config, result, model, splits, labeled)
-    return finish_run(result, final, started, pretrainer=model)
+
+    def global_batch_sizes(self):
+        return {
+            "batch_size": self.batch_size,
+            "labeled_batch_size": self.labeled_batch_size,
+        }
 
 
-def _pretrain(config, result, model, splits, labeled):
-    steps = steps_per_epoch(config, len(splits.x_train), config.batch_size)
-    model.compile(
-        optimizer=pretrain_optimizer(
-            config,
-            config.batch_size + config.labeled_batch_size,
-            "linear",
-            total_steps=steps * config.epochs,
-        )
-    )
-    run_stage(
-        "pretrain",
-        model,
-        pretrain_stream(config, splits, labeled),
-        config,
-        result,
-        epochs=config.epochs,
-        steps=steps,
+def _pretrainer(run):
+    from keras_ssl.models import SemPPLPretrainer
+
+    config = run.config
+    total_batch = config.batch_size + config.labeled_batch_size
+    return SemPPLPretrainer(
+        stages.encoder(run, any_size=True),
+        num_classes=run.splits.num_classes,
+        views=stages.views(run),
+        queue_size=config.queue_multiplier * total_batch,
+        k=config.k,
+        num_semantic_positives=config.num_semantic_positives,
+        temperature=config.temperature,
+        alpha=config.alpha,
+        invariance_scale=config.invariance_scale,
+        contrastive_scale=config.contrastive_scale,
+        momentum=config.momentum,
+        target_batch_statistics=config.target_batch_statistics,
+        seed=config.seed,
     )
 
 
@@ -220,6 +175,8 @@ def pretrain_stream(config, splits, labeled):
     `config.monitor_pseudo_labels` and a labeled data set, batches also
     carry `"unlabeled_labels"`, which `SemPPLPretrainer` only reports on.
     """
+    from keras_ssl import data as ssl_data
+
     monitor = config.monitor_pseudo_labels and splits.y_train is not None
     return ssl_data.semi_supervised(
         (splits.x_train, splits.y_train) if monitor else splits.x_train,
@@ -232,37 +189,78 @@ def pretrain_stream(config, splits, labeled):
     )
 
 
-def _finetune(config, result, pretrainer, splits, labeled):
-    model = FineTuner(
-        pretrainer.encoder,
-        num_classes=splits.num_classes,
+def knn_accuracy(model, splits, num_train=10000):
+    """k-NN (k = 200, τ = 0.1) test accuracy of a pretrainer's encoder
+    output, with the first `num_train` training images as the memory."""
+    from keras_ssl.recipes.reports import knn_accuracy
+
+    return knn_accuracy(model, splits, num_train)
+
+
+def _knn(run, model):
+    return {"knn_accuracy": knn_accuracy(model, run.splits)}
+
+
+def _fine_tuner(run):
+    from keras_ssl.models import FineTuner
+
+    return FineTuner(
+        run.models["pretrainer"].encoder,
+        num_classes=run.splits.num_classes,
         ft_layer=0,
-        image_size=config.image_size,
-        seed=config.seed,
+        image_size=run.config.image_size,
+        seed=run.config.seed,
     )
-    return train_classifier(
+
+
+def _batch(run):
+    return run.config.batch_size + run.config.labeled_batch_size
+
+
+STAGES = (
+    stages.Stage(
+        "pretrain",
+        build=_pretrainer,
+        data=lambda run: pretrain_stream(run.config, run.splits, run.labeled),
+        optimizer=stages.pretrain_optimizer(_batch, "linear"),
+        epochs="epochs",
+        batch=lambda run: run.config.batch_size,
+        examples=stages.train_images,
+        report=(_knn,),
+        role="pretrainer",
+    ),
+    stages.classifier_stage(
         "finetune",
-        model,
-        config,
-        result,
-        splits,
-        labeled,
-        learning_rate=config.finetune_learning_rate,
-        epochs=config.finetune_epochs,
-        batch_size=256,
-    )
+        _fine_tuner,
+        learning_rate=lambda run: run.config.finetune_learning_rate,
+        batch=lambda run: 256,
+        start="pretrain",
+        role="finetuner",
+    ),
+)
+
+
+def fit(config=None, *, strategy=None, callbacks=(), **overrides):
+    """Runs SemPPL: pretrain → k-NN evaluation → optional fine-tuning.
+
+    Args:
+        config: `SemPPLConfig`. Defaults to `SemPPLConfig.digits()`.
+        strategy: optional `tf.distribute.Strategy`.
+        callbacks: extra `keras.callbacks.Callback`s for every stage.
+        **overrides: fields of `config` to replace.
+
+    Returns:
+        A `RecipeResult`.
+    """
+    config = dataclasses.replace(config or SemPPLConfig.digits(), **overrides)
+    return stages.run(config, STAGES, strategy=strategy, callbacks=callbacks)
 
 
 def main(argv=None):
-    result = fit(
-        config_from_command_line(
-            SemPPLConfig, STAGES, "python -m keras_ssl.recipes.semppl", argv
-        )
+    return config_main(
+        SemPPLConfig, fit, "python -m keras_ssl.recipes.semppl", argv
     )
-    print(f"\nSemPPL on {result.config.dataset} ({result.seconds:.0f} s):")
-    print(result.summary())
-    return result
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -9,48 +9,54 @@ python -m keras_ssl.recipes.simclrv2 --preset cifar10 --data_dir DIR
 """
 
 import dataclasses
-import time
+import sys
 from dataclasses import dataclass
 
-from keras_ssl import data as ssl_data
-from keras_ssl.layers import ProjectionHead
-from keras_ssl.models import Distiller
-from keras_ssl.models import FineTuner
-from keras_ssl.models import SimCLRv2Pretrainer
-from keras_ssl.recipes.training import RecipeConfig
-from keras_ssl.recipes.training import RecipeResult
-from keras_ssl.recipes.training import build_encoder
-from keras_ssl.recipes.training import build_views
-from keras_ssl.recipes.training import check_stages
-from keras_ssl.recipes.training import finish_run
-from keras_ssl.recipes.training import load_data
-from keras_ssl.recipes.training import parse_overrides
-from keras_ssl.recipes.training import pretrain_optimizer
-from keras_ssl.recipes.training import resolve_strategy
-from keras_ssl.recipes.training import run_stage
-from keras_ssl.recipes.training import steps_per_epoch
-from keras_ssl.recipes.training import test_accuracy
-from keras_ssl.recipes.training import train_classifier
-
-STAGES = ("pretrain", "finetune", "distill")
+from keras_ssl.recipes import stages
+from keras_ssl.recipes.config import RecipeConfig
+from keras_ssl.recipes.config import check
+from keras_ssl.recipes.config import check_choice
+from keras_ssl.recipes.config import main as config_main
 
 
 @dataclass
 class SimCLRv2Config(RecipeConfig):
-    """Everything `fit()` needs; the defaults are the paper's ImageNet ones.
+    """SimCLRv2's settings; the defaults are the paper's ImageNet ones.
 
-    SimCLRv2 §3.1: batch 4096, 800 epochs, LARS with learning rate
-    0.1·√B (6.4) warmed up over 5% of the epochs then cosine-decayed,
-    weight decay 1e-4, a 3-layer projection head, a 64K memory with EMA
-    0.999; fine-tuning from the first head layer with 1% and 10% labels at
-    0.005·√B (0.002·√B for wide or SK ResNets), batch 1024, no weight decay
-    or warm-up, 60 epochs; distillation with pretraining's schedule for 400
-    epochs. Use the presets: `SimCLRv2Config.imagenet()`, `.cifar10()` and
-    `.digits()` (the small default that needs no download).
+    SimCLRv2 §3.1: batch 4096, 800 epochs, LARS at 0.1·√B warmed up over
+    5% of the epochs then cosine-decayed, weight decay 1e-4, a 3-layer
+    head, a 64K memory with EMA 0.999; fine-tuning from the first head
+    layer at 0.005·√B (0.002·√B for wide or SK ResNets), batch 1024, 60
+    epochs; distillation for 400 epochs. Presets: `imagenet()`,
+    `cifar10()` and `digits()` (small, no download).
 
-    The fields all recipes share are documented in `RecipeConfig`;
-    `finetune_learning_rate=None` picks §3.1's rate for the ResNet.
+    Attributes:
+        finetune_learning_rate: float or `None`. Fine-tuning's base LARS
+            rate; `None` picks §3.1's rate for the ResNet.
+        head_layers: int. Layers of the projection head.
+        projection_dim: int. Output size of the projection head.
+        labeled_batch_size: int. Labeled images added to each pretraining
+            batch for the online linear probe (0: none).
+        learning_rate_scaling: str. `"sqrt"` or `"linear"` in the batch.
+        memory_size: int. Entries of the MoCo memory (0: no memory).
+        memory_momentum: float. EMA of the memory network, in [0, 1).
+        memory_views: int. Views of each image queued (1 or 2).
+        ft_layer: int. Head layers kept for fine-tuning.
+        finetune_batch_size: int. Fine-tuning batch.
+        distill_epochs: int. Distillation epochs.
+        distill_temperature: float. Temperature of distillation.
+        distill_alpha: float. Weight of the distillation term in [0, 1];
+            below 1 the labeled cross-entropy joins it.
+        student_depth: int or `None`. Student's ResNet depth (`None`:
+            the teacher's).
+        student_width_multiplier: float or `None`. Student's width.
+        baseline_epochs: int. Epochs of the supervised baseline trained
+            from scratch on the same labels (0: none).
+        baseline_learning_rate: float or `None`. Its learning rate
+            (`None`: fine-tuning's).
     """
+
+    STAGE_NAMES = ("pretrain", "finetune", "distill")
 
     # `RecipeConfig` fields with other defaults.
     labeled_fraction: float | None = 0.01
@@ -60,7 +66,7 @@ class SimCLRv2Config(RecipeConfig):
     weight_decay: float = 1e-4
     finetune_epochs: int = 60
     finetune_learning_rate: float | None = None
-    stages: tuple = STAGES
+    stages: tuple = ("pretrain", "finetune", "distill")
     output_dir: str = "runs/simclrv2"
     # Head.
     head_layers: int = 3
@@ -126,21 +132,12 @@ class SimCLRv2Config(RecipeConfig):
     def digits(cls, **overrides):
         """scikit-learn's 8×8 digits at 16 px, 10 labels per class.
 
-        Runs in a few minutes on a laptop CPU and needs no download. The
-        crops keep at least 30% of the image: at 16 px, SimCLR's 8% crops
-        leave a few pixels of a digit and the two views share nothing.
-        The learning rates are far above the paper's: LARS moves each
-        layer by about `learning_rate × eeta` (eeta = 0.001) of its norm per
-        step, and the paper's rates are meant for 100k-step runs, not the
-        few hundred steps of this preset.
-
-        No MoCo memory (`memory_size=0`): in a run this short the memory
-        network (EMA 0.999) stays close to its random initialisation, and
-        its keys cost far more than their negatives bring. Measured on
-        this preset (pretrain + fine-tune, one run each): fine-tuned test
-        accuracy 80.8% without the memory, 25.1% with a 1,024-entry one,
-        47.9% with one whose network normalises by batch statistics and
-        44.3% with EMA 0.99 (docs/benchmarks.md).
+        A few minutes on a laptop CPU, no download. Crops keep at least
+        30% of the image (at 16 px, 8% crops of the two views share
+        nothing); the learning rates are far above the paper's, which are
+        meant for 100k-step runs. No MoCo memory: in a run this short the
+        memory network stays near its initialisation and its keys hurt
+        more than they help (measured in docs/benchmarks.md).
         """
         config = cls(
             dataset="digits",
@@ -169,26 +166,50 @@ class SimCLRv2Config(RecipeConfig):
         )
         return dataclasses.replace(config, **overrides)
 
+    def checks(self):
+        return super().checks() + (
+            ("head_layers", "int>=1"),
+            ("projection_dim", "int>=1"),
+            ("labeled_batch_size", "int>=0"),
+            ("memory_size", "int>=0"),
+            ("memory_momentum", "[0,1)"),
+            ("finetune_batch_size", "int>=1"),
+            ("distill_epochs", "int>=0"),
+            ("distill_temperature", ">0"),
+            ("distill_alpha", "[0,1]"),
+            ("student_width_multiplier", ">0|None"),
+            ("baseline_epochs", "int>=0"),
+            ("baseline_learning_rate", ">0|None"),
+        )
+
     def validate(self):
-        check_stages(self.stages, STAGES)
-        if not 0 <= self.ft_layer <= self.head_layers:
+        super().validate()
+        check_choice("memory_views", self.memory_views, (1, 2))
+        check_choice(
+            "learning_rate_scaling",
+            self.learning_rate_scaling,
+            ("linear", "sqrt"),
+        )
+        check("ft_layer", self.ft_layer, "int>=0")
+        if self.ft_layer > self.head_layers:
             raise ValueError(
                 f"`ft_layer` must be between 0 and head_layers="
                 f"{self.head_layers}. Received: ft_layer={self.ft_layer}"
             )
-        if not self.temperature > 0 or not self.distill_temperature > 0:
-            raise ValueError(
-                "Temperatures must be > 0. Received: "
-                f"temperature={self.temperature}, "
-                f"distill_temperature={self.distill_temperature}"
+        if self.student_depth is not None:
+            RecipeConfig.validate(
+                dataclasses.replace(self, depth=self.student_depth)
             )
 
+    def global_batch_sizes(self):
+        return {
+            "batch_size": self.batch_size,
+            "finetune_batch_size": self.finetune_batch_size,
+        }
 
-class SimCLRv2Result(RecipeResult):
-    """What `fit()` returns: one `StageResult` per stage, and paths."""
 
-
-def _finetune_learning_rate(config):
+def _finetune_learning_rate(run):
+    config = run.config
     if config.finetune_learning_rate is not None:
         return config.finetune_learning_rate
     # §3.1: 0.005·√B for standard ResNets, 0.002·√B for wider or SK ones.
@@ -196,9 +217,166 @@ def _finetune_learning_rate(config):
     return 0.002 if wide else 0.005
 
 
-def fit(
-    config=None, *, strategy=None, callbacks=(), **overrides
-) -> SimCLRv2Result:
+def _pretrainer(run):
+    from keras_ssl.layers import ProjectionHead
+    from keras_ssl.models import SimCLRv2Pretrainer
+
+    config = run.config
+    head = ProjectionHead(
+        num_layers=config.head_layers,
+        output_dim=config.projection_dim,
+        synchronized_bn=run.sync,
+    )
+    return SimCLRv2Pretrainer(
+        stages.encoder(run),
+        head=head,
+        views=stages.views(run),
+        temperature=config.temperature,
+        memory_size=config.memory_size,
+        momentum=config.memory_momentum,
+        memory_views=config.memory_views,
+        num_classes=(
+            run.splits.num_classes if config.labeled_batch_size else None
+        ),
+    )
+
+
+def _unlabeled_stream(seed_offset, with_labels):
+    """The pretraining (and distillation) stream: all training images,
+    with `labeled_batch_size` labeled ones when `with_labels(config)`."""
+
+    def stream(run):
+        from keras_ssl import data as ssl_data
+
+        config = run.config
+        labels = with_labels(config)
+        return ssl_data.semi_supervised(
+            run.splits.x_train,
+            (run.labeled.x, run.labeled.y) if labels else None,
+            unlabeled_batch_size=config.batch_size,
+            labeled_batch_size=config.labeled_batch_size if labels else None,
+            seed=config.seed + seed_offset,
+            repeat=True,
+            # The memory keeps each image's own earlier keys out of its
+            # negatives by these ids.
+            image_ids=True,
+            labeled_ids=run.labeled.indices if labels else None,
+        )
+
+    return stream
+
+
+def _teacher(run):
+    from keras_ssl.models import FineTuner
+
+    pretrainer = run.models["pretrainer"]
+    return FineTuner(
+        pretrainer.encoder,
+        num_classes=run.splits.num_classes,
+        head=pretrainer.head,
+        ft_layer=run.config.ft_layer,
+        crop_scale=(0.08, 1.0),
+        seed=run.config.seed,
+    )
+
+
+def _classifier(depth=None, width=None):
+    """A fresh network with a classifier: the student, or the baseline."""
+
+    def build(run):
+        from keras_ssl.models import FineTuner
+
+        network = stages.encoder(
+            run, depth=depth and depth(run), width=width and width(run)
+        )
+        return FineTuner(
+            network,
+            num_classes=run.splits.num_classes,
+            ft_layer=0,
+            seed=run.config.seed,
+        )
+
+    return build
+
+
+def _distiller(run):
+    from keras_ssl.models import Distiller
+
+    student = _classifier(
+        depth=lambda run: run.config.student_depth,
+        width=lambda run: run.config.student_width_multiplier,
+    )(run)
+    return Distiller(
+        run.models["teacher"],
+        student,
+        temperature=run.config.distill_temperature,
+        alpha=run.config.distill_alpha,
+    )
+
+
+def _distilled_student(run, model):
+    run.models["student"] = model.student
+    return stages.test_accuracy(run, model.student)
+
+
+def _batch(run):
+    return run.config.batch_size
+
+
+def _scaling(config):
+    return config.learning_rate_scaling
+
+
+STAGES = (
+    stages.Stage(
+        "pretrain",
+        build=_pretrainer,
+        data=_unlabeled_stream(0, lambda c: c.labeled_batch_size > 0),
+        optimizer=stages.pretrain_optimizer(_batch, _scaling),
+        epochs="epochs",
+        batch=_batch,
+        examples=stages.train_images,
+        report=(stages.last_epoch("contrastive_accuracy", "probe_accuracy"),),
+        role="pretrainer",
+    ),
+    stages.classifier_stage(
+        "finetune",
+        _teacher,
+        learning_rate=_finetune_learning_rate,
+        batch=lambda run: run.config.finetune_batch_size,
+        start="pretrain",
+        role="teacher",
+    ),
+    stages.Stage(
+        "distill",
+        build=_distiller,
+        data=_unlabeled_stream(
+            1, lambda c: c.distill_alpha < 1.0 and c.labeled_batch_size > 0
+        ),
+        optimizer=stages.pretrain_optimizer(_batch, _scaling),
+        epochs="distill_epochs",
+        batch=_batch,
+        examples=stages.train_images,
+        start="finetune",
+        report=(_distilled_student,),
+        role="distiller",
+    ),
+    # The same network trained from scratch on the same labels, with the
+    # fine-tuning optimizer, so that only the initialisation differs.
+    stages.classifier_stage(
+        "baseline",
+        _classifier(),
+        learning_rate=lambda run: (
+            run.config.baseline_learning_rate or _finetune_learning_rate(run)
+        ),
+        batch=lambda run: run.config.finetune_batch_size,
+        exports=False,
+        selectable=False,
+    ),
+)
+
+
+def fit(config=None, *, strategy=None, callbacks=(), **overrides):
     """Runs SimCLRv2: pretrain → fine-tune → distill (→ export).
 
     Args:
@@ -209,215 +387,18 @@ def fit(
         **overrides: fields of `config` to replace.
 
     Returns:
-        A `SimCLRv2Result`.
+        A `RecipeResult`; its `models` are `pretrainer`, `teacher` and,
+        after distillation, `distiller` and `student`.
     """
-    started = time.time()
     config = dataclasses.replace(config or SimCLRv2Config.digits(), **overrides)
-    config.validate()
-    strategy = resolve_strategy(
-        strategy,
-        {
-            "batch_size": config.batch_size,
-            "finetune_batch_size": config.finetune_batch_size,
-        },
-    )
-    splits, labeled = load_data(config)
-    result = SimCLRv2Result(config=config, callbacks=tuple(callbacks))
-    sync = strategy.num_replicas_in_sync > 1
-    with strategy.scope():
-        encoder = build_encoder(config, synchronized_bn=sync)
-        head = ProjectionHead(
-            num_layers=config.head_layers,
-            output_dim=config.projection_dim,
-            synchronized_bn=sync,
-        )
-        pretrainer = _pretrain(config, result, encoder, head, splits, labeled)
-        teacher = _finetune(config, result, encoder, head, splits, labeled)
-        if "distill" in config.stages:
-            _distill(config, result, teacher, splits, labeled, sync)
-        if config.baseline_epochs:
-            _baseline(config, result, splits, labeled, sync)
-    final = result.models.get("student", teacher)
-    return finish_run(
-        result, final, started, pretrainer=pretrainer, teacher=teacher
-    )
-
-
-def _pretrain(config, result, encoder, head, splits, labeled):
-    model = SimCLRv2Pretrainer(
-        encoder,
-        head=head,
-        views=build_views(config),
-        temperature=config.temperature,
-        memory_size=config.memory_size,
-        momentum=config.memory_momentum,
-        memory_views=config.memory_views,
-        num_classes=splits.num_classes if config.labeled_batch_size else None,
-    )
-    if "pretrain" not in config.stages:
-        return model
-    steps = steps_per_epoch(config, len(splits.x_train), config.batch_size)
-    model.compile(
-        optimizer=pretrain_optimizer(
-            config,
-            config.batch_size,
-            config.learning_rate_scaling,
-            total_steps=steps * config.epochs,
-        )
-    )
-    stream = ssl_data.semi_supervised(
-        splits.x_train,
-        (labeled.x, labeled.y) if config.labeled_batch_size else None,
-        unlabeled_batch_size=config.batch_size,
-        labeled_batch_size=config.labeled_batch_size or None,
-        seed=config.seed,
-        repeat=True,
-    )
-    stage = run_stage(
-        "pretrain",
-        model,
-        stream,
-        config,
-        result,
-        epochs=config.epochs,
-        steps=steps,
-    )
-    # The last epoch's monitors, for the summary.
-    for name in ("contrastive_accuracy", "probe_accuracy"):
-        if stage.history.get(name):
-            stage.metrics[name] = stage.history[name][-1]
-    return model
-
-
-def _finetune(config, result, encoder, head, splits, labeled):
-    model = FineTuner(
-        encoder,
-        num_classes=splits.num_classes,
-        head=head,
-        ft_layer=config.ft_layer,
-        crop_scale=(0.08, 1.0),
-        seed=config.seed,
-    )
-    if "finetune" not in config.stages:
-        return model
-    return train_classifier(
-        "finetune",
-        model,
-        config,
-        result,
-        splits,
-        labeled,
-        learning_rate=_finetune_learning_rate(config),
-        epochs=config.finetune_epochs,
-        batch_size=config.finetune_batch_size,
-    )
-
-
-def _distill(config, result, teacher, splits, labeled, sync):
-    student = FineTuner(
-        build_encoder(
-            config,
-            depth=config.student_depth,
-            width=config.student_width_multiplier,
-            synchronized_bn=sync,
-        ),
-        num_classes=splits.num_classes,
-        ft_layer=0,
-        seed=config.seed,
-    )
-    model = Distiller(
-        teacher,
-        student,
-        temperature=config.distill_temperature,
-        alpha=config.distill_alpha,
-    )
-    steps = steps_per_epoch(config, len(splits.x_train), config.batch_size)
-    model.compile(
-        optimizer=pretrain_optimizer(
-            config,
-            config.batch_size,
-            config.learning_rate_scaling,
-            total_steps=steps * config.distill_epochs,
-        )
-    )
-    with_labels = config.distill_alpha < 1.0 and config.labeled_batch_size
-    stream = ssl_data.semi_supervised(
-        splits.x_train,
-        (labeled.x, labeled.y) if with_labels else None,
-        unlabeled_batch_size=config.batch_size,
-        labeled_batch_size=config.labeled_batch_size if with_labels else None,
-        seed=config.seed + 1,
-        repeat=True,
-    )
-    stage = run_stage(
-        "distill",
-        model,
-        stream,
-        config,
-        result,
-        epochs=config.distill_epochs,
-        steps=steps,
-    )
-    stage.metrics["test_accuracy"] = test_accuracy(
-        student, splits.x_test, splits.y_test
-    )
-    result.models["student"] = student
-
-
-def _baseline(config, result, splits, labeled, sync):
-    """The same network trained from scratch on the same labels."""
-    model = FineTuner(
-        build_encoder(config, synchronized_bn=sync),
-        num_classes=splits.num_classes,
-        ft_layer=0,
-        seed=config.seed,
-    )
-    # The fine-tuning optimizer, so that only the initialisation differs.
-    train_classifier(
-        "baseline",
-        model,
-        config,
-        result,
-        splits,
-        labeled,
-        learning_rate=(
-            config.baseline_learning_rate or _finetune_learning_rate(config)
-        ),
-        epochs=config.baseline_epochs,
-        batch_size=config.finetune_batch_size,
-    )
-
-
-def _parse_args(argv=None):
-    return parse_overrides(
-        SimCLRv2Config,
-        ("digits", "cifar10", "imagenet"),
-        STAGES,
-        "python -m keras_ssl.recipes.simclrv2",
-        argv,
-    )
+    return stages.run(config, STAGES, strategy=strategy, callbacks=callbacks)
 
 
 def main(argv=None):
-    args = vars(_parse_args(argv))
-    preset = getattr(SimCLRv2Config, args.pop("preset"))
-    overrides = {k: v for k, v in args.items() if v is not None}
-    result = fit(preset(), **overrides)
-    print(f"\nSimCLRv2 on {result.config.dataset} ({result.seconds:.0f} s):")
-    print(result.summary())
-    if "finetune" in result.stages and "baseline" in result.stages:
-        tuned = result.stages["finetune"].metrics["test_accuracy"]
-        scratch = result.stages["baseline"].metrics["test_accuracy"]
-        print(
-            f"Fine-tuned from SimCLRv2: {tuned:.1%} test accuracy vs "
-            f"{scratch:.1%} for the same network trained on the same "
-            f"{result.config.labeled_per_class or 'fraction of'} labels per "
-            "class from scratch."
-        )
-    if result.export_path:
-        print(f"SavedModel: {result.export_path}")
-    return result
+    return config_main(
+        SimCLRv2Config, fit, "python -m keras_ssl.recipes.simclrv2", argv
+    )
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from keras_ssl.recipes import simclrv2
+from keras_ssl.recipes.config import config_from_command_line
 
 TINY = dict(
     epochs=1,
@@ -100,7 +101,9 @@ def test_bad_config_fails_before_training(overrides, match, tmp_path):
 
 
 def test_command_line_parses_typed_overrides():
-    args = simclrv2._parse_args(
+    config = config_from_command_line(
+        simclrv2.SimCLRv2Config,
+        "simclrv2",
         [
             "--preset",
             "cifar10",
@@ -118,15 +121,15 @@ def test_command_line_parses_typed_overrides():
             "--stages",
             "pretrain",
             "finetune",
-        ]
+        ],
     )
-    assert args.preset == "cifar10"
-    assert args.epochs == 3
-    assert args.finetune_learning_rate == 0.05
-    assert args.export is False
-    assert args.student_depth is None
-    assert args.crop_scale == [0.2, 1.0]
-    assert args.stages == ("pretrain", "finetune")
+    assert config.dataset == "cifar10"
+    assert config.epochs == 3
+    assert config.finetune_learning_rate == 0.05
+    assert config.export is False
+    assert config.student_depth is None
+    assert config.crop_scale == (0.2, 1.0)
+    assert config.stages == ("pretrain", "finetune")
 
 
 @pytest.mark.distributed

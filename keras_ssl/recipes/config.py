@@ -1,0 +1,380 @@
+"""Recipe configs and the one command line built from them.
+
+Nothing here imports Keras or TensorFlow: a command line is parsed, and
+`--help` answered, before either is loaded.
+"""
+
+import argparse
+import dataclasses
+import inspect
+import numbers
+import re
+import types
+import typing
+from dataclasses import dataclass
+from dataclasses import field
+
+# The ResNet depths and stems `keras_ssl.backbones.ResNet` builds (a test
+# keeps these in step with it without importing Keras here).
+RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
+RESNET_STEMS = ("imagenet", "cifar")
+PRESETS = ("digits", "cifar10", "imagenet")
+# Fields that say where and how loudly a run goes, not what it computes:
+# they are left out of the stages' fingerprints.
+RUN_FIELDS = ("data_dir", "stages", "output_dir", "export", "overwrite")
+RUN_FIELDS += ("verbose", "extra")
+_TRUE = ("true", "yes", "1", "on")
+_FALSE = ("false", "no", "0", "off")
+
+
+@dataclass
+class RecipeConfig:
+    """The fields every recipe's config shares.
+
+    `SimCLRv2Config`, `PAWSConfig` and `SemPPLConfig` subclass it with their
+    own fields and the presets `imagenet()` (the defaults), `cifar10()` and
+    `digits()`. Every field is checked when the config is made.
+
+    Attributes:
+        dataset: str. `"digits"`, `"cifar10"`, `"npz"` or `"tfds:NAME"`.
+        data_dir: str or `None`. Where the data set is (or is prepared).
+        image_size: int. Side of the images, in pixels.
+        labeled_per_class: int or `None`. Labeled training images per
+            class; set this or `labeled_fraction`.
+        labeled_fraction: float or `None`. Fraction of each class's
+            training images that keep their label.
+        seed: int. Seeds Keras, the labeled subset, the views and streams.
+        depth: int. ResNet depth (18, 34, 50, 101, 152 or 200).
+        width_multiplier: float. ResNet width; fractions give small nets.
+        sk_ratio: float. Selective-kernel ratio in [0, 1); 0 for none.
+        stem: str. `"imagenet"` or `"cifar"` (one 3x3 conv, no pooling).
+        views: str. The `Views` preset of the pretraining augmentations.
+        crop_scale: pair of floats or `None`. Area range of every view's
+            random crop, when set.
+        batch_size: int. Global batch of unlabeled images in pretraining.
+        epochs: int. Pretraining epochs.
+        learning_rate: float. Pretraining's base LARS learning rate.
+        warmup_fraction: float. Share of pretraining's steps spent warming
+            up the learning rate, in [0, 1].
+        weight_decay: float. Pretraining's LARS weight decay.
+        temperature: float. Softmax temperature of the pretraining loss.
+        finetune_epochs: int. Fine-tuning epochs (0 skips fine-tuning).
+        finetune_learning_rate: float. Fine-tuning's base LARS learning
+            rate, scaled by the square root of the batch size.
+        stages: tuple of str. The stages to run.
+        steps_per_epoch: int or `None`. Steps per epoch of every stage;
+            `None` for one pass over the stage's examples.
+        output_dir: str. Where the stages keep weights, logs and backups;
+            a rerun resumes from them.
+        overwrite: bool. Retrain stages whose saved settings or data differ
+            from this run's instead of stopping.
+        export: bool. Export the final model as a SavedModel.
+        verbose: int. `fit()`'s verbosity (0, 1 or 2).
+        extra: dict. Free-form settings that the recipe ignores.
+    """
+
+    # The recipe's stage names; subclasses set it.
+    STAGE_NAMES: typing.ClassVar[tuple] = ("pretrain", "finetune")
+
+    # Data.
+    dataset: str = "tfds:imagenet2012"
+    data_dir: str | None = None
+    image_size: int = 224
+    labeled_per_class: int | None = None
+    labeled_fraction: float | None = 0.1
+    seed: int = 0
+    # Encoder.
+    depth: int = 50
+    width_multiplier: float = 1
+    sk_ratio: float = 0.0
+    stem: str = "imagenet"
+    # Pretraining.
+    views: str = "simclr_imagenet"
+    crop_scale: tuple | None = None
+    batch_size: int = 4096
+    epochs: int = 100
+    learning_rate: float = 0.3
+    warmup_fraction: float = 0.1
+    weight_decay: float = 1e-6
+    temperature: float = 0.1
+    # Fine-tuning.
+    finetune_epochs: int = 0
+    finetune_learning_rate: float = 0.05
+    # Run.
+    stages: tuple = ("pretrain", "finetune")
+    steps_per_epoch: int | None = None
+    output_dir: str = "runs"
+    overwrite: bool = False
+    export: bool = True
+    verbose: int = 1
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.stages = tuple(self.stages)
+        self.validate()
+
+    def checks(self):
+        """`(field, rule)` pairs that `validate` applies; see `_RULES`."""
+        return (
+            ("image_size", "int>=1"),
+            ("labeled_per_class", "int>=1|None"),
+            ("labeled_fraction", "(0,1]|None"),
+            ("seed", "int>=0"),
+            ("width_multiplier", ">0"),
+            ("sk_ratio", "[0,1)"),
+            ("batch_size", "int>=1"),
+            ("epochs", "int>=0"),
+            ("learning_rate", ">0"),
+            ("warmup_fraction", "[0,1]"),
+            ("weight_decay", ">=0"),
+            ("temperature", ">0"),
+            ("finetune_epochs", "int>=0"),
+            ("finetune_learning_rate", ">0|None"),
+            ("steps_per_epoch", "int>=1|None"),
+            ("overwrite", "bool"),
+            ("export", "bool"),
+        )
+
+    def validate(self):
+        """Raises a `ValueError` naming the first field out of range."""
+        for name, rule in self.checks():
+            check(name, getattr(self, name), rule)
+        check_choice("depth", self.depth, RESNET_DEPTHS)
+        check_choice("stem", self.stem, RESNET_STEMS)
+        check_choice("verbose", self.verbose, (0, 1, 2))
+        _check_dataset(self.dataset)
+        if (self.labeled_per_class is None) == (self.labeled_fraction is None):
+            raise ValueError(
+                "Set exactly one of `labeled_per_class` and "
+                "`labeled_fraction`. Received: labeled_per_class="
+                f"{self.labeled_per_class}, labeled_fraction="
+                f"{self.labeled_fraction}"
+            )
+        if self.crop_scale is not None:
+            low, high = _pair("crop_scale", self.crop_scale)
+            if not 0 < low <= high <= 1:
+                raise ValueError(
+                    "`crop_scale` must be (min, max) with 0 < min <= max "
+                    f"<= 1. Received: crop_scale={self.crop_scale}"
+                )
+        unknown = set(self.stages) - set(self.STAGE_NAMES)
+        if unknown:
+            raise ValueError(
+                f"Unknown `stages` {sorted(unknown)}; expected a subset of "
+                f"{self.STAGE_NAMES}. Received: stages={self.stages}"
+            )
+
+    def global_batch_sizes(self):
+        """Each global batch a replica count must divide, by name."""
+        return {"batch_size": self.batch_size}
+
+
+# Rules: "int>=N" (an int, not a bool), ">0", ">=0", interval notation
+# "[a,b)", "bool"; "|None" also allows `None`.
+_INTERVAL = re.compile(r"([\[(])([-\d.e]+),([-\d.e]+)([\])])")
+
+
+def check(name, value, rule):
+    """Raises a `ValueError` unless `value` of field `name` obeys `rule`."""
+    if rule.endswith("|None"):
+        if value is None:
+            return
+        rule = rule[: -len("|None")]
+    if rule == "bool":
+        ok = isinstance(value, bool)
+        requirement = "True or False"
+    elif rule.startswith("int>="):
+        low = int(rule[len("int>=") :])
+        ok = _is_int(value) and value >= low
+        requirement = f"an int >= {low}"
+    else:
+        ok, requirement = _check_real(value, rule)
+    if not ok:
+        raise ValueError(
+            f"`{name}` must be {requirement}. Received: {name}={value!r}"
+        )
+
+
+def _check_real(value, rule):
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if rule in (">0", ">=0"):
+        requirement = rule.replace(">", "> ").replace("> =", ">= ")
+        ok = real and (value > 0 if rule == ">0" else value >= 0)
+        return ok and value == value, requirement
+    match = _INTERVAL.fullmatch(rule)
+    if not match:
+        raise ValueError(f"Unknown rule {rule!r}")
+    left, low, high, right = match.groups()
+    low, high = float(low), float(high)
+    ok = real and (low <= value if left == "[" else low < value)
+    ok = ok and (value <= high if right == "]" else value < high)
+    return ok, f"in {rule.replace(',', ', ')}"
+
+
+def _is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_choice(name, value, choices):
+    """Raises a `ValueError` unless `value` is one of `choices`."""
+    if value not in choices or isinstance(value, bool):
+        raise ValueError(
+            f"`{name}` must be one of {choices}. Received: {name}={value!r}"
+        )
+
+
+def _check_dataset(name):
+    if name in ("digits", "cifar10", "npz") or (
+        isinstance(name, str) and name.startswith("tfds:") and name[5:]
+    ):
+        return
+    raise ValueError(
+        "Unknown `dataset`. Expected 'digits', 'cifar10', 'npz' or "
+        f"'tfds:NAME'. Received: dataset={name!r}"
+    )
+
+
+def _pair(name, value):
+    try:
+        low, high = value
+        return float(low), float(high)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`{name}` must be a pair of floats. Received: {name}={value!r}"
+        ) from None
+
+
+def field_docs(config_cls):
+    """Each field's sentence from the `Attributes:` sections of the class
+    and its bases (the subclass's text wins)."""
+    docs = {}
+    for cls in reversed(config_cls.__mro__):
+        text = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
+        if "Attributes:" not in text:
+            continue
+        section = text.split("Attributes:", 1)[1]
+        name = None
+        for line in section.splitlines():
+            entry = re.match(r"    (\w+): (.*)", line)
+            if entry:
+                name = entry.group(1)
+                docs[name] = entry.group(2).strip()
+            elif line.startswith("        ") and name:
+                docs[name] += " " + line.strip()
+            elif line.strip():
+                name = None
+    return docs
+
+
+def build_parser(config_cls, prog):
+    """An `argparse` parser with `--preset` and one flag per field.
+
+    Each flag's help is the field's sentence of the config's docstring,
+    with its value in each preset. A flag that is not given keeps the
+    preset's value; `none` sets an optional field to `None`.
+    """
+    docs = field_docs(config_cls)
+    presets = {name: getattr(config_cls, name)() for name in PRESETS}
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        usage="%(prog)s [-h] [--preset PRESET] [--FIELD VALUE ...]",
+        description=inspect.cleandoc(config_cls.__doc__ or "").split("\n")[0],
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--preset",
+        default=PRESETS[0],
+        choices=PRESETS,
+        help="The settings every other flag starts from. Default: digits.",
+    )
+    for f in dataclasses.fields(config_cls):
+        if f.name == "extra":
+            continue
+        values = {p: getattr(c, f.name) for p, c in presets.items()}
+        text = docs.get(f.name, "")
+        if len(set(map(repr, values.values()))) == 1:
+            text += f" Default: {_show(values['digits'])}."
+        else:
+            shown = ", ".join(f"{p} {_show(v)}" for p, v in values.items())
+            text += f" Default: {shown}."
+        parser.add_argument(f"--{f.name}", help=text, **_flag(config_cls, f))
+    return parser
+
+
+def _show(value):
+    if isinstance(value, tuple):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def _flag(config_cls, f):
+    if f.name == "stages":
+        return dict(nargs="+", choices=config_cls.STAGE_NAMES, metavar="STAGE")
+    if f.name == "crop_scale":
+        return dict(nargs=2, type=_optional(float), metavar=("MIN", "MAX"))
+    kinds = [t for t in typing.get_args(f.type) if t is not type(None)]
+    kind = kinds[0] if isinstance(f.type, types.UnionType) else f.type
+    optional = isinstance(f.type, types.UnionType)
+    if kind is bool:
+        return dict(type=parse_bool, metavar="BOOL")
+    if kind in (int, float, str):
+        return dict(type=_optional(kind) if optional else kind)
+    return dict(type=str)
+
+
+def parse_bool(text):
+    """`true/false/yes/no/1/0/on/off` (any case) as a bool."""
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(
+        f"expected one of {'/'.join(_TRUE + _FALSE)}, got {text!r}"
+    )
+
+
+def _optional(kind):
+    def convert(text):
+        return None if text.strip().lower() == "none" else kind(text)
+
+    convert.__name__ = kind.__name__
+    return convert
+
+
+def config_from_command_line(config_cls, prog, argv=None):
+    """The preset named by `--preset` with the other flags applied.
+
+    Setting one of `labeled_per_class` and `labeled_fraction` clears the
+    other, unless both are given. A value out of range exits with the
+    config's message, as argparse does for a malformed flag.
+    """
+    parser = build_parser(config_cls, prog)
+    args = vars(parser.parse_args(argv))
+    preset = args.pop("preset")
+    if "stages" in args:
+        args["stages"] = tuple(args["stages"])
+    if "crop_scale" in args and None not in args["crop_scale"]:
+        args["crop_scale"] = tuple(args["crop_scale"])
+    elif "crop_scale" in args:
+        args["crop_scale"] = None
+    pair = ("labeled_per_class", "labeled_fraction")
+    for given, other in (pair, pair[::-1]):
+        if given in args and other not in args and args[given] is not None:
+            args[other] = None
+    try:
+        return getattr(config_cls, preset)(**args)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def main(config_cls, fit, prog, argv=None):
+    """Runs `fit` on the config of the command line and prints a summary."""
+    result = fit(config_from_command_line(config_cls, prog, argv))
+    name = config_cls.__name__[: -len("Config")]
+    config = result.config
+    print(f"\n{name} on {config.dataset} ({result.seconds:.0f} s):")
+    print(result.summary())
+    if result.export_path:
+        print(f"SavedModel: {result.export_path}")
+    return result
