@@ -1,0 +1,128 @@
+import fractions
+import io
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+
+from keras_ssl.pretrained.safe_unpickler import SafeUnpickler
+from keras_ssl.pretrained.safe_unpickler import load_pickle
+from keras_ssl.pretrained.safe_unpickler import load_torch
+from tests.pretrained import torch_files
+
+
+class Hostile:
+    """Unpickling this runs a shell command."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_plain_tree_round_trip(tmp_path):
+    tree = {
+        "params": {"conv": {"w": np.arange(6, dtype="float32").reshape(2, 3)}},
+        "step": 7,
+        "scale": np.float32(0.5),
+        "names": ["a", "b"],
+    }
+    for protocol in (2, pickle.HIGHEST_PROTOCOL):
+        path = tmp_path / f"tree{protocol}.pkl"
+        path.write_bytes(pickle.dumps(tree, protocol=protocol))
+        loaded = load_pickle(path)
+        np.testing.assert_array_equal(
+            loaded["params"]["conv"]["w"], tree["params"]["conv"]["w"]
+        )
+        assert loaded["step"] == 7 and loaded["names"] == ["a", "b"]
+        assert loaded["scale"] == np.float32(0.5)
+
+
+def test_hostile_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    data = pickle.dumps({"weights": Hostile(marker)})
+    with pytest.raises(pickle.UnpicklingError, match=r"\.system"):
+        SafeUnpickler(io.BytesIO(data)).load()
+    assert not marker.exists()
+    # The same file runs the command under a plain unpickler.
+    pickle.loads(data)
+    assert marker.exists()
+
+
+def test_hostile_torch_file_is_refused(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth.tar"
+    with zipfile.ZipFile(path, "w") as f:
+        f.writestr(
+            "archive/data.pkl", pickle.dumps({"encoder": Hostile(marker)})
+        )
+    with pytest.raises(pickle.UnpicklingError, match="Refusing"):
+        load_torch(path)
+    assert not marker.exists()
+
+
+def test_object_arrays_and_other_classes_are_refused():
+    data = pickle.dumps(np.array([{"a": 1}], dtype=object))
+    loaded = SafeUnpickler(io.BytesIO(data)).load()  # only builtins inside
+    assert loaded[0] == {"a": 1}
+    data = pickle.dumps(fractions.Fraction(1, 3))
+    with pytest.raises(pickle.UnpicklingError, match="fractions.Fraction"):
+        SafeUnpickler(io.BytesIO(data)).load()
+    with pytest.raises(pickle.UnpicklingError, match="persistent id"):
+        SafeUnpickler(io.BytesIO(b"\x80\x02X\x01\x00\x00\x00aQ.")).load()
+
+
+def test_torch_file_without_torch(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(size=(3, 4)).astype("float32")
+    tree = {
+        "encoder": {
+            "w": rng.normal(size=(2, 3, 3, 3)).astype("float32"),
+            "n": np.array(5, dtype="int64"),
+            "t": ("transposed", matrix),
+            "h": np.arange(4, dtype="float16"),
+        },
+        "epoch": 3,
+    }
+    path = torch_files.write(tmp_path / "x.pth.tar", tree, monkeypatch)
+    monkeypatch.undo()
+    loaded = load_torch(path)
+    assert loaded["epoch"] == 3
+    np.testing.assert_array_equal(loaded["encoder"]["w"], tree["encoder"]["w"])
+    np.testing.assert_array_equal(loaded["encoder"]["t"], matrix.T)
+    assert (
+        loaded["encoder"]["n"] == 5 and loaded["encoder"]["n"].dtype == "int64"
+    )
+    assert loaded["encoder"]["h"].dtype == "float16"
+
+
+def test_legacy_torch_format_is_named(tmp_path):
+    path = tmp_path / "old.pth.tar"
+    path.write_bytes(pickle.dumps(0x1950A86A20F9469CFC6C))
+    with pytest.raises(ValueError, match="zip format"):
+        load_torch(path)
+
+
+def test_matches_torch_load(tmp_path):
+    torch = pytest.importorskip("torch")
+    state = {
+        "encoder": {
+            "conv.weight": torch.randn(4, 3, 3, 3),
+            "fc.weight": torch.randn(5, 6).t(),
+            "bn.num_batches_tracked": torch.tensor(3),
+            "half": torch.randn(7).half(),
+            "bf16": torch.randn(7).bfloat16(),
+        },
+        "epoch": 2,
+    }
+    path = tmp_path / "state.pth.tar"
+    torch.save(state, path)
+    loaded = load_torch(path)
+    for key, tensor in state["encoder"].items():
+        np.testing.assert_array_equal(
+            loaded["encoder"][key],
+            tensor.float().numpy().astype(loaded["encoder"][key].dtype),
+        )
