@@ -5,4 +5,5 @@ from keras_ssl.pretrained.pretrained_model import PretrainedModel
 from keras_ssl.pretrained.safe_unpickler import SafeUnpickler
 from keras_ssl.pretrained.safe_unpickler import load_pickle
 from keras_ssl.pretrained.safe_unpickler import load_torch
+from keras_ssl.pretrained.semppl import load_semppl
 from keras_ssl.pretrained.simclr import load_simclr
