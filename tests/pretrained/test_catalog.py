@@ -1,0 +1,68 @@
+import urllib.error
+
+import keras
+import numpy as np
+import pytest
+
+from keras_ssl.pretrained import CHECKPOINTS
+from keras_ssl.pretrained import PretrainedModel
+from keras_ssl.pretrained import load
+from tests.pretrained import torch_files
+from tests.pretrained.test_paws import PAWSReference
+
+
+def test_table():
+    assert len([n for n in CHECKPOINTS if n.startswith("simclrv2/")]) == 13 * 7
+    entry = CHECKPOINTS["simclrv2/r50_1x_sk0/pretrained"]
+    assert entry.top1 == 71.7 and entry.url.startswith("gs://")
+    assert CHECKPOINTS["simclrv2/r152_3x_sk1/finetuned_1pct"].ft_layer == 1
+    paws = CHECKPOINTS["paws/r50_10pct_300ep/finetuned"]
+    assert paws.url.endswith("paws_imgnt_10percent_300ep_finetuned.pth.tar")
+    assert paws.top1 == 75.5 and paws.label_fraction == 0.1
+    assert "paws/r50_1pct_100ep/finetuned" not in CHECKPOINTS  # no file
+    assert not CHECKPOINTS["semppl/r50_1x_sk_10pct/pretrained"].supported
+    for entry in CHECKPOINTS.values():
+        assert entry.url.startswith(("gs://", "https://"))
+
+
+def _offline(*args, **kwargs):
+    raise urllib.error.URLError("no network")
+
+
+def test_offline_error_names_url_and_place(tmp_path, monkeypatch):
+    monkeypatch.setattr(keras.utils, "get_file", _offline)
+    name = "semppl/r50_1x_10pct/pretrained"
+    with pytest.raises(FileNotFoundError) as error:
+        load(name, cache_dir=str(tmp_path))
+    message = str(error.value)
+    assert CHECKPOINTS[name].url in message
+    assert str(tmp_path / "semppl" / "resnet_50_1x_10_pct.pkl") in message
+
+
+def test_gcs_checkpoint_error_says_how_to_copy(tmp_path):
+    with pytest.raises(FileNotFoundError, match="gsutil -m cp -r gs://"):
+        load("simclrv2/r50_1x_sk0/pretrained", cache_dir=str(tmp_path))
+
+
+def test_unknown_and_unsupported_names(tmp_path):
+    with pytest.raises(ValueError, match="Received: name='simclrv2/r999'"):
+        load("simclrv2/r999", cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="does not"):
+        load("semppl/r50_2x_sk_1pct/pretrained", cache_dir=str(tmp_path))
+
+
+def test_cached_file_loads_without_network(tmp_path, monkeypatch):
+    reference = PAWSReference()
+    x = np.random.default_rng(0).uniform(size=(1, 32, 32, 3))
+    features = reference.backbone(x, widen=0.25)
+    reference.fine_tuned(features, 3)
+    (tmp_path / "paws").mkdir()
+    path = tmp_path / "paws" / "paws_imgnt_10percent_300ep_finetuned.pth.tar"
+    torch_files.write(path, {"encoder": reference.params.values}, monkeypatch)
+    monkeypatch.undo()
+    monkeypatch.setattr(keras.utils, "get_file", _offline)
+    model = load("paws/r50_10pct_300ep/finetuned", cache_dir=str(tmp_path))
+    assert isinstance(model, PretrainedModel)
+    np.testing.assert_allclose(
+        model(x.astype("float32"))["features"], features, rtol=1e-4, atol=1e-4
+    )
