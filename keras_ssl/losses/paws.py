@@ -13,7 +13,11 @@ from keras_ssl.ops.math import soft_nearest_neighbour
 
 
 def _check_args(
-    temperature, sharpen_temperature, label_smoothing, num_classes
+    temperature,
+    sharpen_temperature,
+    label_smoothing,
+    num_classes,
+    target_threshold=0.0,
 ) -> None:
     for name, value in (
         ("temperature", temperature),
@@ -25,6 +29,11 @@ def _check_args(
         raise ValueError(
             "`label_smoothing` must be in [0, 1). Received: "
             f"label_smoothing={label_smoothing}"
+        )
+    if not 0.0 <= target_threshold < 1.0:
+        raise ValueError(
+            "`target_threshold` must be in [0, 1). Received: "
+            f"target_threshold={target_threshold}"
         )
     if num_classes is not None and (
         isinstance(num_classes, bool)
@@ -118,6 +127,40 @@ def _support_targets(
     return onehot
 
 
+def _check_targets(target_views, target_support, views):
+    if (target_views is None) != (target_support is None):
+        raise ValueError(
+            "`target_views` and `target_support` go together. Received: "
+            f"target_views={'None' if target_views is None else 'given'}, "
+            f"target_support="
+            f"{'None' if target_support is None else 'given'}"
+        )
+    if target_views is None:
+        return None, None
+    if not isinstance(target_views, (list, tuple)) or len(target_views) != 2:
+        raise ValueError(
+            "`target_views` must be a list of the two global views' "
+            "target representations. Received: target_views of type "
+            f"{type(target_views).__name__}"
+            + (
+                f" and length {len(target_views)}"
+                if isinstance(target_views, (list, tuple))
+                else ""
+            )
+        )
+    target_views = [ops.convert_to_tensor(v) for v in target_views]
+    target_support = ops.convert_to_tensor(target_support)
+    _check_views(target_views, target_support)
+    rows = {views[0].shape[0], target_views[0].shape[0]} - {None}
+    if len(rows) > 1:
+        raise ValueError(
+            "`target_views` must have the views' batch size. Received: "
+            f"target batch {target_views[0].shape[0]}, view batch "
+            f"{views[0].shape[0]}"
+        )
+    return target_views, target_support
+
+
 def _paws_terms(
     views,
     support,
@@ -126,12 +169,24 @@ def _paws_terms(
     temperature,
     sharpen_temperature,
     label_smoothing,
+    target_views=None,
+    target_support=None,
+    target_threshold=1e-4,
 ):
     """Per-anchor cross-entropies of eq. (4), H(p_bar) and the targets."""
-    _check_args(temperature, sharpen_temperature, label_smoothing, num_classes)
+    _check_args(
+        temperature,
+        sharpen_temperature,
+        label_smoothing,
+        num_classes,
+        target_threshold,
+    )
     views = [ops.convert_to_tensor(v) for v in views]
     support = ops.convert_to_tensor(support)
     _check_views(views, support)
+    target_views, target_support = _check_targets(
+        target_views, target_support, views
+    )
     dtype = _compute_dtype(views[0])
     queries = ops.concatenate([ops.cast(v, dtype) for v in views], axis=0)
     # Every replica classifies against the global support batch; the
@@ -144,14 +199,31 @@ def _paws_terms(
     probs = soft_nearest_neighbour(queries, keys, labels, temperature)
     sharp = sharpen(probs, sharpen_temperature)
     batch = ops.shape(views[0])[0]
+    target = sharp[: 2 * batch]
+    if target_views is not None:
+        # The reference code's targets: the global views' representations
+        # before any prediction head, against the support's.
+        target = sharpen(
+            soft_nearest_neighbour(
+                ops.concatenate([ops.cast(v, dtype) for v in target_views], 0),
+                distribute.all_gather(ops.cast(target_support, dtype)),
+                labels,
+                temperature,
+            ),
+            sharpen_temperature,
+        )
     # §3.2: "we only differentiate the cross-entropy loss terms with respect
     # to the predictions p_i and p_i^+, and not the sharpened targets".
-    t1 = ops.stop_gradient(sharp[:batch])
-    t2 = ops.stop_gradient(sharp[batch : 2 * batch])
+    target = ops.stop_gradient(target)
+    t1, t2 = target[:batch], target[batch:]
     # Eq. (4): each global view targets the other one; each small view
     # targets the mean of the two global targets (§5, footnote 4).
     local = [0.5 * (t1 + t2)] * (len(views) - 2)
     targets = ops.concatenate([t2, t1] + local, axis=0)
+    if target_threshold:
+        # As the reference code does ("numerical stability"): target
+        # probabilities below the threshold count as 0, not renormalised.
+        targets = ops.where(targets < target_threshold, 0.0, targets)
     cross_entropy = soft_cross_entropy(targets, probs=probs)
     # Eq. (4): p_bar is "the average of the sharpened predictions" of all
     # views of all images, over the global batch, and it is differentiated
@@ -182,6 +254,9 @@ def paws(
     label_smoothing: float = 0.1,
     me_max: bool = True,
     return_metrics: bool = False,
+    target_views=None,
+    target_support=None,
+    target_threshold: float = 1e-4,
 ):
     """The PAWS objective, eq. (4) of Assran et al. (2021).
 
@@ -211,6 +286,15 @@ def paws(
     unsampled classes stay exactly 0 in `y_S`, `p`, the targets and
     `p_bar`. With every class sampled (CIFAR-10, 10 x 64) this is the usual
     `(1 - eps) * onehot + eps / K`.
+
+    Two details follow the reference code (suncet's `init_paws_loss`)
+    where the paper is silent: sharpened target probabilities below
+    `target_threshold` (1e-4) are set to 0 before the cross-entropy (not
+    renormalised; with 1,000 classes this moves the loss by about 3%), and
+    the targets may come from other representations than the predictions
+    (`target_views`, `target_support`): with a prediction head, suncet
+    predicts from the head's output but builds the targets from the
+    projections before it.
 
     With collapsed representations (anchor and support all equal) and a
     class-balanced support batch, `p` is uniform over the sampled classes,
@@ -257,6 +341,15 @@ def paws(
             `"target_confidence"` (mean over the global views of the
             largest sharpened-target probability, Fig. 4c). Defaults to
             `False`.
+        target_views: optional list of the two global views'
+            representations `(B, D')` to build the targets from, e.g. the
+            projections when `views` are a prediction head's outputs.
+            Defaults to `None` (targets from `views`).
+        target_support: tensor `(M, D')`, with `target_views`: the support
+            representations the targets are classified against.
+        target_threshold: float in [0, 1). Target probabilities below it
+            are set to 0 (the reference code's 1e-4); `0` keeps them.
+            Defaults to `1e-4`.
 
     Returns:
         The scalar loss, or `(loss, metrics)` with `return_metrics`.
@@ -282,6 +375,9 @@ def paws(
         temperature,
         sharpen_temperature,
         label_smoothing,
+        target_views,
+        target_support,
+        target_threshold,
     )
     loss = ops.mean(cross_entropy)
     if me_max:
@@ -319,6 +415,8 @@ class PAWS(keras.losses.Loss):
             Defaults to `0.25`.
         label_smoothing: float in [0, 1). Defaults to `0.1`.
         me_max: bool. Use the ME-MAX regulariser. Defaults to `True`.
+        target_threshold: float in [0, 1). Target probabilities below it
+            count as 0, as in the reference code. Defaults to `1e-4`.
         reduction: str. Keras loss reduction. Defaults to
             `"sum_over_batch_size"`.
         name: str. Defaults to `"paws"`.
@@ -346,12 +444,17 @@ class PAWS(keras.losses.Loss):
         sharpen_temperature: float = 0.25,
         label_smoothing: float = 0.1,
         me_max: bool = True,
+        target_threshold: float = 1e-4,
         reduction: str = "sum_over_batch_size",
         name: str = "paws",
         dtype=None,
     ):
         _check_args(
-            temperature, sharpen_temperature, label_smoothing, num_classes
+            temperature,
+            sharpen_temperature,
+            label_smoothing,
+            num_classes,
+            target_threshold,
         )
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.num_classes = num_classes
@@ -359,6 +462,7 @@ class PAWS(keras.losses.Loss):
         self.sharpen_temperature = sharpen_temperature
         self.label_smoothing = label_smoothing
         self.me_max = me_max
+        self.target_threshold = target_threshold
 
     def call(self, y_true, y_pred):
         if not isinstance(y_pred, dict) or set(y_pred) != {"views", "support"}:
@@ -380,6 +484,7 @@ class PAWS(keras.losses.Loss):
             self.temperature,
             self.sharpen_temperature,
             self.label_smoothing,
+            target_threshold=self.target_threshold,
         )
         losses = cross_entropy
         if self.me_max:
@@ -395,6 +500,7 @@ class PAWS(keras.losses.Loss):
                 "sharpen_temperature": self.sharpen_temperature,
                 "label_smoothing": self.label_smoothing,
                 "me_max": self.me_max,
+                "target_threshold": self.target_threshold,
             }
         )
         return config

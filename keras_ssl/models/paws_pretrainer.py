@@ -162,7 +162,9 @@ class PAWSPretrainer(SSLModel):
             size (224 when unknown).
         prediction_head: optional layer applied to the projections (of
             views and support) before the classifier, as PAWS's default
-            ImageNet setup with a BYOL-style head. Defaults to `None`.
+            ImageNet setup with a BYOL-style head. As in the reference
+            code, the targets are then built from the projections before
+            the head. Defaults to `None`.
         support_views: int, 1 or 2. Views of each support image, made with
             the first `support_views` specs of `views`. Defaults to `1`.
         temperature: float > 0. Cosine temperature `tau`. Defaults to
@@ -288,8 +290,7 @@ class PAWSPretrainer(SSLModel):
         return self._project(x, training)
 
     def _embed_views(self, tensors, training):
-        """What the classifier sees for each tensor, one pass per size."""
-        key = "projection" if self.prediction_head is None else "prediction"
+        """Each tensor's outputs (projection, prediction), one pass per size."""
         groups = {}
         for index, tensor in enumerate(tensors):
             groups.setdefault(tuple(tensor.shape[1:3]), []).append(index)
@@ -297,11 +298,13 @@ class PAWSPretrainer(SSLModel):
         for indices in groups.values():
             parts = [tensors[i] for i in indices]
             x = parts[0] if len(parts) == 1 else ops.concatenate(parts, 0)
-            z = self._project(x, training)[key]
+            z = self._project(x, training)
             start = 0
             for i in indices:
                 rows = ops.shape(tensors[i])[0]
-                outputs[i] = z[start : start + rows]
+                outputs[i] = {
+                    key: value[start : start + rows] for key, value in z.items()
+                }
                 start = start + rows
         return outputs
 
@@ -314,12 +317,30 @@ class PAWSPretrainer(SSLModel):
         support_views = self.support_augment(
             to_float_images(support), training=training
         )
-        z = self._embed_views(list(support_views) + views, training)
+        outputs = self._embed_views(list(support_views) + views, training)
         count = len(support_views)
-        z_support = ops.concatenate(z[:count], 0) if count > 1 else z[0]
+        support_outputs, view_outputs = outputs[:count], outputs[count:]
+
+        def stacked(name, part):
+            tensors = [output[name] for output in part]
+            return (
+                tensors[0] if len(tensors) == 1 else ops.concatenate(tensors, 0)
+            )
+
+        # The classifier sees the prediction head's outputs when there is
+        # one; the targets come from the projections before it, as in the
+        # reference code (without a head the two are the same).
+        key = "projection" if self.prediction_head is None else "prediction"
+        z_support = stacked(key, support_outputs)
+        targets = {}
+        if self.prediction_head is not None:
+            targets = {
+                "target_views": [o["projection"] for o in view_outputs[:2]],
+                "target_support": stacked("projection", support_outputs),
+            }
         labels = ops.cast(support_labels, "int32")
         loss, logs = paws(
-            z[count:],
+            [output[key] for output in view_outputs],
             z_support,
             ops.concatenate([labels] * count, 0) if count > 1 else labels,
             num_classes=self.num_classes,
@@ -328,6 +349,7 @@ class PAWSPretrainer(SSLModel):
             label_smoothing=self.label_smoothing,
             me_max=self.me_max,
             return_metrics=True,
+            **targets,
         )
         logs["support_accuracy"] = self._support_accuracy(z_support, labels)
         return loss, logs

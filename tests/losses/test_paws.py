@@ -54,12 +54,14 @@ def reference(
     smoothing=0.1,
     me_max=True,
     targets_from=None,
+    threshold=1e-4,
 ):
     """Eq. (4) of PAWS in float64, one image and one view at a time.
 
     `targets_from=(views, support)` computes the sharpened targets at
     another point (held fixed), for finite differences that do not move
-    the targets, as the stop-gradient prescribes.
+    the targets, as the stop-gradient prescribes. Target probabilities
+    below `threshold` count as 0, as in the reference code.
 
     Returns the loss, H(p_bar) and the mean max of the global targets.
     """
@@ -77,10 +79,14 @@ def reference(
             for v in target_views[:2]
         )
         confidence += [r1.max(), r2.max()]
-        terms.append(_cross_entropy(r1, p[1]))
-        terms.append(_cross_entropy(r2, p[0]))
+
+        def cut(t):
+            return np.where(t < threshold, 0.0, t)
+
+        terms.append(_cross_entropy(cut(r1), p[1]))
+        terms.append(_cross_entropy(cut(r2), p[0]))
         for k in range(2, num_views):
-            terms.append(_cross_entropy((r1 + r2) / 2, p[k]))
+            terms.append(_cross_entropy(cut((r1 + r2) / 2), p[k]))
     p_bar = sum(sharpened) / (num_views * n)
     mean_entropy = -math.fsum(q * math.log(q) for q in p_bar if q > 0)
     loss = math.fsum(terms) / (num_views * n)
@@ -130,6 +136,164 @@ def gradient_fn(fn, num_args):
 def gradients(fn, *args):
     """d fn(*args) / d args, on the current backend."""
     return gradient_fn(fn, len(args))(*args)
+
+
+def suncet_paws(
+    anchor_views,
+    anchor_supports,
+    target_views,
+    target_supports,
+    labels,
+    multicrop,
+    tau=0.1,
+    T=0.25,
+):
+    """suncet's `init_paws_loss` (PAWS's code) in NumPy float64.
+
+    Inputs as its training loop hands them over: the anchor views stacked
+    (the two global views, then `multicrop` small ones), and the target
+    views as the two global views' representations in their own order;
+    the loop swaps them so each view targets the other. Returns
+    `loss + rloss`, the value it minimises.
+    """
+
+    def normalize(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def snn(query, supports):
+        logits = normalize(query) @ normalize(supports).T / tau
+        logits -= logits.max(axis=1, keepdims=True)
+        weights = np.exp(logits)
+        return weights / weights.sum(axis=1, keepdims=True) @ labels
+
+    def sharpen(p):
+        sharp = p ** (1.0 / T)
+        return sharp / sharp.sum(axis=1, keepdims=True)
+
+    batch = len(anchor_views) // (2 + multicrop)
+    probs = snn(anchor_views, anchor_supports)
+    targets = sharpen(
+        snn(
+            np.concatenate([target_views[batch:], target_views[:batch]]),
+            target_supports,
+        )
+    )
+    if multicrop:
+        local = 0.5 * (targets[:batch] + targets[batch:])
+        targets = np.concatenate([targets] + [local] * multicrop)
+    targets[targets < 1e-4] *= 0
+    loss = np.mean(np.sum(-targets * np.log(probs), axis=1))
+    average = np.mean(sharpen(probs), axis=0)
+    return loss + np.sum(average * np.log(average))
+
+
+def suncet_case(num_classes, batch=4, dim=16, multicrop=1, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(batch, dim))
+    views = [
+        base + 0.7 * rng.normal(size=(batch, dim)) for _ in range(2 + multicrop)
+    ]
+    support = rng.normal(size=(num_classes, dim))
+    labels = np.arange(num_classes, dtype="int32")
+    # The projections before a prediction head: other vectors.
+    targets = [v + 0.5 * rng.normal(size=v.shape) for v in views[:2]]
+    target_support = support + 0.5 * rng.normal(size=support.shape)
+    smoothed = 0.9 * np.eye(num_classes) + 0.1 / num_classes
+    return views, support, labels, targets, target_support, smoothed
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="float64 on TF")
+class TestSuncetAgreement(TestCase):
+    """The loss equals PAWS's own code, target truncation included."""
+
+    @pytest.mark.parametrize("num_classes", [10, 100, 1000])
+    def test_values_and_gradients(self, num_classes):
+        views, support, labels, targets, target_support, rows = suncet_case(
+            num_classes
+        )
+        multicrop = len(views) - 2
+
+        def ours(*args):
+            return paws(
+                list(args[:-1]),
+                args[-1],
+                labels,
+                num_classes,
+                target_views=targets,
+                target_support=target_support,
+            )
+
+        def theirs(point):
+            return suncet_paws(
+                np.concatenate(point[:-1]),
+                point[-1],
+                np.concatenate(targets),
+                target_support,
+                rows,
+                multicrop,
+            )
+
+        point = views + [support]
+        expected = theirs(point)
+        self.assertAllClose(ours(*point), expected, atol=1e-12, rtol=1e-12)
+        # Without the truncation the values differ measurably.
+        untruncated = paws(
+            views,
+            support,
+            labels,
+            num_classes,
+            target_views=targets,
+            target_support=target_support,
+            target_threshold=0.0,
+        )
+        assert abs(float(untruncated) - expected) > 1e-9 * num_classes
+        # Gradients: the targets are other inputs, held fixed.
+        grads = gradients(ours, *point)
+        rng = np.random.default_rng(1)
+        eps = 1e-6
+        for which, grad in enumerate(grads):
+            indices = list(np.ndindex(point[which].shape))
+            if len(indices) > 64:
+                chosen = rng.choice(len(indices), 64, replace=False)
+                indices = [indices[i] for i in chosen]
+            for index in indices:
+                moved = [[p.copy() for p in point] for _ in range(2)]
+                moved[0][which][index] += eps
+                moved[1][which][index] -= eps
+                numeric = (theirs(moved[0]) - theirs(moved[1])) / (2 * eps)
+                assert abs(grad[index] - numeric) < 1e-7 * max(
+                    1.0, abs(numeric)
+                ), (which, index, grad[index], numeric)
+
+    def test_targets_from_the_views_by_default(self):
+        views, support, labels, _, _, rows = suncet_case(100, multicrop=2)
+        expected = suncet_paws(
+            np.concatenate(views),
+            support,
+            np.concatenate(views[:2]),
+            support,
+            rows,
+            multicrop=2,
+        )
+        self.assertAllClose(
+            paws(views, support, labels, 100), expected, atol=1e-12
+        )
+
+    def test_rejects_bad_targets(self):
+        views, support, labels, targets, target_support, _ = suncet_case(10)
+        with pytest.raises(ValueError, match="go together"):
+            paws(views, support, labels, 10, target_views=targets)
+        with pytest.raises(ValueError, match="length 3"):
+            paws(
+                views,
+                support,
+                labels,
+                10,
+                target_views=views,
+                target_support=target_support,
+            )
+        with pytest.raises(ValueError, match="target_threshold=1.5"):
+            paws(views, support, labels, 10, target_threshold=1.5)
 
 
 class TestPAWSFunction(TestCase):

@@ -153,6 +153,41 @@ class TestPAWSPretrainer(TestCase):
         loss, _ = model.compute_ssl_loss(batch, training=True)
         assert np.isfinite(float(loss))
 
+    def test_prediction_head_targets_come_from_the_projection(self):
+        # As in the reference code: the views and the support are
+        # classified after the prediction head, the targets are built from
+        # the projections before it.
+        model = make_model(
+            prediction_head=keras.Sequential(
+                [
+                    keras.layers.Dense(5, activation="relu"),
+                    keras.layers.Dense(6),
+                ]
+            )
+        )
+        batch = make_batch()
+        views = model.views(batch["unlabeled"] / 255.0, training=False)
+        outputs = [model(v) for v in views]
+        support = model(batch["support"] / 255.0)
+        labels = batch["support_labels"]
+        expected = paws(
+            [o["prediction"] for o in outputs],
+            support["prediction"],
+            labels,
+            num_classes=4,
+            target_views=[o["projection"] for o in outputs[:2]],
+            target_support=support["projection"],
+        )
+        loss, _ = model.compute_ssl_loss(batch, training=False)
+        self.assertAllClose(loss, expected, atol=1e-5)
+        from_predictions = paws(
+            [o["prediction"] for o in outputs],
+            support["prediction"],
+            labels,
+            num_classes=4,
+        )
+        assert abs(float(loss) - float(from_predictions)) > 1e-4
+
     def test_call_outputs(self):
         model = make_model()
         outputs = model(make_batch()["unlabeled"])
