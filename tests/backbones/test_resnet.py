@@ -458,6 +458,15 @@ class TestValidation(TestCase):
             ),
             ({"bn_momentum": 1.0}, "Received: bn_momentum=1.0"),
             ({"bn_epsilon": 0.0}, "Received: bn_epsilon=0.0"),
+            ({"resnet_d": 1}, "Received: resnet_d=1"),
+            ({"shortcut_pool": "x"}, "Received: shortcut_pool='x'"),
+            ({"conv_padding": "valid"}, "Received: conv_padding='valid'"),
+            ({"pool_padding": "valid"}, "Received: pool_padding='valid'"),
+            ({"input_mean": (0.5,) * 3}, "Received: input_std=None"),
+            (
+                {"input_mean": (0.5,) * 3, "input_std": (0.1, 0.1, 0.0)},
+                "`input_std` must be > 0",
+            ),
         ],
     )
     def test_bad_arguments(self, kwargs, message):
@@ -468,3 +477,41 @@ class TestValidation(TestCase):
         model = deferred_resnet(depth=18, width_multiplier=np.int64(2))
         assert model.output_dim == 1024
         assert type(model.get_config()["width_multiplier"]) is int
+
+
+class TestLayoutOptions(TestCase):
+    def test_config_round_trip_and_same_count(self):
+        kwargs = {
+            "depth": 18,
+            "width_multiplier": 0.25,
+            "resnet_d": True,
+            "shortcut_pool": "all",
+            "conv_padding": "same",
+            "pool_padding": "symmetric",
+            "input_mean": (0.5, 0.5, 0.5),
+            "input_std": (0.25, 0.25, 0.25),
+        }
+        model = ResNet(**kwargs)
+        clone = ResNet.from_config(model.get_config())
+        for key, value in kwargs.items():
+            assert clone.get_config()[key] == model.get_config()[key]
+        plain = ResNet(depth=18, width_multiplier=0.25, resnet_d=True)
+        # Padding, pooling and normalisation add no weights.
+        assert model.count_params() == plain.count_params()
+        x = images(2, 32)
+        clone.set_weights(model.get_weights())
+        np.testing.assert_allclose(clone(x), model(x), atol=1e-6)
+
+    def test_input_normalisation(self):
+        plain = ResNet(depth=18, width_multiplier=0.25, stem="cifar")
+        normalising = ResNet(
+            depth=18,
+            width_multiplier=0.25,
+            stem="cifar",
+            input_mean=(0.1, 0.2, 0.3),
+            input_std=(0.5, 0.25, 2.0),
+        )
+        normalising.set_weights(plain.get_weights())
+        x = images(2, 16)
+        expected = plain((x - np.array([0.1, 0.2, 0.3])) / [0.5, 0.25, 2.0])
+        np.testing.assert_allclose(normalising(x), expected, atol=1e-5)
