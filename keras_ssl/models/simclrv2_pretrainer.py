@@ -16,6 +16,7 @@ from keras_ssl.models.momentum import clone_layer
 from keras_ssl.models.momentum import clone_network
 from keras_ssl.models.momentum import ema_update
 from keras_ssl.models.ssl_model import SSLModel
+from keras_ssl.optimizers.lars import LARS
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -55,6 +56,10 @@ class SimCLRv2Pretrainer(SSLModel):
     contrastive batch too, and a linear probe on the stop-gradient encoder
     output of their first view is trained alongside (as SimCLR does), which
     reports `probe_loss` and `probe_accuracy` without shaping the encoder.
+    As SimCLR treats its supervised head, a `LARS` optimizer updates the
+    probe by plain SGD with momentum (no trust ratio, no coupled decay),
+    and the probe's kernel is regularised by an L2 loss
+    `weight_decay / 2 · ||W||²` with LARS's `weight_decay`.
 
     `call(images)` returns a dict with the `"embedding"` (encoder output),
     the `"projection"` and, with a probe, its `"logits"`.
@@ -186,7 +191,15 @@ class SimCLRv2Pretrainer(SSLModel):
         self.num_classes = num_classes
         self.memory_views = memory_views
         self.image_size = image_size
+        self._probe_l2 = 0.0
         self.built = True
+
+    def compile(self, optimizer="rmsprop", **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        self._probe_l2 = 0.0
+        if self.probe is not None and isinstance(self.optimizer, LARS):
+            self.optimizer.exclude_variables(self.probe.trainable_weights)
+            self._probe_l2 = self.optimizer.weight_decay_rate
 
     def _eval_images(self, images):
         x = to_float_images(images)
@@ -284,6 +297,9 @@ class SimCLRv2Pretrainer(SSLModel):
             probe_loss, probe_accuracy = self._probe(h, labels, batch)
             logs.update(probe_loss=probe_loss, probe_accuracy=probe_accuracy)
             loss = loss + probe_loss
+            if self._probe_l2:
+                kernel = ops.convert_to_tensor(self.probe.kernel)
+                loss = loss + 0.5 * self._probe_l2 * ops.sum(kernel**2)
         return loss, logs
 
     def _probe(self, h, labels, batch):

@@ -199,6 +199,25 @@ class LARS(keras.optimizers.Optimizer):
             exclude_from_layer_adaptation, "exclude_from_layer_adaptation"
         )
         self.exclude_rank_1 = exclude_rank_1
+        self._excluded_ids = set()
+
+    def exclude_variables(self, var_list):
+        """Updates these variables by plain SGD with momentum.
+
+        No coupled weight decay and a trust ratio of 1, added to the
+        exclusions already made. SimCLR treats its supervised head this
+        way (regularising it with an L2 loss instead); models call this
+        for such heads. Must be called before the optimizer is built.
+
+        Args:
+            var_list: list of `keras.Variable`s.
+        """
+        if self.built:
+            raise ValueError(
+                "`exclude_variables()` must be called before the optimizer "
+                "is built (before the first training step)."
+            )
+        self._excluded_ids.update(id(variable) for variable in var_list)
 
     def build(self, var_list):
         if self.built:
@@ -214,9 +233,10 @@ class LARS(keras.optimizers.Optimizer):
         for variable in var_list:
             path = getattr(variable, "path", variable.name)
             by_rank = self.exclude_rank_1 and len(variable.shape) <= 1
+            excluded = by_rank or id(variable) in self._excluded_ids
             decayed.append(
                 self.weight_decay_rate > 0
-                and not by_rank
+                and not excluded
                 and not _matches(self.weight_decay_exclusions, path)
                 and self._use_weight_decay(variable)
             )
@@ -224,7 +244,7 @@ class LARS(keras.optimizers.Optimizer):
             if adaptation_exclusions is None:
                 adaptation_exclusions = self.weight_decay_exclusions
             adapted.append(
-                not by_rank and not _matches(adaptation_exclusions, path)
+                not excluded and not _matches(adaptation_exclusions, path)
             )
         self._decayed = tuple(decayed)
         self._adapted = tuple(adapted)

@@ -206,6 +206,39 @@ class TestSimCLRv2Pretrainer(TestCase):
         model.fit(stream, epochs=1, verbose=0)  # ids: no warning
         model.fit(x[:4].repeat(20, 0), batch_size=8, epochs=1, verbose=0)
 
+    def test_probe_is_plain_sgd_with_an_l2_loss_under_lars(self, batch):
+        # SimCLR excludes head_supervised from LARS's adaptation and decay
+        # and adds weight_decay * l2_loss(kernel) to the loss instead.
+        model = make_model(memory_size=0, views=deterministic_views())
+        optimizer = keras_ssl.optimizers.LARS(0.1, weight_decay=0.5)
+        model.compile(optimizer=optimizer)
+        optimizer.build(model.trainable_variables)
+        flags = {
+            v.path: (optimizer._decayed[i], optimizer._adapted[i])
+            for i, v in enumerate(model.trainable_variables)
+        }
+        assert flags[model.probe.kernel.path] == (False, False)
+        assert flags[model.encoder.layers[1].kernel.path] == (True, True)
+        kernel = keras.ops.convert_to_numpy(model.probe.kernel)
+        loss, logs = model.compute_ssl_loss(batch, training=False)
+        expected = (
+            logs["contrastive_loss"]
+            + logs["probe_loss"]
+            + 0.25 * np.sum(kernel.astype("float64") ** 2)
+        )
+        self.assertAllClose(loss, expected, atol=1e-5)
+        # One step moves the kernel by lr * gradient of that loss, no trust
+        # ratio (momentum starts at zero).
+        with tf.GradientTape() as tape:
+            total, _ = model.compute_ssl_loss(batch, training=True)
+        gradient = tape.gradient(total, model.probe.kernel)
+        model.train_on_batch(batch)
+        self.assertAllClose(
+            model.probe.kernel,
+            kernel - 0.1 * keras.ops.convert_to_numpy(gradient),
+            atol=1e-5,
+        )
+
     def test_momentum_network_is_not_trained(self, batch):
         model = make_model()
         trainable = {id(v) for v in model.trainable_variables}

@@ -232,6 +232,25 @@ class TestLARS(TestCase):
         self.assertAllClose(kernel, np.ones((2, 2)))
         assert np.all(other.numpy() < 1.0)
 
+    def test_exclude_variables_gives_plain_sgd(self):
+        w0 = np.array([[3.0, 0.0], [0.0, 4.0]], "float32")
+        g = np.array([[0.0, 1.0], [0.0, 0.0]], "float32")
+        excluded = keras.Variable(w0, name="kernel")
+        other = keras.Variable(w0, name="other")
+        optimizer = LARS(
+            learning_rate=2.0, momentum=0.0, eeta=0.1, weight_decay=0.1
+        )
+        optimizer.exclude_variables([excluded])
+        # A second call adds to the first rather than replacing it.
+        optimizer.exclude_variables([])
+        optimizer.apply([g, g], [excluded, other])
+        self.assertAllClose(excluded, w0 - 2.0 * g)  # no trust, no decay
+        decayed = g + 0.1 * w0
+        trust = 0.1 * 5.0 / np.linalg.norm(decayed)
+        self.assertAllClose(other, w0 - 2.0 * trust * decayed)
+        with pytest.raises(ValueError, match="before the optimizer is built"):
+            optimizer.exclude_variables([other])
+
     @pytest.mark.parametrize("nesterov", [False, True])
     def test_compiled_fit_matches_reference(self, nesterov):
         # A linear model with MSE has a closed-form gradient, so the whole
