@@ -1,4 +1,5 @@
 import io
+import os
 import subprocess
 import sys
 import textwrap
@@ -105,3 +106,25 @@ class TestExport(TestCase):
         served = self._export_and_serve(distiller, tmp_path / "d", images)
         # The student is what a distiller exports.
         self.assertShape(served["raw_embedding"], (2, 4))
+
+
+@pytest.mark.slow
+def test_export_refuses_a_non_empty_target_and_replaces_it_whole(tmp_path):
+    model = FineTuner(tiny_encoder(), num_classes=3, ft_layer=0)
+    target = tmp_path / "saved"
+    target.mkdir()
+    (target / "old_variables.txt").write_text("from another model")
+    with pytest.raises(ValueError, match="non-empty directory"):
+        export_saved_model(model, str(target))
+    export_saved_model(model, str(target), overwrite=True)
+    assert "saved_model.pb" in os.listdir(target)
+    assert "old_variables.txt" not in os.listdir(target)
+    assert sorted(os.listdir(tmp_path)) == ["saved"]
+
+
+def test_export_refuses_non_finite_weights(tmp_path):
+    model = FineTuner(tiny_encoder(), num_classes=3, ft_layer=0)
+    model.classifier.bias.assign(np.array([0.0, np.nan, 0.0], "float32"))
+    with pytest.raises(ValueError, match="non-finite weights"):
+        export_saved_model(model, str(tmp_path / "saved"))
+    assert not os.path.exists(tmp_path / "saved")

@@ -24,7 +24,8 @@ class Distiller(SSLModel):
     keep. `call` returns the student's logits.
 
     Args:
-        teacher: `keras_ssl.models.FineTuner`. Frozen during training.
+        teacher: `keras_ssl.models.FineTuner`. Not trained by the
+            distiller; its own `trainable` setting is left as it is.
         student: `keras_ssl.models.FineTuner` with as many classes.
         temperature: float > 0. τ of eq. (2). Defaults to `1.0` (Table 2);
             SimCLRv2 Appendix F uses 0.1 for a fine-tuned teacher.
@@ -65,11 +66,9 @@ class Distiller(SSLModel):
                 f"student.num_classes={student.num_classes}"
             )
         super().__init__(**kwargs)
-        teacher.trainable = False
-        # A teacher rebuilt from a config can hold sublayers created after
-        # its own `trainable=False`; freeze its variables one by one.
-        for variable in teacher.weights:
-            variable.trainable = False
+        # The teacher is frozen for distillation only: its variables are
+        # left out of the distiller's trainable ones, and the teacher keeps
+        # its own trainability (a fine-tuned teacher can train again).
         self.teacher = teacher
         self.student = student
         self.temperature = temperature
@@ -78,6 +77,28 @@ class Distiller(SSLModel):
 
     def call(self, images, training=None):
         return self.student(images, training=training)
+
+    def _frozen(self, variables, frozen):
+        teacher = {id(v) for v in self.teacher.variables}
+        return [v for v in variables if (id(v) in teacher) == frozen]
+
+    @property
+    def trainable_variables(self):
+        return self._frozen(super().trainable_variables, False)
+
+    @property
+    def non_trainable_variables(self):
+        variables = super().non_trainable_variables
+        return variables + self._frozen(super().trainable_variables, True)
+
+    @property
+    def trainable_weights(self):
+        return self._frozen(super().trainable_weights, False)
+
+    @property
+    def non_trainable_weights(self):
+        weights = super().non_trainable_weights
+        return weights + self._frozen(super().trainable_weights, True)
 
     @property
     def image_size(self):

@@ -92,3 +92,17 @@ class TestDistiller(TestCase):
         student = FineTuner(tiny_encoder(), num_classes=3, ft_layer=0)
         with pytest.raises(ValueError, match=match):
             Distiller(_teacher(), student, **kwargs)
+
+
+def test_distillation_leaves_the_teacher_trainable(batch):
+    teacher = _teacher()
+    trainable = len(teacher.trainable_variables)
+    model = Distiller(teacher, FineTuner(tiny_encoder(), 3, ft_layer=0))
+    taught = {id(v) for v in teacher.variables}
+    assert not taught & {id(v) for v in model.trainable_variables}
+    assert taught <= {id(v) for v in model.non_trainable_variables}
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    data = tf.data.Dataset.from_tensors(batch["unlabeled"])
+    model.fit(data, verbose=0, shuffle=False)
+    assert teacher.trainable and trainable > 0
+    assert len(teacher.trainable_variables) == trainable

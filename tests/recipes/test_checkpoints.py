@@ -1,0 +1,182 @@
+"""Stage directories: fingerprints, atomic files, backups, non-finite stops,
+with a tiny classifier instead of a recipe's networks."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_ssl import data as ssl_data
+from keras_ssl.recipes import checkpoints
+
+
+def _model(learning_rate=0.01):
+    model = keras.Sequential(
+        [
+            keras.Input((4, 4, 3)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(3),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model
+
+
+def _stream():
+    rng = np.random.default_rng(0)
+    x = rng.random((32, 4, 4, 3)).astype("float32")
+    y = rng.integers(0, 3, 32).astype("int32")
+    return ssl_data.from_arrays(x, y, batch_size=8, seed=0, repeat=True)
+
+
+def _fit(model, stage_dir, epochs=3, callbacks=()):
+    return checkpoints.fit_stage(
+        "pretrain",
+        model,
+        _stream(),
+        epochs=epochs,
+        steps=2,
+        stage_dir=str(stage_dir),
+        verbose=0,
+        callbacks=callbacks,
+    )
+
+
+class StopAfter(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def _weights(model):
+    return [keras.ops.convert_to_numpy(w) for w in model.weights]
+
+
+FINGERPRINT = {"fields": {"epochs": 6, "seed": 0}, "data": {"hash": "a"}}
+
+
+class TestPrepare:
+    def test_new_then_resume_then_finished(self, tmp_path):
+        stage = str(tmp_path / "s")
+        assert checkpoints.prepare(stage, FINGERPRINT, False) == "new"
+        assert checkpoints.prepare(stage, FINGERPRINT, False) == "resume"
+        for name in ("final.weights.h5", "history.json"):
+            (tmp_path / "s" / name).write_text("{}")
+        assert checkpoints.prepare(stage, FINGERPRINT, False) == "finished"
+
+    def test_changed_settings_are_refused_with_the_differences(self, tmp_path):
+        stage = str(tmp_path / "s")
+        checkpoints.prepare(stage, FINGERPRINT, False)
+        changed = {"fields": {"epochs": 8, "seed": 0}, "data": {"hash": "b"}}
+        with pytest.raises(checkpoints.StaleStageError) as error:
+            checkpoints.prepare(stage, changed, False)
+        message = str(error.value)
+        assert "epochs: 6 then, 8 now" in message
+        assert "data hash: 'a' then, 'b' now" in message
+        assert "new `output_dir`" in message and "--overwrite" in message
+        assert checkpoints.prepare(stage, changed, True) == "new"
+        saved = json.loads((tmp_path / "s" / "fingerprint.json").read_text())
+        assert saved["fields"]["epochs"] == 8
+
+    def test_a_stage_without_fingerprint_is_refused(self, tmp_path):
+        (tmp_path / "s").mkdir()
+        (tmp_path / "s" / "final.weights.h5").write_text("old")
+        with pytest.raises(ValueError, match="no record of the settings"):
+            checkpoints.prepare(str(tmp_path / "s"), FINGERPRINT, False)
+
+
+class TestAtomicWrites:
+    def test_failed_write_leaves_the_old_file(self, tmp_path):
+        path = str(tmp_path / "history.json")
+        checkpoints.write_json(path, {"loss": [1.0]})
+
+        def fail(temporary):
+            with open(temporary, "w") as f:
+                f.write('{"loss": [')
+            raise OSError(28, "No space left on device")
+
+        with pytest.raises(OSError, match="No space"):
+            checkpoints.atomic_write(path, fail)
+        assert checkpoints.read_json(path) == {"loss": [1.0]}
+        assert os.listdir(tmp_path) == ["history.json"]
+
+    def test_failed_weights_write_keeps_the_last_backup(
+        self, tmp_path, monkeypatch
+    ):
+        model = _model()
+        with pytest.raises(KeyboardInterrupt):
+            _fit(model, tmp_path, callbacks=[StopAfter(2)])
+        saved = _weights(model)
+
+        def full_disk(path, *args, **kwargs):
+            with open(path, "wb") as f:
+                f.write(b"\x89HDF\r\n")
+            raise OSError(28, "No space left on device")
+
+        # The third epoch's backup fails half-written.
+        monkeypatch.setattr(model, "save_weights", full_disk)
+        with pytest.raises(OSError, match="No space"):
+            _fit(model, tmp_path)
+        monkeypatch.undo()
+        backups = sorted(os.listdir(tmp_path / "backup"))
+        assert backups == ["epoch_1", "epoch_2"]
+        fresh = _model()
+        epoch, history = checkpoints.Backups(str(tmp_path / "backup")).restore(
+            fresh
+        )
+        assert epoch == 2 and len(history["loss"]) == 2
+        for a, b in zip(saved, _weights(fresh)):
+            np.testing.assert_array_equal(a, b)
+
+    def test_damaged_backup_is_set_aside_and_the_older_one_used(self, tmp_path):
+        model = _model()
+        with pytest.raises(KeyboardInterrupt):
+            _fit(model, tmp_path, callbacks=[StopAfter(2)])
+        newest = tmp_path / "backup" / "epoch_2" / "backup.weights.h5"
+        newest.write_bytes(newest.read_bytes()[:200])
+        with pytest.warns(RuntimeWarning, match="cannot be read"):
+            result = _fit(_model(), tmp_path)
+        assert result.resumed_from == 1
+        assert len(result.history["loss"]) == 3
+        assert not os.path.exists(tmp_path / "backup")
+
+
+class TestHistoryAndNonFinite:
+    def test_resumed_history_keeps_every_epoch(self, tmp_path):
+        with pytest.raises(KeyboardInterrupt):
+            _fit(_model(), tmp_path, callbacks=[StopAfter(2)])
+        result = _fit(_model(), tmp_path)
+        assert result.resumed_from == 2
+        assert len(result.history["loss"]) == 3
+        saved = checkpoints.read_json(str(tmp_path / "history.json"))
+        assert saved == result.history
+
+    def test_non_finite_loss_stops_and_keeps_the_last_finite_backup(
+        self, tmp_path
+    ):
+        class Explode(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if epoch == 1:
+                    self.model.optimizer.learning_rate.assign(1e38)
+
+        with pytest.raises(checkpoints.NonFiniteError) as error:
+            _fit(_model(), tmp_path, epochs=4, callbacks=[Explode()])
+        message = str(error.value)
+        assert "Stage 'pretrain' went non-finite in epoch 3" in message
+        assert "learning rate" in message
+        assert not os.path.exists(tmp_path / "final.weights.h5")
+        restored = _model()
+        epoch, _ = checkpoints.Backups(str(tmp_path / "backup")).restore(
+            restored
+        )
+        assert epoch == 2
+        checkpoints.check_finite(restored, "restored")

@@ -1,0 +1,54 @@
+"""A recipe's run directory: reuse, refusal of stale stages, non-finite
+stops, on a tiny SimCLRv2 pretraining."""
+
+import os
+
+import numpy as np
+import pytest
+
+from keras_ssl.recipes import simclrv2
+from keras_ssl.recipes.checkpoints import NonFiniteError
+from keras_ssl.recipes.checkpoints import StaleStageError
+
+TINY = dict(
+    epochs=1,
+    steps_per_epoch=1,
+    batch_size=16,
+    labeled_batch_size=8,
+    stages=("pretrain",),
+    export=False,
+    verbose=0,
+)
+
+
+@pytest.mark.slow
+def test_stage_is_reused_only_with_the_same_settings(tmp_path, capsys):
+    first = simclrv2.fit(output_dir=str(tmp_path), **TINY)
+    again = simclrv2.fit(output_dir=str(tmp_path), **TINY)
+    assert "reusing the finished stage" in capsys.readouterr().out
+    assert again.stages["pretrain"].reused
+    assert again.stages["pretrain"].history == first.stages["pretrain"].history
+    for name, old, new in (("epochs", 1, 2), ("temperature", 0.5, 0.2)):
+        with pytest.raises(StaleStageError) as error:
+            simclrv2.fit(output_dir=str(tmp_path), **dict(TINY, **{name: new}))
+        assert f"{name}: {old!r} then, {new!r} now" in str(error.value)
+        assert "--overwrite" in str(error.value)
+    longer = simclrv2.fit(
+        output_dir=str(tmp_path), overwrite=True, **dict(TINY, epochs=2)
+    )
+    assert len(longer.stages["pretrain"].history["loss"]) == 2
+
+
+@pytest.mark.slow
+def test_non_finite_training_stops_and_exports_nothing(tmp_path):
+    with pytest.raises(NonFiniteError, match="Stage 'pretrain'") as error:
+        simclrv2.fit(
+            output_dir=str(tmp_path),
+            **dict(TINY, epochs=3, learning_rate=1e30, export=True),
+        )
+    assert "epoch 1" in str(error.value) or "epoch 2" in str(error.value)
+    assert not os.path.exists(tmp_path / "saved_model")
+    assert not os.path.exists(tmp_path / "pretrain" / "final.weights.h5")
+    assert np.all(
+        [not name.startswith(".tmp") for name in os.listdir(tmp_path)]
+    )
