@@ -94,6 +94,7 @@ class TestPrepare:
             checkpoints.prepare(str(tmp_path / "s"), FINGERPRINT, False)
 
 
+@pytest.mark.faults
 class TestAtomicWrites:
     def test_failed_write_leaves_the_old_file(self, tmp_path):
         path = str(tmp_path / "history.json")
@@ -150,6 +151,7 @@ class TestAtomicWrites:
         assert not os.path.exists(tmp_path / "backup")
 
 
+@pytest.mark.faults
 class TestHistoryAndNonFinite:
     def test_resumed_history_keeps_every_epoch(self, tmp_path):
         with pytest.raises(KeyboardInterrupt):

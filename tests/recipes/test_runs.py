@@ -21,6 +21,7 @@ TINY = dict(
 )
 
 
+@pytest.mark.faults
 @pytest.mark.slow
 def test_stage_is_reused_only_with_the_same_settings(tmp_path, capsys):
     first = simclrv2.fit(output_dir=str(tmp_path), **TINY)
@@ -39,6 +40,7 @@ def test_stage_is_reused_only_with_the_same_settings(tmp_path, capsys):
     assert len(longer.stages["pretrain"].history["loss"]) == 2
 
 
+@pytest.mark.faults
 @pytest.mark.slow
 def test_non_finite_training_stops_and_exports_nothing(tmp_path):
     with pytest.raises(NonFiniteError, match="Stage 'pretrain'") as error:
