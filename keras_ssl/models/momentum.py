@@ -42,7 +42,7 @@ def clone_layer(layer, input_shape, batch_statistics=False):
 def _freeze(copy, batch_statistics):
     copy.trainable = False
     if batch_statistics:
-        for layer in copy._flatten_layers(include_self=True):
+        for layer in _all_layers(copy):
             if isinstance(layer, keras.layers.BatchNormalization):
                 if layer.renorm:
                     raise ValueError(
@@ -56,22 +56,48 @@ def _freeze(copy, batch_statistics):
     return copy
 
 
+# Keras versions in which `_all_layers` has been checked
+# (tests/models/test_momentum.py): the one use of a private Keras API here.
+CHECKED_KERAS_VERSIONS = ((3, 15),)
+
+
+def _all_layers(layer):
+    """`layer` and every layer nested in it, however deep.
+
+    Keras has no public recursive listing: `Model.layers` stops at the top
+    level and misses the sublayers of custom layers (the projection head's
+    Dense and BatchNormalization layers). `_flatten_layers` is private;
+    this is its only use, and a test pins the Keras versions checked.
+    """
+    return list(layer._flatten_layers(include_self=True))
+
+
 class _BatchStatistics:
     """Mixin: normalise by the batch when training, even when frozen.
 
     `keras.layers.BatchNormalization.call` uses batch statistics only when
     the layer is trainable; a momentum copy is frozen (its variables must
-    not reach the optimizer) but, as a BYOL target, still normalises each
-    batch by its own statistics. Moving statistics are not updated.
+    not reach the optimizer) but, as a BYOL target or MoCo key encoder,
+    still normalises each batch by its own statistics (synchronized across
+    replicas where the layer is). Moving statistics are not updated.
     """
 
     def call(self, inputs, training=None, mask=None):
         if not training:
             return super().call(inputs, training=training, mask=mask)
+        if mask is not None:
+            raise ValueError(
+                "A momentum copy on batch statistics does not take masks. "
+                f"Received: a mask for layer {self.name!r}"
+            )
         compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
         inputs = ops.cast(inputs, compute_dtype)
-        # `_moments` is BatchNormalization's own (masks, synchronization).
-        mean, variance = self._moments(inputs, mask)
+        axis = self.axis % len(inputs.shape)
+        mean, variance = ops.moments(
+            inputs,
+            axes=[i for i in range(len(inputs.shape)) if i != axis],
+            synchronized=self.synchronized,
+        )
         outputs = ops.batch_normalization(
             x=inputs,
             mean=mean,

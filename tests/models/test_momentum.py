@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from keras_ssl.layers import ProjectionHead
+from keras_ssl.models import momentum
 from keras_ssl.models.momentum import clone_layer
 from keras_ssl.models.momentum import clone_network
 from keras_ssl.testing import TestCase
@@ -95,6 +96,30 @@ class TestCloneNetwork(TestCase):
         self.assertAllClose(
             batch(x, training=False)[-1], frozen(x, training=False)[-1]
         )
+
+    def test_private_keras_use_is_checked_for_this_version(self):
+        # `_all_layers` is the one use of a private Keras API (layer
+        # listing); a Keras outside the checked versions must be checked
+        # again (nested layers found, below) and added to the list.
+        version = tuple(int(p) for p in keras.version().split(".")[:2])
+        assert version in momentum.CHECKED_KERAS_VERSIONS, version
+        head = ProjectionHead(num_layers=2, output_dim=3, hidden_dim=4)
+        head.build((None, 5))
+        found = momentum._all_layers(head)
+        assert head in found
+        norms = [
+            layer
+            for layer in found
+            if isinstance(layer, keras.layers.BatchNormalization)
+        ]
+        assert len(norms) == 2  # the hidden layer's and the output's
+
+    def test_batch_statistics_copy_rejects_masks(self):
+        copy = clone_network(make_network(), batch_statistics=True)
+        bn = copy.get_layer("bn")
+        x = np.ones((2, 6), "float32")
+        with pytest.raises(ValueError, match="masks"):
+            bn(x, training=True, mask=np.ones((2,), bool))
 
     def test_renorm_is_rejected(self):
         inputs = keras.Input((4,))
