@@ -1,4 +1,4 @@
-"""The code style is part of the test suite (STYLE.md §1)."""
+"""The code style (ruff's rules and format, ruff.toml) is a test."""
 
 import pathlib
 import subprocess

@@ -37,13 +37,9 @@ def _matches(patterns, path):
 def _sum_of_squares(x, folds=3):
     """`sum(x**2)`, first adding halves of the tensor `folds` times.
 
-    XLA on CPU reduces with one serial chain of additions. With a plain
-    `sum(square(x))` per norm, a LARS step on ResNet-50 took 4-5x SGD's time
-    under `tf.function(jit_compile=True)` (TF 2.21, 2 CPU cores); adding
-    halves first is elementwise work that XLA fuses and spreads over
-    threads, and three halvings brought it to about 2.1x. On an H200 (JAX)
-    the halvings changed nothing measurable. Without XLA they cost about
-    0.2x of an SGD step.
+    XLA on CPU reduces with one serial chain of additions; adding halves
+    first is elementwise work that XLA fuses and spreads over threads
+    (measured in docs/benchmarks.md, "LARS update vs SGD").
     """
     size = math.prod(x.shape)
     squares = ops.reshape(ops.square(x), (size,))
