@@ -19,8 +19,12 @@ class PretrainedModel(keras.Model):
     Every part is an ordinary Keras object, so the parts plug into the rest
     of the library: `FineTuner(model.encoder, num_classes, head=model.head,
     ft_layer=1)` fine-tunes a SimCLRv2 network from the middle of its
-    projection head, `Distiller` takes the model as a teacher, and
-    `keras_ssl.export` exports it.
+    projection head, a model with a classifier is a `Distiller`'s teacher
+    (through `classify` and `num_classes`, as a `FineTuner` is),
+    `keras_ssl.evaluation.embed(model, images, output="features")` feeds
+    k-NN and linear evaluation, and `keras_ssl.export.export_saved_model`
+    serves it (`serving_outputs`: `"embedding"`, the features, and the
+    other outputs under their own names).
 
     Args:
         encoder: `keras.Model` mapping images to features `(B, C)`.
@@ -35,6 +39,10 @@ class PretrainedModel(keras.Model):
         ft_layer: int. Which `ProjectionHead` activation the classifier
             reads (0: the features). Must be 0 unless `head` is a
             `ProjectionHead`. Defaults to `0`.
+        image_size: int or `(height, width)`. The side images are resized
+            to when the model is served (`keras_ssl.export`): the
+            published networks were trained and evaluated at 224. Defaults
+            to `224`.
         **kwargs: passed to `keras.Model` (e.g. `name`).
 
     Example:
@@ -53,6 +61,7 @@ class PretrainedModel(keras.Model):
         classifier=None,
         predictor=None,
         ft_layer=0,
+        image_size=224,
         **kwargs,
     ):
         num_layers = head.num_layers if isinstance(head, ProjectionHead) else 0
@@ -73,6 +82,11 @@ class PretrainedModel(keras.Model):
         self.classifier = classifier
         self.predictor = predictor
         self.ft_layer = ft_layer
+        self.image_size = (
+            tuple(image_size)
+            if isinstance(image_size, (tuple, list))
+            else image_size
+        )
         features = tuple(encoder.output.shape)
         shape = features
         if head is not None and not head.built:
@@ -86,6 +100,7 @@ class PretrainedModel(keras.Model):
                 predictor.build(tuple(shapes))
         if classifier is not None and not classifier.built:
             classifier.build(shape)
+        self._classifier_input_shape = shape
         self.built = True
 
     def call(self, images, training=None):
@@ -108,6 +123,37 @@ class PretrainedModel(keras.Model):
             )
         return outputs
 
+    @property
+    def num_classes(self):
+        """The classifier's number of classes, or `None` without one."""
+        if self.classifier is None:
+            return None
+        shape = self.classifier.compute_output_shape(
+            self._classifier_input_shape
+        )
+        return int(shape[-1])
+
+    def classify(self, images, training=None):
+        """Logits of float images in `[0, 1]`, as `FineTuner.classify`."""
+        if self.classifier is None:
+            raise ValueError(
+                f"`{self.name}` has no classifier: its checkpoint holds no "
+                "supervised head. Fine-tune it with "
+                "`keras_ssl.models.FineTuner` first."
+            )
+        x = self.encoder(images, training=training)
+        if self.ft_layer:
+            x = self.head(x, training=training)[self.ft_layer]
+        return self.classifier(x, training=training)
+
+    def serving_outputs(self, images):
+        """What an export serves for float images in `[0, 1]` at
+        `image_size`: the features as `"embedding"`, and `"projection"`,
+        `"prediction"` and `"logits"` where the model has them."""
+        outputs = dict(self(images, training=False))
+        outputs["embedding"] = outputs.pop("features")
+        return outputs
+
     def get_config(self):
         config = super().get_config()
         serialize = keras.saving.serialize_keras_object
@@ -118,6 +164,7 @@ class PretrainedModel(keras.Model):
                 "classifier": serialize(self.classifier),
                 "predictor": serialize(self.predictor),
                 "ft_layer": self.ft_layer,
+                "image_size": self.image_size,
             }
         )
         return config
