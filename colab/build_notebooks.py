@@ -12,7 +12,7 @@ import pathlib
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
-SOURCES = ("simclrv2.py", "paws.py", "semppl.py")
+SOURCES = ("simclrv2.py", "paws.py", "semppl.py", "pretrained.py")
 
 
 def _cells(text):

@@ -20,7 +20,7 @@ def test_notebooks_are_up_to_date():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["simclrv2", "paws", "semppl"])
+@pytest.mark.parametrize("name", ["simclrv2", "paws", "semppl", "pretrained"])
 def test_notebook_executes(name, tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

@@ -10,3 +10,4 @@ from keras_ssl.pretrained.safe_unpickler import load_pickle
 from keras_ssl.pretrained.safe_unpickler import load_torch
 from keras_ssl.pretrained.semppl import load_semppl
 from keras_ssl.pretrained.simclr import load_simclr
+from keras_ssl.pretrained.simclr import save_simclr

@@ -21,6 +21,7 @@ from keras_ssl.backbones.resnet import ResNet
 from keras_ssl.layers.projection_head import ProjectionHead
 from keras_ssl.pretrained.pretrained_model import PretrainedModel
 from keras_ssl.pretrained.pretrained_model import assign
+from keras_ssl.pretrained.pretrained_model import relative_path
 
 OBJECT_GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 BN_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -94,6 +95,137 @@ def load_simclr(path, ft_layer=0):
     )
 
 
+def save_simclr(model, directory, step=0):
+    """Writes a SimCLR network as a TF1 checkpoint of google-research/simclr.
+
+    The inverse of `load_simclr` for the TF1 layout: the variables get the
+    names and shapes that SimCLR's TF1 code gives them
+    (`base_model/conv2d_17/kernel`, `head_contrastive/nl_0/dense/kernel`,
+    `head_supervised/linear_layer/dense/kernel`), so the reference code and
+    `load_simclr` read the file back into the same network. Only networks
+    that SimCLR's code builds can be written: a `backbones.ResNet` with
+    SimCLR's layout (`shortcut_pool="all"`, symmetric conv and "same" pool
+    padding, no input normalisation, ResNet-D without SK only from
+    ResNet-50), a `ProjectionHead` or none, a `Dense` classifier or none.
+
+    Args:
+        model: `keras_ssl.pretrained.PretrainedModel`, e.g. from
+            `load_simclr`.
+        directory: str. Created if needed; receives `model.ckpt-{step}`
+            and the `checkpoint` file that `tf.train.latest_checkpoint`
+            reads.
+        step: int. The checkpoint's step number. Defaults to `0`.
+
+    Returns:
+        The checkpoint prefix, `directory/model.ckpt-{step}`.
+
+    Example:
+
+    ```python
+    model = keras_ssl.pretrained.load_simclr("r50_1x_sk0/saved_model")
+    keras_ssl.pretrained.save_simclr(model, "r50_1x_sk0_tf1")
+    ```
+    """
+    import keras
+    import tensorflow as tf
+
+    encoder = model.encoder
+    units = _simclr_units(encoder)
+    weights = {relative_path(encoder, v): v for v in encoder.weights}
+    values = {}
+    for kind, target, name in _tf1_names(units):
+        variables = ("kernel",) if kind == "conv" else BN_VARIABLES
+        for variable in variables:
+            values[f"{name}/{variable}"] = weights.pop(f"{target}/{variable}")
+    if weights:
+        raise ValueError(
+            f"`{encoder.name}` has variables that SimCLR's ResNet does not: "
+            f"{sorted(weights)[:8]}."
+        )
+    head = model.head
+    if head is not None:
+        if not isinstance(head, ProjectionHead):
+            raise ValueError(
+                "SimCLR's projection head is a `ProjectionHead`. Received: "
+                f"head={head!r}"
+            )
+        weights = {relative_path(head, v): v for v in head.weights}
+        for j in range(head.num_layers):
+            scope = f"head_contrastive/nl_{j}"
+            values[f"{scope}/dense/kernel"] = weights.pop(f"dense_{j}/kernel")
+            for variable in BN_VARIABLES:
+                value = weights.pop(f"bn_{j}/{variable}", None)
+                if value is not None:
+                    values[f"{scope}/batch_normalization/{variable}"] = value
+        if weights:
+            raise ValueError(
+                "The projection head has variables that SimCLR's does not: "
+                f"{sorted(weights)[:8]}."
+            )
+    classifier = model.classifier
+    if classifier is not None:
+        if not isinstance(classifier, keras.layers.Dense):
+            raise ValueError(
+                "SimCLR's supervised head is one `Dense` layer. Received: "
+                f"classifier={classifier!r}"
+            )
+        scope = "head_supervised/linear_layer/dense"
+        values[f"{scope}/kernel"] = classifier.kernel
+        if classifier.use_bias:
+            values[f"{scope}/bias"] = classifier.bias
+    os.makedirs(directory, exist_ok=True)
+    prefix = os.path.join(os.fspath(directory), f"model.ckpt-{step}")
+    names = sorted(values)
+    tf.raw_ops.SaveV2(
+        prefix=prefix,
+        tensor_names=names,
+        shape_and_slices=[""] * len(names),
+        tensors=[
+            tf.constant(keras.ops.convert_to_numpy(values[n])) for n in names
+        ],
+    )
+    with open(os.path.join(directory, "checkpoint"), "w") as f:
+        f.write(f'model_checkpoint_path: "model.ckpt-{step}"\n')
+        f.write(f'all_model_checkpoint_paths: "model.ckpt-{step}"\n')
+    return prefix
+
+
+def _simclr_units(encoder):
+    """The SimCLR units of a `ResNet`, or an error naming what differs."""
+    if not isinstance(encoder, ResNet):
+        raise ValueError(
+            "SimCLR's encoder is a `keras_ssl.backbones.ResNet`. Received: "
+            f"encoder={encoder!r}"
+        )
+    config = encoder.get_config()
+    simclr = {
+        "shortcut_pool": "all",
+        "conv_padding": "symmetric",
+        "pool_padding": "same",
+        "input_mean": None,
+        "input_std": None,
+        "bn_epsilon": 1e-5,
+    }
+    differs = {
+        key: config.get(key)
+        for key, value in simclr.items()
+        if config.get(key) != value
+    }
+    depth, sk = config["depth"], config["sk_ratio"] > 0
+    resnet_d = sk if config["resnet_d"] is None else config["resnet_d"]
+    if sk and not resnet_d:
+        differs["resnet_d"] = False
+    if resnet_d and depth < 50:
+        differs["resnet_d"] = f"True with depth={depth}"
+    if differs:
+        raise ValueError(
+            "The encoder is not a network SimCLR's TF1 code builds: "
+            f"it needs {simclr} (and ResNet-D for SK, only from ResNet-50). "
+            f"Received: {differs}"
+        )
+    return list(_units(depth, config["stem"], sk, resnet_d))
+
+
 def checkpoint_prefix(path):
     """The TF checkpoint prefix of a SavedModel, directory or prefix."""
     import tensorflow as tf
@@ -130,13 +262,7 @@ class _TF1Names:
         return sum(1 for key in self.keys if pattern.fullmatch(key))
 
     def names(self, units):
-        counters = {"conv": 0, "bn": 0}
-        for kind, target, _ in units:
-            layer = "conv2d" if kind == "conv" else "batch_normalization"
-            index = counters[kind]
-            counters[kind] += 1
-            suffix = f"_{index}" if index else ""
-            yield kind, target, f"base_model/{layer}{suffix}"
+        return _tf1_names(units)
 
     def get(self, name):
         return self.reader.get_tensor(name) if name in self.keys else None
@@ -150,6 +276,17 @@ class _TF1Names:
 
     def classifier(self):
         return "head_supervised/linear_layer/dense"
+
+
+def _tf1_names(units):
+    """`(kind, keras_ssl name, TF1 scope)` of each unit, by TF1's counters."""
+    counters = {"conv": 0, "bn": 0}
+    for kind, target, _ in units:
+        layer = "conv2d" if kind == "conv" else "batch_normalization"
+        index = counters[kind]
+        counters[kind] += 1
+        suffix = f"_{index}" if index else ""
+        yield kind, target, f"base_model/{layer}{suffix}"
 
 
 class _ObjectNames:

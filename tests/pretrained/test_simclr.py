@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_ssl.backbones import ResNet
+from keras_ssl.pretrained import PretrainedModel
 from keras_ssl.pretrained import load_simclr
+from keras_ssl.pretrained import save_simclr
 from tests.pretrained import reference as ref
 
 BLOCKS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}
@@ -299,3 +302,44 @@ def test_not_a_simclr_checkpoint(tmp_path):
 def test_empty_directory(tmp_path):
     with pytest.raises(ValueError, match="holds no SavedModel"):
         load_simclr(tmp_path)
+
+
+@pytest.mark.parametrize("case", ["tf1-r50-sk", "tf2-r50"])
+def test_save_simclr_writes_the_reference_tf1_checkpoint(case, tmp_path):
+    naming, depth, base, sk_ratio, cifar, head_layers, ft_layer = CASES[case]
+    x = ref.images(2, 32)
+    reference = SimCLRReference(naming)
+    features = reference.resnet(x, depth, base, sk_ratio, cifar)
+    reference.heads(features, head_layers, 8, 5, ft_layer)
+    (tmp_path / "in").mkdir()
+    if naming == "tf1":
+        path = write_tf1(reference.params.values, tmp_path / "in")
+    else:
+        path = write_tf2(reference.params.values, tmp_path / "in", False)
+    model = load_simclr(path, ft_layer=ft_layer)
+
+    prefix = save_simclr(model, tmp_path / "out", step=7)
+    assert prefix.endswith("model.ckpt-7")
+    assert tf.train.latest_checkpoint(str(tmp_path / "out")) == prefix
+    written = tf.train.load_checkpoint(prefix)
+    shapes = written.get_variable_to_shape_map()
+    if naming == "tf1":
+        # Exactly the reference's variables, names and values.
+        assert set(shapes) == set(reference.params.values)
+        for name, value in reference.params.values.items():
+            np.testing.assert_array_equal(written.get_tensor(name), value)
+    again = load_simclr(tmp_path / "out", ft_layer=ft_layer)
+    expected = model(x, training=False)
+    for key, value in again(x, training=False).items():
+        np.testing.assert_allclose(value, expected[key], rtol=1e-6, atol=1e-6)
+
+
+def test_save_simclr_refuses_other_layouts(tmp_path):
+    encoder = ResNet(depth=18, width_multiplier=0.25, stem="cifar")
+    with pytest.raises(ValueError, match="shortcut_pool"):
+        save_simclr(PretrainedModel(encoder), tmp_path)
+    encoder = ResNet(
+        depth=18, width_multiplier=0.25, shortcut_pool="all", resnet_d=True
+    )
+    with pytest.raises(ValueError, match="True with depth=18"):
+        save_simclr(PretrainedModel(encoder), tmp_path)
