@@ -4,9 +4,10 @@ Every check raises `ValueError` naming the argument and showing the value,
 so bad input fails before any training starts.
 """
 
-import numbers
-
 import numpy as np
+
+from keras_ssl._checks import check_positive_int
+from keras_ssl._checks import is_int
 
 
 def is_tf_dataset(data) -> bool:
@@ -16,26 +17,9 @@ def is_tf_dataset(data) -> bool:
     )
 
 
-def check_positive_int(value, name: str) -> int:
-    """Returns `value` as an `int`, or raises if it is not an int >= 1."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < 1
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
-
-
 def check_seed(value, name: str = "seed") -> int:
     """Returns `value` as an `int`, or raises if it is not an int >= 0."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < 0
-    ):
+    if not is_int(value) or value < 0:
         raise ValueError(
             f"`{name}` must be a non-negative integer. "
             f"Received: {name}={value!r}"
@@ -100,7 +84,7 @@ def check_num_classes(num_classes, name: str = "num_classes"):
     """Returns `num_classes` as an int (or None), or raises."""
     if num_classes is None:
         return None
-    return check_positive_int(num_classes, name)
+    return check_positive_int(name, num_classes)
 
 
 def as_int32_labels(

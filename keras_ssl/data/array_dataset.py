@@ -4,10 +4,10 @@ import math
 
 import numpy as np
 
+from keras_ssl._checks import check_positive_int
 from keras_ssl.data._checks import as_int32_labels
 from keras_ssl.data._checks import as_uint8_images
 from keras_ssl.data._checks import check_num_classes
-from keras_ssl.data._checks import check_positive_int
 from keras_ssl.data._checks import check_seed
 from keras_ssl.data._host_dataset import HostDataset
 
@@ -72,7 +72,7 @@ class ArrayDataset(HostDataset):
             if y is None
             else as_int32_labels(y, len(self.x), self.num_classes, "y")
         )
-        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.batch_size = check_positive_int("batch_size", batch_size)
         self.shuffle = bool(shuffle)
         self.seed = check_seed(seed)
         self.drop_remainder = bool(drop_remainder)

@@ -3,7 +3,7 @@
 import os
 import warnings
 
-from keras_ssl.data._checks import check_positive_int
+from keras_ssl._checks import check_positive_int
 from keras_ssl.data._checks import check_seed
 
 _EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -159,7 +159,7 @@ def from_directory(
     image_size = check_image_size(image_size)
     seed = check_seed(seed)
     if batch_size is not None:
-        batch_size = check_positive_int(batch_size, "batch_size")
+        batch_size = check_positive_int("batch_size", batch_size)
     class_names, files, labels = _list_images(path)
     static_shape = (None, None, 3)
     if validate:

@@ -1,6 +1,6 @@
 """`distribute_dataset()`: per-replica input for a `tf.distribute` strategy."""
 
-from keras_ssl.data._checks import check_positive_int
+from keras_ssl._checks import check_positive_int
 from keras_ssl.data._checks import is_tf_dataset
 from keras_ssl.data._host_dataset import HostDataset
 from keras_ssl.data._host_dataset import check_divisible
@@ -8,7 +8,7 @@ from keras_ssl.data._host_dataset import check_divisible
 
 def _check_global_batch(global_batch_size, num_replicas):
     global_batch_size = check_positive_int(
-        global_batch_size, "global_batch_size"
+        "global_batch_size", global_batch_size
     )
     if global_batch_size % num_replicas:
         raise ValueError(

@@ -7,10 +7,10 @@ import os
 
 import numpy as np
 
+from keras_ssl._checks import check_positive_int
 from keras_ssl.data._checks import as_int32_labels
 from keras_ssl.data._checks import as_uint8_images
 from keras_ssl.data._checks import check_num_classes
-from keras_ssl.data._checks import check_positive_int
 from keras_ssl.data._checks import check_seed
 from keras_ssl.data._checks import is_tf_dataset
 
@@ -118,7 +118,7 @@ def _check_selection(per_class, fraction, index_file):
             f"index_file={index_file!r}"
         )
     if per_class is not None:
-        check_positive_int(per_class, "per_class")
+        check_positive_int("per_class", per_class)
     if fraction is not None and (
         isinstance(fraction, bool)
         or not isinstance(fraction, numbers.Real)

@@ -4,10 +4,10 @@ import itertools
 
 import numpy as np
 
+from keras_ssl._checks import check_positive_int
 from keras_ssl.data._checks import as_int32_labels
 from keras_ssl.data._checks import as_uint8_images
 from keras_ssl.data._checks import check_num_classes
-from keras_ssl.data._checks import check_positive_int
 from keras_ssl.data._checks import check_seed
 from keras_ssl.data._checks import is_tf_dataset
 from keras_ssl.data._host_dataset import HostDataset
@@ -64,7 +64,7 @@ class SemiSupervisedDataset(HostDataset):
     ):
         self.unlabeled_images = as_uint8_images(unlabeled_images, "unlabeled")
         self.unlabeled_batch_size = check_positive_int(
-            unlabeled_batch_size, "unlabeled_batch_size"
+            "unlabeled_batch_size", unlabeled_batch_size
         )
         _check_enough(
             len(self.unlabeled_images),
@@ -90,7 +90,7 @@ class SemiSupervisedDataset(HostDataset):
                 labels, len(self.labeled_images), self.num_classes, "labels"
             )
             self.labeled_batch_size = check_positive_int(
-                labeled_batch_size, "labeled_batch_size"
+                "labeled_batch_size", labeled_batch_size
             )
             _check_enough(
                 len(self.labeled_images),
@@ -411,17 +411,17 @@ def semi_supervised(
         image_ids=bool(image_ids),
         labeled_ids=labeled_ids,
         unlabeled_batch_size=check_positive_int(
-            unlabeled_batch_size, "unlabeled_batch_size"
+            "unlabeled_batch_size", unlabeled_batch_size
         ),
         labeled_batch_size=None
         if labeled is None
-        else check_positive_int(labeled_batch_size, "labeled_batch_size"),
+        else check_positive_int("labeled_batch_size", labeled_batch_size),
         support=_check_support(support),
         shuffle=bool(shuffle),
         seed=check_seed(seed),
         repeat=bool(repeat),
         num_classes=check_num_classes(num_classes),
-        buffer=check_positive_int(shuffle_buffer_size, "shuffle_buffer_size"),
+        buffer=check_positive_int("shuffle_buffer_size", shuffle_buffer_size),
         keys=(image_key, label_key),
     )
 

@@ -4,10 +4,10 @@ import numbers
 
 import numpy as np
 
+from keras_ssl._checks import check_positive_int
 from keras_ssl.data._checks import as_int32_labels
 from keras_ssl.data._checks import as_uint8_images
 from keras_ssl.data._checks import check_num_classes
-from keras_ssl.data._checks import check_positive_int
 from keras_ssl.data._checks import check_seed
 from keras_ssl.data._host_dataset import HostDataset
 
@@ -100,10 +100,10 @@ class SupportSampler(HostDataset):
         if self.num_classes is None:
             self.num_classes = int(self.labels.max()) + 1
         self.classes_per_batch = check_positive_int(
-            classes_per_batch, "classes_per_batch"
+            "classes_per_batch", classes_per_batch
         )
         self.images_per_class = check_positive_int(
-            images_per_class, "images_per_class"
+            "images_per_class", images_per_class
         )
         self.replacement = bool(replacement)
         if (

@@ -1,6 +1,6 @@
 """`from_tfds()`: a TensorFlow Datasets split as uint8 images and labels."""
 
-from keras_ssl.data._checks import check_positive_int
+from keras_ssl._checks import check_positive_int
 from keras_ssl.data._checks import check_seed
 
 
@@ -71,9 +71,9 @@ def from_tfds(
     from keras_ssl.data._tf_elements import resize_uint8
 
     seed = check_seed(seed)
-    buffer = check_positive_int(shuffle_buffer_size, "shuffle_buffer_size")
+    buffer = check_positive_int("shuffle_buffer_size", shuffle_buffer_size)
     if batch_size is not None:
-        batch_size = check_positive_int(batch_size, "batch_size")
+        batch_size = check_positive_int("batch_size", batch_size)
     image_size = check_image_size(image_size)
     dataset = tfds.load(
         name,

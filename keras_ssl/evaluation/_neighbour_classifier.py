@@ -1,32 +1,10 @@
 """The part of the neighbour classifiers that does not depend on the rule."""
 
-import numbers
-
 import numpy as np
 from keras import ops
 
+from keras_ssl._checks import check_positive_int
 from keras_ssl.ops.math import l2_normalize
-
-
-def check_positive_int(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < 1
-    ):
-        raise ValueError(
-            f"`{name}` must be an int >= 1. Received: {name}={value}"
-        )
-    return int(value)
-
-
-def check_temperature(temperature, allow_none=False):
-    if temperature is None and allow_none:
-        return
-    if temperature is None or not temperature > 0:
-        raise ValueError(
-            f"`temperature` must be > 0. Received: temperature={temperature}"
-        )
 
 
 def _as_matrix(x, name):

@@ -2,10 +2,11 @@
 
 from keras import ops
 
+from keras_ssl._checks import check_positive
+from keras_ssl._checks import check_positive_int
 from keras_ssl.evaluation._neighbour_classifier import NeighbourClassifier
-from keras_ssl.evaluation._neighbour_classifier import check_positive_int
-from keras_ssl.evaluation._neighbour_classifier import check_temperature
 from keras_ssl.ops.math import knn_vote
+from keras_ssl.ops.math import neighbour_votes
 
 
 class KNNClassifier(NeighbourClassifier):
@@ -58,7 +59,8 @@ class KNNClassifier(NeighbourClassifier):
         batch_size=1024,
     ):
         self.k = check_positive_int("k", k)
-        check_temperature(temperature, allow_none=True)
+        if temperature is not None:
+            check_positive("temperature", temperature)
         super().__init__(num_classes, chunk_size, batch_size)
         self.temperature = temperature
 
@@ -88,12 +90,9 @@ class KNNClassifier(NeighbourClassifier):
                 labels = ops.concatenate([top_labels, labels], axis=1)
             top_sims, index = ops.top_k(sims, k=min(k, sims.shape[1]))
             top_labels = ops.take_along_axis(labels, index, axis=1)
-        if self.temperature is None:
-            weights = ops.ones_like(top_sims)
-        else:
-            weights = ops.exp(top_sims / self.temperature)
-        one_hot = ops.one_hot(top_labels, num_classes, dtype="float32")
-        return ops.sum(one_hot * weights[..., None], axis=1)
+        return neighbour_votes(
+            top_sims, top_labels, num_classes, self.temperature
+        )
 
     def get_config(self):
         return {

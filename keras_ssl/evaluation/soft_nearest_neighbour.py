@@ -2,9 +2,20 @@
 
 from keras import ops
 
+from keras_ssl._checks import check_positive
 from keras_ssl.evaluation._neighbour_classifier import NeighbourClassifier
-from keras_ssl.evaluation._neighbour_classifier import check_temperature
-from keras_ssl.ops.math import soft_nearest_neighbour
+from keras_ssl.ops.math import soft_nearest_neighbour_sums
+
+
+def _add_sums(a, b):
+    """The softmax sums of two parts of the keys, at their common maximum."""
+    max_logit = ops.maximum(a[2], b[2])
+    scale_a, scale_b = ops.exp(a[2] - max_logit), ops.exp(b[2] - max_logit)
+    return (
+        a[0] * scale_a + b[0] * scale_b,
+        a[1] * scale_a + b[1] * scale_b,
+        max_logit,
+    )
 
 
 class SoftNearestNeighbour(NeighbourClassifier):
@@ -17,12 +28,11 @@ class SoftNearestNeighbour(NeighbourClassifier):
     used here without fine-tuning to evaluate representations (the paper's
     CIFAR-10 results are PAWS-NN with the 4,000 labeled images as support).
 
-    The labeled set is visited in chunks of `chunk_size` rows with a
-    streaming log-sum-exp (running maximum, rescaled numerator and
-    denominator), so memory is `O(batch_size x chunk_size)` and 100k+
-    labeled examples fit; the result equals the one-shot softmax
-    (`keras_ssl.ops.soft_nearest_neighbour`, used when everything fits in
-    one chunk).
+    The labeled set is visited in chunks of `chunk_size` rows whose
+    softmax sums (`keras_ssl.ops.soft_nearest_neighbour_sums`) are added
+    up at a running maximum (a streaming log-sum-exp), so memory is
+    `O(batch_size x chunk_size)`, 100k+ labeled examples fit, and the
+    result equals the one-shot `keras_ssl.ops.soft_nearest_neighbour`.
 
     Args:
         temperature: float > 0. Cosine temperature `tau`. Defaults to `0.1`
@@ -56,7 +66,7 @@ class SoftNearestNeighbour(NeighbourClassifier):
         chunk_size=8192,
         batch_size=1024,
     ):
-        check_temperature(temperature)
+        check_positive("temperature", temperature)
         super().__init__(num_classes, chunk_size, batch_size)
         self.temperature = temperature
 
@@ -65,30 +75,14 @@ class SoftNearestNeighbour(NeighbourClassifier):
         return self.scores(queries)
 
     def _scores(self, queries):
-        num_classes = self.fitted_num_classes
-        if self.keys.shape[0] <= self.chunk_size:
-            rows = ops.one_hot(self.labels, num_classes, dtype="float32")
-            return soft_nearest_neighbour(
-                queries, self.keys, rows, self.temperature
-            )
-        batch = ops.shape(queries)[0]
-        running_max = ops.full((batch, 1), -float("inf"), "float32")
-        numerator = ops.zeros((batch, num_classes), "float32")
-        denominator = ops.zeros((batch, 1), "float32")
+        sums = None
         for keys, labels in self._chunks():
-            # Keys are unit vectors already: the dot product is the cosine.
-            logits = ops.matmul(queries, ops.transpose(keys)) / self.temperature
-            new_max = ops.maximum(
-                running_max, ops.max(logits, axis=1, keepdims=True)
+            rows = ops.one_hot(labels, self.fitted_num_classes, dtype="float32")
+            chunk = soft_nearest_neighbour_sums(
+                queries, keys, rows, self.temperature
             )
-            rescale = ops.exp(running_max - new_max)
-            weights = ops.exp(logits - new_max)
-            rows = ops.one_hot(labels, num_classes, dtype="float32")
-            numerator = numerator * rescale + ops.matmul(weights, rows)
-            denominator = denominator * rescale + ops.sum(
-                weights, axis=1, keepdims=True
-            )
-            running_max = new_max
+            sums = chunk if sums is None else _add_sums(sums, chunk)
+        numerator, denominator, _ = sums
         return numerator / denominator
 
     def get_config(self):

@@ -4,19 +4,9 @@ import keras
 from keras import ops
 
 from keras_ssl import distribute
+from keras_ssl._checks import check_positive
+from keras_ssl.ops.math import MASKED_LOGIT
 from keras_ssl.ops.math import l2_normalize
-
-# Logit given to candidates that must never count (an anchor's similarity to
-# itself, empty memory slots): exp() of it is exactly 0 in float32, so they
-# drop out of the softmax denominator, and it cannot win an argmax.
-_MASKED_LOGIT = -1e9
-
-
-def _check_temperature(temperature) -> None:
-    if not temperature > 0:
-        raise ValueError(
-            f"`temperature` must be > 0. Received: temperature={temperature}"
-        )
 
 
 def _check_shapes(z1, z2, negatives, negatives_mask) -> None:
@@ -102,7 +92,7 @@ def _contrastive_logits(z1, z2, temperature, negatives, negatives_mask):
     is_self = ops.equal(
         positives[:, None], ops.arange(num_keys, dtype="int32")[None, :]
     )
-    masked = ops.cast(_MASKED_LOGIT, dtype)
+    masked = ops.cast(MASKED_LOGIT, dtype)
 
     def anchor_rows(anchor, other_view, same_view):
         blocks = [
@@ -150,7 +140,7 @@ def _contrastive_metrics(logits, labels):
 
 
 def _prepare(z1, z2, temperature, negatives, negatives_mask):
-    _check_temperature(temperature)
+    check_positive("temperature", temperature)
     z1 = ops.convert_to_tensor(z1)
     z2 = ops.convert_to_tensor(z2)
     if negatives is not None:
@@ -300,7 +290,7 @@ class NTXent(keras.losses.Loss):
         name: str = "nt_xent",
         dtype=None,
     ):
-        _check_temperature(temperature)
+        check_positive("temperature", temperature)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.temperature = temperature
 

@@ -1,11 +1,11 @@
 """PAWS: predicting view assignments with a labeled support set."""
 
-import numbers
-
 import keras
 from keras import ops
 
 from keras_ssl import distribute
+from keras_ssl._checks import check_positive
+from keras_ssl._checks import is_int
 from keras_ssl.ops.math import entropy
 from keras_ssl.ops.math import sharpen
 from keras_ssl.ops.math import soft_cross_entropy
@@ -19,12 +19,8 @@ def _check_args(
     num_classes,
     target_threshold=0.0,
 ) -> None:
-    for name, value in (
-        ("temperature", temperature),
-        ("sharpen_temperature", sharpen_temperature),
-    ):
-        if not value > 0:
-            raise ValueError(f"`{name}` must be > 0. Received: {name}={value}")
+    check_positive("temperature", temperature)
+    check_positive("sharpen_temperature", sharpen_temperature)
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(
             "`label_smoothing` must be in [0, 1). Received: "
@@ -35,10 +31,8 @@ def _check_args(
             "`target_threshold` must be in [0, 1). Received: "
             f"target_threshold={target_threshold}"
         )
-    if num_classes is not None and (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, numbers.Integral)
-        or num_classes < 1
+    if num_classes is not None and not (
+        is_int(num_classes) and num_classes >= 1
     ):
         raise ValueError(
             "`num_classes` must be None or an int >= 1. Received: "

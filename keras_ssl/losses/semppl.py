@@ -1,34 +1,32 @@
 """SemPPL's loss: augmentation and semantic positives with RELICv2 terms.
 
-Besides the loss (`semppl`, `SemPPL`), this module holds the pure sampling
-and voting helpers the loss's inputs come from (`sample_negative_indices`,
-`sample_semantic_positive_indices`, `view_voting`). They take their random
-numbers as arguments, so a caller can draw them once for the global batch
-(the same on every replica) and a test can fix them.
+Besides the loss (`semppl`, `SemPPL`), this module holds the pure math the
+loss's inputs come from: negatives (`sample_negative_indices`), pseudo-labels
+(`view_voting`, `majority_vote`, `pseudo_labels`), semantic positives
+(`sample_semantic_positive_indices`, `semantic_positives`), the global order
+of a replica's images (`global_anchor_indices`) and the pseudo-label
+monitors (`pseudo_label_quality`). They take their random numbers as
+arguments, so a caller can draw them once for the global batch (the same on
+every replica) and a test can fix them.
 """
+
+import math
+from typing import NamedTuple
 
 import keras
 from keras import ops
 
+from keras_ssl._checks import check_non_negative
+from keras_ssl._checks import check_positive
 from keras_ssl.ops.math import knn_vote
 from keras_ssl.ops.math import l2_normalize
 
 
-def _check_positive(name, value):
-    if not value > 0:
-        raise ValueError(f"`{name}` must be > 0. Received: {name}={value}")
-
-
-def _check_non_negative(name, value):
-    if not value >= 0:
-        raise ValueError(f"`{name}` must be >= 0. Received: {name}={value}")
-
-
 def _check_scales(temperature, alpha, invariance_scale, contrastive_scale):
-    _check_positive("temperature", temperature)
-    _check_non_negative("alpha", alpha)
-    _check_non_negative("invariance_scale", invariance_scale)
-    _check_non_negative("contrastive_scale", contrastive_scale)
+    check_positive("temperature", temperature)
+    check_non_negative("alpha", alpha)
+    check_non_negative("invariance_scale", invariance_scale)
+    check_non_negative("contrastive_scale", contrastive_scale)
 
 
 def _compute_dtype(x):
@@ -92,14 +90,27 @@ def _kl(log_p, log_q):
     )
 
 
+class _Inputs(NamedTuple):
+    """The loss's inputs, checked, cast and l2-normalised."""
+
+    online_large: list
+    target_large: list
+    negative_indices: object
+    online_small: list
+    semantic_positives: list
+    semantic_mask: object
+    anchor_indices: object
+    dtype: str
+
+
 def _prepare(
     online_large,
     target_large,
     negative_indices,
-    online_small,
-    semantic_positives,
-    semantic_mask,
-    anchor_indices,
+    online_small=None,
+    semantic_positives=None,
+    semantic_mask=None,
+    anchor_indices=None,
 ):
     online_large = _as_list(online_large, "online_large")
     target_large = _as_list(target_large, "target_large")
@@ -122,119 +133,108 @@ def _prepare(
     def normalized(x):
         return l2_normalize(ops.cast(ops.convert_to_tensor(x), dtype))
 
-    online_large = [normalized(x) for x in online_large]
-    online_small = [normalized(x) for x in online_small]
-    # Targets and queue entries carry no gradient (the target network is an
-    # EMA, the queue is state): stopping it here makes that explicit.
-    target_large = [ops.stop_gradient(normalized(x)) for x in target_large]
-    semantic_positives = [
-        ops.stop_gradient(normalized(x)) for x in semantic_positives
-    ]
     batch = ops.shape(online_large[0])[0]
-    negative_indices = ops.cast(negative_indices, "int32")
     if anchor_indices is None:
         anchor_indices = ops.arange(batch, dtype="int32")
-    anchor_indices = ops.cast(anchor_indices, "int32")
-    if semantic_positives:
-        if semantic_mask is None:
-            semantic_mask = ops.ones((batch,), dtype)
-        semantic_mask = ops.cast(semantic_mask, dtype)
-    return (
-        online_large,
-        target_large,
-        negative_indices,
-        online_small,
-        semantic_positives,
-        semantic_mask,
-        anchor_indices,
-        dtype,
+    if semantic_positives and semantic_mask is None:
+        semantic_mask = ops.ones((batch,), dtype)
+    # Targets and queue entries carry no gradient (the target network is an
+    # EMA, the queue is state): stopping it here makes that explicit.
+    return _Inputs(
+        online_large=[normalized(x) for x in online_large],
+        target_large=[ops.stop_gradient(normalized(x)) for x in target_large],
+        negative_indices=ops.cast(negative_indices, "int32"),
+        online_small=[normalized(x) for x in online_small],
+        semantic_positives=[
+            ops.stop_gradient(normalized(x)) for x in semantic_positives
+        ],
+        semantic_mask=(
+            ops.cast(semantic_mask, dtype) if semantic_positives else None
+        ),
+        anchor_indices=ops.cast(anchor_indices, "int32"),
+        dtype=dtype,
     )
 
 
-def _per_anchor_terms(
-    online_large,
-    target_large,
-    negative_indices,
-    online_small=None,
-    semantic_positives=None,
-    semantic_mask=None,
-    anchor_indices=None,
-    temperature=0.2,
-):
+def _contrastive_terms(x, scale):
+    """Eqs. (8)-(9) per anchor, and the log-probabilities of large anchors.
+
+    Returns `(augmentation, semantic, log_p_aug, log_p_sem)`: the first two
+    `(B,)` sums over view pairs (and semantic positives), the last two
+    dicts from `(anchor view i, target view j)` of large views to the
+    `_log_probs` the KL terms compare.
+    """
+    num_large = len(x.online_large)
+    # Target view j: each anchor's own projection and its negatives.
+    positives = [ops.take(t, x.anchor_indices, axis=0) for t in x.target_large]
+    negatives = [
+        ops.take(t, x.negative_indices, axis=0) for t in x.target_large
+    ]
+    augmentation = semantic = 0.0
+    log_p_aug, log_p_sem = {}, {}
+    for i, anchor in enumerate(x.online_large + x.online_small):
+        for j in range(num_large):
+            log_p = _log_probs(anchor, positives[j], negatives[j], scale)
+            augmentation = augmentation - log_p[:, 0]
+            if i < num_large:
+                log_p_aug[i, j] = log_p
+            if not x.semantic_positives:
+                continue
+            log_s = _log_probs(
+                anchor, x.semantic_positives[j], negatives[j], scale
+            )
+            semantic = semantic - x.semantic_mask * ops.sum(
+                log_s[..., 0], axis=-1
+            )
+            if i < num_large:
+                log_p_sem[i, j] = log_s
+    return augmentation, semantic, log_p_aug, log_p_sem
+
+
+def _invariance_terms(log_p_aug, log_p_sem, num_large, semantic_mask):
+    """Appendix B's KL terms per anchor, summed over distinct view pairs.
+
+    The KL terms compare anchor view i against target view j with the
+    swapped pair (j, i): both views must go through both networks, so only
+    pairs of distinct large views have them.
+    """
+    invariance = 0.0
+    for i in range(num_large):
+        for j in range(num_large):
+            if i == j:
+                continue
+            invariance = invariance + _kl(log_p_aug[i, j], log_p_aug[j, i])
+            if log_p_sem:
+                kl = ops.sum(_kl(log_p_sem[i, j], log_p_sem[j, i]), axis=-1)
+                invariance = invariance + semantic_mask * kl
+    return invariance
+
+
+def _per_anchor_terms(temperature=0.2, **inputs):
     """Per-anchor sums of the three kinds of terms, and the normaliser.
 
+    Takes the arguments of `semppl` (its tensors and `temperature`).
     Returns `(augmentation, semantic, invariance, normaliser)`, the first
     three `(B,)`: eq. (9) summed over view pairs, eq. (8) summed over view
     pairs and semantic positives (zero for anchors without one), and the
     Appendix B KL terms of both kinds summed over pairs of distinct large
     views.
     """
-    (
-        online_large,
-        target_large,
-        negative_indices,
-        online_small,
-        semantic_positives,
-        semantic_mask,
-        anchor_indices,
-        dtype,
-    ) = _prepare(
-        online_large,
-        target_large,
-        negative_indices,
-        online_small,
-        semantic_positives,
-        semantic_mask,
-        anchor_indices,
+    x = _prepare(**inputs)
+    scale = ops.cast(1.0 / temperature, x.dtype)
+    augmentation, semantic, log_p_aug, log_p_sem = _contrastive_terms(x, scale)
+    num_large = len(x.online_large)
+    invariance = _invariance_terms(
+        log_p_aug, log_p_sem, num_large, x.semantic_mask
     )
-    scale = ops.cast(1.0 / temperature, dtype)
-    num_large = len(online_large)
-    # Target view j: each anchor's own projection and its negatives.
-    positives = [ops.take(t, anchor_indices, axis=0) for t in target_large]
-    negatives = [ops.take(t, negative_indices, axis=0) for t in target_large]
-
-    augmentation = semantic = invariance = 0.0
-    log_p_aug = {}
-    log_p_sem = {}
-    for i, anchor in enumerate(online_large + online_small):
-        for j in range(num_large):
-            log_p = _log_probs(anchor, positives[j], negatives[j], scale)
-            augmentation = augmentation - log_p[:, 0]
-            if i < num_large:
-                log_p_aug[i, j] = log_p
-            if semantic_positives:
-                log_s = _log_probs(
-                    anchor, semantic_positives[j], negatives[j], scale
-                )
-                semantic = semantic - semantic_mask * ops.sum(
-                    log_s[..., 0], axis=-1
-                )
-                if i < num_large:
-                    log_p_sem[i, j] = log_s
-    # The KL terms compare anchor view i against target view j with the
-    # swapped pair (j, i): both views must go through both networks, so
-    # only pairs of distinct large views have them.
-    for i in range(num_large):
-        for j in range(num_large):
-            if i == j:
-                continue
-            invariance = invariance + _kl(log_p_aug[i, j], log_p_aug[j, i])
-            if semantic_positives:
-                kl = ops.sum(_kl(log_p_sem[i, j], log_p_sem[j, i]), axis=-1)
-                invariance = invariance + semantic_mask * kl
     num_semantic = (
-        int(semantic_positives[0].shape[1]) if semantic_positives else 0
+        int(x.semantic_positives[0].shape[1]) if x.semantic_positives else 0
     )
     normaliser = (
-        (num_large + len(online_small)) * num_large * (1 + num_semantic)
+        (num_large + len(x.online_small)) * num_large * (1 + num_semantic)
     )
     zeros = ops.zeros_like(augmentation)
-    return (
-        augmentation,
-        semantic + zeros,
-        invariance + zeros,
-        normaliser,
-    )
+    return augmentation, semantic + zeros, invariance + zeros, normaliser
 
 
 def semppl(
@@ -359,14 +359,14 @@ def semppl(
     """
     _check_scales(temperature, alpha, invariance_scale, contrastive_scale)
     augmentation, semantic, invariance, normaliser = _per_anchor_terms(
-        online_large,
-        target_large,
-        negative_indices,
-        online_small,
-        semantic_positives,
-        semantic_mask,
-        anchor_indices,
-        temperature,
+        online_large=online_large,
+        target_large=target_large,
+        negative_indices=negative_indices,
+        online_small=online_small,
+        semantic_positives=semantic_positives,
+        semantic_mask=semantic_mask,
+        anchor_indices=anchor_indices,
+        temperature=temperature,
     )
     parts = {
         "augmentation_loss": ops.mean(augmentation) / normaliser,
@@ -652,3 +652,129 @@ def majority_vote(votes):
     num_classes = votes.shape[-1]
     penalty = ops.arange(num_classes, dtype=votes.dtype) / (2.0 * num_classes)
     return ops.cast(ops.argmax(votes - penalty[None, :], axis=-1), "int32")
+
+
+def pseudo_labels(
+    online_unlabeled, queues, queue_labels, queue_valid, num_classes, k=1
+):
+    """Pseudo-labels by view voting (§2.1), and the votes they come from.
+
+    Args:
+        online_unlabeled: list of `L` tensors `(U, D)`. Online predictions
+            of the large views of the unlabeled images.
+        queues: list of `L` tensors `(C, D)`. Each large view's queue.
+        queue_labels: int tensor `(C,)`.
+        queue_valid: bool tensor `(C,)`.
+        num_classes: int >= 1.
+        k: int >= 1. Neighbours per lookup. Defaults to `1`.
+
+    Returns:
+        `(labels, votes)`: the int32 `(U,)` majority vote (ties to the
+        lowest class id) and the float `(U, num_classes)` vote counts.
+    """
+    votes = view_voting(
+        online_unlabeled, queues, queue_labels, queue_valid, num_classes, k=k
+    )
+    return majority_vote(votes), votes
+
+
+def semantic_positives(
+    uniform, anchor_labels, queues, queue_labels, queue_valid, num_classes
+):
+    """Each anchor's semantic positives in every large view's queue (§2).
+
+    The slots are drawn once (`sample_semantic_positive_indices`) and read
+    from every view's queue: the queues are filled in lockstep, so a slot
+    holds the same labeled image in all of them.
+
+    Args:
+        uniform: float tensor `(B, P)` of i.i.d. uniform numbers in [0, 1).
+        anchor_labels: int tensor `(B,)`. Labels or pseudo-labels.
+        queues: list of `L` tensors `(C, D)`. Each large view's queue.
+        queue_labels: int tensor `(C,)`.
+        queue_valid: bool tensor `(C,)`.
+        num_classes: int >= 1.
+
+    Returns:
+        `(positives, has_positive)`: a list of `L` tensors `(B, P, D)` and
+        a bool `(B,)`, as `semppl`'s `semantic_positives` and
+        `semantic_mask`.
+    """
+    slots, has_positive = sample_semantic_positive_indices(
+        uniform, anchor_labels, queue_labels, queue_valid, num_classes
+    )
+    return [ops.take(q, slots, axis=0) for q in queues], has_positive
+
+
+def global_anchor_indices(num_unlabeled, num_labeled, replica, num_replicas):
+    """Row of each of a replica's images in the global batch.
+
+    The global batch holds every replica's unlabeled images, replica by
+    replica, then every replica's labeled images: samples drawn for its
+    rows do not depend on how the batch is split over replicas.
+
+    Args:
+        num_unlabeled: int. Unlabeled images per replica (may be 0).
+        num_labeled: int. Labeled images per replica.
+        replica: int scalar tensor. This replica's id.
+        num_replicas: int. Replicas in sync.
+
+    Returns:
+        An int32 tensor `(num_unlabeled + num_labeled,)`, unlabeled first.
+    """
+    replica = ops.cast(replica, "int32")
+    labeled = (
+        num_replicas * num_unlabeled
+        + replica * num_labeled
+        + ops.arange(num_labeled, dtype="int32")
+    )
+    if not num_unlabeled:
+        return labeled
+    unlabeled = replica * num_unlabeled + ops.arange(
+        num_unlabeled, dtype="int32"
+    )
+    return ops.concatenate([unlabeled, labeled], axis=0)
+
+
+# Voting thresholds of Fig. 3, as percentages of the votes one image gets.
+VOTE_FRACTIONS = (25, 50, 75, 100)
+
+
+def pseudo_label_quality(votes, true_labels, votes_per_image):
+    """Fig. 3's precision and recall at voting thresholds, and accuracy.
+
+    For each threshold `f` of `VOTE_FRACTIONS` (a percentage of the
+    `votes_per_image` an image gets), `pseudo_label_precision_f` is the
+    accuracy of the pseudo-labels whose top class has at least
+    `ceil(f * votes_per_image / 100)` votes, and `pseudo_label_recall_f`
+    the fraction of all images that reach the threshold *and* are right.
+
+    Args:
+        votes: float tensor `(U, K)` of vote counts (`view_voting`).
+        true_labels: int tensor `(U,)`. Held-out labels, for monitoring.
+        votes_per_image: int. `L^2 * k`.
+
+    Returns:
+        A dict from metric name to `(ratio, count)`: each ratio with the
+        count it is a ratio of, so that means over batches and replicas
+        can weight by it.
+    """
+    votes = ops.stop_gradient(votes)
+    correct = ops.cast(
+        ops.equal(majority_vote(votes), ops.cast(true_labels, "int32")),
+        "float32",
+    )
+    total = ops.cast(ops.shape(correct)[0], "float32")
+    metrics = {"pseudo_label_accuracy": (ops.mean(correct), total)}
+    top = ops.max(votes, axis=-1)
+    for fraction in VOTE_FRACTIONS:
+        threshold = max(1, math.ceil(fraction * votes_per_image / 100))
+        confident = ops.cast(top >= threshold, "float32")
+        count = ops.sum(confident)
+        hits = ops.sum(confident * correct)
+        metrics[f"pseudo_label_precision_{fraction}"] = (
+            hits / ops.maximum(count, 1.0),
+            count,
+        )
+        metrics[f"pseudo_label_recall_{fraction}"] = (hits / total, total)
+    return metrics

@@ -3,7 +3,8 @@
 import keras
 from keras import ops
 
-from keras_ssl import ops as ssl_ops
+from keras_ssl._checks import check_positive
+from keras_ssl.losses.distillation import distillation
 from keras_ssl.models.image_utils import to_float_images
 from keras_ssl.models.image_utils import unpack_batch
 from keras_ssl.models.ssl_model import SSLModel
@@ -15,13 +16,12 @@ class Distiller(SSLModel):
 
     SimCLRv2 eq. (2): the student minimises the cross-entropy between the
     teacher's and its own temperature-softened class distributions on
-    unlabeled images, `-Σ_y P_T(y|x; τ) log P_S(y|x; τ)`. When labels are
-    given and `alpha < 1`, eq. (3) adds the labeled cross-entropy:
-    `(1 - α)·CE(y, P_S) + α·distill`. Teacher and student see the same
-    randomly cropped and flipped view (§3.1: only crop and flip are used
-    for distillation). The student may have the teacher's architecture
-    (self-distillation) or a smaller one; `student` is then the model to
-    keep. `call` returns the student's logits.
+    unlabeled images. When labels are given and `alpha < 1`, eq. (3) adds
+    the labeled cross-entropy (`keras_ssl.losses.distillation`). Teacher
+    and student see the same randomly cropped and flipped view (§3.1:
+    only crop and flip are used for distillation). The student may have
+    the teacher's architecture (self-distillation) or a smaller one;
+    `student` is then the model to keep. `call` returns the student's logits.
 
     Args:
         teacher: `keras_ssl.models.FineTuner`. Not trained by the
@@ -44,11 +44,7 @@ class Distiller(SSLModel):
     metric_names = ("loss", "distill_loss", "supervised_loss", "agreement")
 
     def __init__(self, teacher, student, temperature=1.0, alpha=1.0, **kwargs):
-        if not temperature > 0:
-            raise ValueError(
-                "`temperature` must be > 0. Received: "
-                f"temperature={temperature}"
-            )
+        check_positive("temperature", temperature)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(
                 f"`alpha` must be in [0, 1]. Received: alpha={alpha}"
@@ -119,30 +115,22 @@ class Distiller(SSLModel):
         views = self.student.augment(images, training=training)
         teacher_logits = self.teacher.classify(views, training=False)
         student_logits = self.student.classify(views, training=training)
-        teacher_logits = ops.stop_gradient(teacher_logits)
-        targets = ops.softmax(teacher_logits[:n] / self.temperature)
-        distill = ops.mean(
-            ssl_ops.soft_cross_entropy(
-                targets, logits=student_logits[:n] / self.temperature
-            )
+        loss, logs = distillation(
+            teacher_logits[:n],
+            student_logits[:n],
+            temperature=self.temperature,
+            labels=labels if labeled is not None else None,
+            labeled_logits=student_logits[n:],
+            alpha=self.alpha,
+            return_metrics=True,
         )
-        agreement = ops.mean(
+        logs["agreement"] = ops.mean(
             ops.cast(
                 ops.argmax(teacher_logits, -1)
                 == ops.argmax(student_logits, -1),
                 "float32",
             )
         )
-        logs = {"distill_loss": distill, "agreement": agreement}
-        if labeled is None or self.alpha == 1.0:
-            return distill, logs
-        supervised = ops.mean(
-            keras.losses.sparse_categorical_crossentropy(
-                labels, student_logits[n:], from_logits=True
-            )
-        )
-        logs["supervised_loss"] = supervised
-        loss = (1.0 - self.alpha) * supervised + self.alpha * distill
         return loss, logs
 
     def get_config(self):

@@ -4,16 +4,13 @@ import keras
 from keras import ops
 
 from keras_ssl import distribute
+from keras_ssl._checks import check_positive
 from keras_ssl.layers.projection_head import ProjectionHead
 from keras_ssl.layers.views import Views
 from keras_ssl.losses.paws import paws
 from keras_ssl.models.image_utils import to_float_images
 from keras_ssl.models.ssl_model import SSLModel
-from keras_ssl.ops.math import cosine_similarity_matrix
-
-# Logit of a support sample that must not vote for itself; exp() of it is
-# exactly 0 in float32.
-_MASKED_LOGIT = -1e9
+from keras_ssl.ops.math import soft_nearest_neighbour
 
 
 def _check_args(
@@ -33,12 +30,8 @@ def _check_args(
             "`support_views` must be 1 or 2. Received: "
             f"support_views={support_views}"
         )
-    for name, value in (
-        ("temperature", temperature),
-        ("sharpen_temperature", sharpen_temperature),
-    ):
-        if not value > 0:
-            raise ValueError(f"`{name}` must be > 0. Received: {name}={value}")
+    check_positive("temperature", temperature)
+    check_positive("sharpen_temperature", sharpen_temperature)
     if not 0.0 <= smoothing < 1.0:
         raise ValueError(
             "`label_smoothing` must be in [0, 1). Received: "
@@ -368,10 +361,10 @@ class PAWSPretrainer(SSLModel):
         key_rows = distribute.all_gather(
             ops.one_hot(labels, self.num_classes, dtype="float32")
         )
-        logits = cosine_similarity_matrix(queries, keys) / self.temperature
-        same_image = ops.equal(ops.cast(ids, "float32")[:, None], key_ids)
-        logits = ops.where(same_image, _MASKED_LOGIT, logits)
-        probs = ops.matmul(ops.softmax(logits, axis=-1), key_rows)
+        other_image = ops.not_equal(ops.cast(ids, "float32")[:, None], key_ids)
+        probs = soft_nearest_neighbour(
+            queries, keys, key_rows, self.temperature, mask=other_image
+        )
         predicted = ops.cast(ops.argmax(probs, axis=-1), "int32")
         return ops.mean(ops.cast(ops.equal(predicted, labels), "float32"))
 

@@ -9,21 +9,19 @@ from keras_ssl import distribute
 from keras_ssl.layers.memory_queue import MemoryQueue
 from keras_ssl.layers.random_resized_crop import normalize_size
 from keras_ssl.layers.views import Views
-from keras_ssl.losses.semppl import majority_vote
+from keras_ssl.losses.semppl import VOTE_FRACTIONS
+from keras_ssl.losses.semppl import global_anchor_indices
+from keras_ssl.losses.semppl import pseudo_label_quality
+from keras_ssl.losses.semppl import pseudo_labels
 from keras_ssl.losses.semppl import sample_negative_indices
-from keras_ssl.losses.semppl import sample_semantic_positive_indices
+from keras_ssl.losses.semppl import semantic_positives
 from keras_ssl.losses.semppl import semppl
-from keras_ssl.losses.semppl import view_voting
 from keras_ssl.models.image_utils import to_float_images
 from keras_ssl.models.momentum import clone_layer
 from keras_ssl.models.momentum import clone_network
 from keras_ssl.models.momentum import ema_update
 from keras_ssl.models.ssl_model import SSLModel
 from keras_ssl.ops.math import l2_normalize
-
-# Voting thresholds of the precision / recall metrics, as fractions of the
-# votes one unlabeled image gets (L^2 lookups of k votes each).
-VOTE_FRACTIONS = (25, 50, 75, 100)
 
 
 def _mlp(hidden_dim, output_dim, input_dim, name):
@@ -466,27 +464,24 @@ class SemPPLPretrainer(SSLModel):
         parts = [distribute.all_gather(p) for p in parts]
         return ops.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
 
-    def _anchor_indices(self, num_unlabeled, num_labeled):
-        """Global row of each of this replica's images."""
-        replica = ops.cast(distribute.replica_id(), "int32")
-        replicas = distribute.num_replicas()
-        labeled = (
-            replicas * num_unlabeled
-            + replica * num_labeled
-            + ops.arange(num_labeled, dtype="int32")
-        )
-        if not num_unlabeled:
-            return labeled
-        unlabeled = replica * num_unlabeled + ops.arange(
-            num_unlabeled, dtype="int32"
-        )
-        return ops.concatenate([unlabeled, labeled], axis=0)
-
     def _update_queues(self, targets, labels, num_unlabeled):
         global_labels = distribute.all_gather(labels)
         for queue, target in zip(self.queues, targets):
             global_labeled = distribute.all_gather(target[num_unlabeled:])
             queue.enqueue(global_labeled, global_labels)
+
+    def _embed(self, unlabeled, labeled, training):
+        """Online predictions of the large and small views, and targets."""
+        parts = [
+            to_float_images(x) for x in (unlabeled, labeled) if x is not None
+        ]
+        images = ops.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        views = self.views(images, training=training)
+        large = [views[i] for i in self.large_views]
+        small = [views[i] for i in self.small_views]
+        online_large = self._online(large, training)
+        online_small = self._online(small, training)
+        return online_large, online_small, self._target(large, training)
 
     def compute_ssl_loss(self, data, training=True):
         unlabeled, labeled, labels, true_labels = self._unpack(data)
@@ -495,35 +490,26 @@ class SemPPLPretrainer(SSLModel):
         self._check_batch(num_unlabeled, num_labeled)
         if training:
             self._update_target_network()
-        parts = [
-            to_float_images(x) for x in (unlabeled, labeled) if x is not None
-        ]
-        images = ops.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
-        views = self.views(images, training=training)
-        large = [views[i] for i in self.large_views]
-        online_large = self._online(large, training)
-        online_small = self._online(
-            [views[i] for i in self.small_views], training
+        online_large, online_small, targets = self._embed(
+            unlabeled, labeled, training
         )
-        targets = self._target(large, training)
         if training:
             self._update_queues(targets, labels, num_unlabeled)
         global_targets = [self._global_order(t, num_unlabeled) for t in targets]
-
         memory = [queue.read() for queue in self.queues]
         values = [m[0] for m in memory]
         valid, queue_labels = memory[0][1], memory[0][2]
         anchor_labels, votes = self._anchor_labels(
             online_large, values, queue_labels, valid, labels, num_unlabeled
         )
-        anchors = self._anchor_indices(num_unlabeled, num_labeled)
+        anchors = global_anchor_indices(
+            num_unlabeled,
+            num_labeled,
+            distribute.replica_id(),
+            distribute.num_replicas(),
+        )
         num_global = ops.shape(global_targets[0])[0]
-        noise = keras.random.uniform(
-            (num_global, num_global), seed=self.seed_generator
-        )
-        negatives = sample_negative_indices(
-            ops.take(noise, anchors, axis=0), anchors, self.num_negatives
-        )
+        negatives = self._negatives(anchors, num_global)
         positives, has_positive = self._semantic_positives(
             anchors, anchor_labels, values, queue_labels, valid, num_global
         )
@@ -545,8 +531,18 @@ class SemPPLPretrainer(SSLModel):
             ops.cast(has_positive, "float32")
         )
         if votes is not None and true_labels is not None:
-            logs.update(self._pseudo_label_metrics(votes, true_labels))
+            per_image = len(self.large_views) ** 2 * self.k
+            logs.update(pseudo_label_quality(votes, true_labels, per_image))
         return loss, logs
+
+    def _negatives(self, anchors, num_global):
+        # Drawn for the global batch, so that every replica draws alike.
+        noise = keras.random.uniform(
+            (num_global, num_global), seed=self.seed_generator
+        )
+        return sample_negative_indices(
+            ops.take(noise, anchors, axis=0), anchors, self.num_negatives
+        )
 
     def _anchor_labels(
         self, online_large, values, queue_labels, valid, labels, num_unlabeled
@@ -554,7 +550,7 @@ class SemPPLPretrainer(SSLModel):
         """Pseudo-labels (view voting) then labels, and the votes."""
         if not num_unlabeled:
             return labels, None
-        votes = view_voting(
+        pseudo, votes = pseudo_labels(
             [ops.stop_gradient(o[:num_unlabeled]) for o in online_large],
             values,
             queue_labels,
@@ -562,7 +558,7 @@ class SemPPLPretrainer(SSLModel):
             self.num_classes,
             k=self.k,
         )
-        return ops.concatenate([majority_vote(votes), labels], 0), votes
+        return ops.concatenate([pseudo, labels], 0), votes
 
     def _semantic_positives(
         self, anchors, anchor_labels, values, queue_labels, valid, num_global
@@ -577,40 +573,17 @@ class SemPPLPretrainer(SSLModel):
             uniform = ops.take(uniform, anchors, axis=0)
         else:
             uniform = ops.zeros((ops.shape(anchors)[0], 1))
-        slots, has_positive = sample_semantic_positive_indices(
-            uniform, anchor_labels, queue_labels, valid, self.num_classes
+        positives, has_positive = semantic_positives(
+            uniform,
+            anchor_labels,
+            values,
+            queue_labels,
+            valid,
+            self.num_classes,
         )
         if not self.num_semantic_positives:
             return None, has_positive
-        positives = [ops.take(v, slots, axis=0) for v in values]
         return positives, has_positive
-
-    def _pseudo_label_metrics(self, votes, true_labels):
-        """Fig. 3's precision and recall at voting thresholds, and accuracy.
-
-        Values come with the counts they are ratios of, so that the
-        trackers pool them over batches and replicas.
-        """
-        votes = ops.stop_gradient(votes)
-        correct = ops.cast(
-            ops.equal(majority_vote(votes), ops.cast(true_labels, "int32")),
-            "float32",
-        )
-        total = ops.cast(ops.shape(correct)[0], "float32")
-        logs = {"pseudo_label_accuracy": (ops.mean(correct), total)}
-        top = ops.max(votes, axis=-1)
-        per_image = len(self.large_views) ** 2 * self.k
-        for fraction in VOTE_FRACTIONS:
-            threshold = max(1, math.ceil(fraction * per_image / 100))
-            confident = ops.cast(top >= threshold, "float32")
-            count = ops.sum(confident)
-            hits = ops.sum(confident * correct)
-            logs[f"pseudo_label_precision_{fraction}"] = (
-                hits / ops.maximum(count, 1.0),
-                count,
-            )
-            logs[f"pseudo_label_recall_{fraction}"] = (hits / total, total)
-        return logs
 
     def get_config(self):
         config = super().get_config()

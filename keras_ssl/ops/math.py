@@ -7,10 +7,12 @@ backend, and each is tested against a NumPy reference in
 
 from keras import ops
 
+from keras_ssl._checks import check_positive
 
-def _check_positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"`{name}` must be > 0. Received: {name}={value}")
+# Logit of a candidate that must not count (an anchor against itself, an
+# empty memory slot, a support view of the query's own image): exp() of it
+# is exactly 0 in float32, and it cannot win an argmax.
+MASKED_LOGIT = -1e9
 
 
 def l2_normalize(x, axis: int = -1, epsilon: float = 1e-12):
@@ -52,7 +54,7 @@ def sharpen(p, temperature: float):
     Returns:
         A tensor of the shape of `p` whose rows sum to one.
     """
-    _check_positive("temperature", temperature)
+    check_positive("temperature", temperature)
     powered = ops.power(ops.maximum(p, 0.0), 1.0 / temperature)
     return powered / ops.maximum(
         ops.sum(powered, axis=-1, keepdims=True), 1e-12
@@ -88,25 +90,88 @@ def entropy(p, epsilon: float = 1e-12):
     return -ops.sum(p * ops.log(ops.maximum(p, epsilon)), axis=-1)
 
 
-def soft_nearest_neighbour(queries, support, support_labels, temperature):
+def soft_nearest_neighbour(
+    queries, support, support_labels, temperature, mask=None
+):
     """PAWS's soft nearest-neighbour classifier pi_d (eq. 1).
 
     `p_i = sum_j softmax_j(cos(z_i, z_j) / tau) y_j`: a similarity-weighted
-    average of the support labels.
+    average of the support labels. PAWS trains with it, PAWS-NN evaluates
+    with it (`keras_ssl.evaluation.SoftNearestNeighbour`).
 
     Args:
         queries: tensor `(N, D)`.
         support: tensor `(M, D)`.
         support_labels: tensor `(M, K)` of (soft) one-hot labels.
         temperature: float > 0, `tau`.
+        mask: optional bool tensor `(N, M)`; where it is `False`, support
+            row `j` takes no part in query `i`'s softmax (e.g. the views
+            of the query's own image). Defaults to `None`.
 
     Returns:
         A tensor `(N, K)` of class probabilities.
     """
-    _check_positive("temperature", temperature)
+    numerator, denominator, _ = soft_nearest_neighbour_sums(
+        queries, support, support_labels, temperature, mask
+    )
+    return numerator / denominator
+
+
+def soft_nearest_neighbour_sums(
+    queries, support, support_labels, temperature, mask=None
+):
+    """The sums whose ratio is `soft_nearest_neighbour`.
+
+    With logits `l_ij = cos(z_i, z_j) / tau` and `m_i = max_j l_ij`, returns
+    `numerator_i = sum_j exp(l_ij - m_i) y_j`, `denominator_i =
+    sum_j exp(l_ij - m_i)` and `m_i`. The sums over disjoint parts of a
+    support set add up once rescaled to a common `m`, so a support set
+    too large for memory can be visited in parts (a streaming softmax).
+
+    Args: as `soft_nearest_neighbour`.
+
+    Returns:
+        `(numerator, denominator, max_logit)`, of shapes `(N, K)`,
+        `(N, 1)` and `(N, 1)`.
+    """
+    check_positive("temperature", temperature)
     logits = cosine_similarity_matrix(queries, support) / temperature
-    weights = ops.softmax(logits, axis=-1)
-    return ops.matmul(weights, ops.cast(support_labels, weights.dtype))
+    if mask is not None:
+        logits = ops.where(mask, logits, MASKED_LOGIT)
+    max_logit = ops.max(logits, axis=-1, keepdims=True)
+    weights = ops.exp(logits - max_logit)
+    numerator = ops.matmul(weights, ops.cast(support_labels, weights.dtype))
+    denominator = ops.sum(weights, axis=-1, keepdims=True)
+    return numerator, denominator, max_logit
+
+
+def neighbour_votes(
+    similarities, labels, num_classes: int, temperature=None, valid=None
+):
+    """Class votes of given neighbours: one each, or `exp(sim / T)`.
+
+    Args:
+        similarities: tensor `(N, k)`. Cosine similarity of each query to
+            each of its neighbours.
+        labels: int tensor `(N, k)`. The neighbours' classes.
+        num_classes: int. Number of classes.
+        temperature: optional float > 0. Defaults to `None` (one vote per
+            neighbour).
+        valid: optional bool tensor `(N, k)`; neighbours where it is
+            `False` do not vote. Defaults to `None`.
+
+    Returns:
+        A float tensor `(N, num_classes)` of votes.
+    """
+    if temperature is None:
+        weights = ops.ones_like(similarities)
+    else:
+        check_positive("temperature", temperature)
+        weights = ops.exp(similarities / temperature)
+    if valid is not None:
+        weights = weights * ops.cast(valid, weights.dtype)
+    one_hot = ops.one_hot(labels, num_classes, dtype=weights.dtype)
+    return ops.sum(one_hot * weights[..., None], axis=1)
 
 
 def knn_vote(
@@ -141,18 +206,16 @@ def knn_vote(
     if k < 1:
         raise ValueError(f"`k` must be >= 1. Received: k={k}")
     if temperature is not None:
-        _check_positive("temperature", temperature)
+        check_positive("temperature", temperature)
     sims = cosine_similarity_matrix(queries, keys)
     if key_mask is not None:
         sims = ops.where(key_mask[None, :], sims, -3.0)
     top_sims, top_idx = ops.top_k(sims, k=k)
-    labels = ops.take(key_labels, top_idx, axis=0)
-    one_hot = ops.one_hot(labels, num_classes, dtype=sims.dtype)
-    if temperature is None:
-        weights = ops.ones_like(top_sims)
-    else:
-        weights = ops.exp(top_sims / temperature)
-    if key_mask is not None:
-        valid = ops.take(key_mask, top_idx, axis=0)
-        weights = weights * ops.cast(valid, weights.dtype)
-    return ops.sum(one_hot * weights[..., None], axis=1)
+    valid = None if key_mask is None else ops.take(key_mask, top_idx, axis=0)
+    return neighbour_votes(
+        top_sims,
+        ops.take(key_labels, top_idx, axis=0),
+        num_classes,
+        temperature,
+        valid,
+    )

@@ -5,10 +5,15 @@ import keras
 import numpy as np
 import pytest
 
+from keras_ssl.losses.semppl import VOTE_FRACTIONS
 from keras_ssl.losses.semppl import SemPPL
+from keras_ssl.losses.semppl import global_anchor_indices
 from keras_ssl.losses.semppl import majority_vote
+from keras_ssl.losses.semppl import pseudo_label_quality
+from keras_ssl.losses.semppl import pseudo_labels
 from keras_ssl.losses.semppl import sample_negative_indices
 from keras_ssl.losses.semppl import sample_semantic_positive_indices
+from keras_ssl.losses.semppl import semantic_positives
 from keras_ssl.losses.semppl import semppl
 from keras_ssl.losses.semppl import view_voting
 from keras_ssl.testing import TestCase
@@ -501,6 +506,82 @@ class TestViewVoting(TestCase):
         )
         labels = keras.ops.convert_to_numpy(majority_vote(votes))
         assert list(labels) == [1, 0, 1, 2]
+
+
+class TestBatchBookkeeping(TestCase):
+    @pytest.mark.parametrize("num_unlabeled", [0, 3])
+    def test_global_order_is_unlabeled_then_labeled(self, num_unlabeled):
+        # Two replicas of 3 unlabeled and 2 labeled images each: the global
+        # batch is [u0 u0 u0 u1 u1 u1 l0 l0 l1 l1].
+        rows = [
+            list(
+                keras.ops.convert_to_numpy(
+                    global_anchor_indices(num_unlabeled, 2, replica, 2)
+                )
+            )
+            for replica in (0, 1)
+        ]
+        u = 2 * num_unlabeled
+        expected = [
+            list(range(r * num_unlabeled, (r + 1) * num_unlabeled))
+            + [u + 2 * r, u + 2 * r + 1]
+            for r in (0, 1)
+        ]
+        assert rows == expected
+
+    def test_pseudo_labels_are_the_majority_of_view_votes(self):
+        rng = np.random.default_rng(4)
+        online = [rng.normal(size=(5, 4)).astype("float32") for _ in range(2)]
+        queues = [rng.normal(size=(6, 4)).astype("float32") for _ in range(2)]
+        labels = rng.integers(0, 3, (6,)).astype("int32")
+        valid = np.ones(6, bool)
+        pseudo, votes = pseudo_labels(online, queues, labels, valid, 3, k=2)
+        expected = reference_votes(online, queues, labels, valid, 3, 2)
+        self.assertAllClose(votes, expected)
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(pseudo),
+            keras.ops.convert_to_numpy(majority_vote(expected)),
+        )
+
+    def test_semantic_positives_read_the_same_slot_of_every_queue(self):
+        rng = np.random.default_rng(5)
+        queues = [rng.normal(size=(6, 3)).astype("float32") for _ in range(2)]
+        queue_labels = np.array([0, 1, 0, 1, 2, 2], "int32")
+        valid = np.array([1, 1, 1, 1, 0, 1], bool)
+        uniform = rng.random((4, 2)).astype("float32")
+        anchor_labels = np.array([0, 1, 2, 0], "int32")
+        positives, has_positive = semantic_positives(
+            uniform, anchor_labels, queues, queue_labels, valid, 3
+        )
+        slots, expected_mask = sample_semantic_positive_indices(
+            uniform, anchor_labels, queue_labels, valid, 3
+        )
+        slots = keras.ops.convert_to_numpy(slots)
+        for queue, positive in zip(queues, positives):
+            self.assertAllClose(positive, queue[slots])
+        self.assertAllClose(has_positive, expected_mask)
+
+    def test_pseudo_label_quality(self):
+        # 4 large views x k=1: 16 votes per image.
+        votes = np.array(
+            [[16, 0, 0], [5, 6, 5], [0, 12, 4], [9, 7, 0], [3, 3, 10]],
+            "float32",
+        )
+        true_labels = np.array([0, 1, 2, 1, 2])
+        metrics = pseudo_label_quality(votes, true_labels, 16)
+        predicted = votes.argmax(-1)
+        correct = predicted == true_labels
+        value, count = metrics["pseudo_label_accuracy"]
+        self.assertAllClose(value, correct.mean())
+        self.assertAllClose(count, 5.0)
+        for f in VOTE_FRACTIONS:
+            confident = votes.max(-1) >= math.ceil(f * 16 / 100)
+            hits = (confident & correct).sum()
+            value, count = metrics[f"pseudo_label_precision_{f}"]
+            self.assertAllClose(value, hits / max(confident.sum(), 1))
+            self.assertAllClose(count, confident.sum())
+            value, count = metrics[f"pseudo_label_recall_{f}"]
+            self.assertAllClose(value, hits / 5)
 
 
 def test_module_uses_keras_ops_only():

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from keras import ops as keras_ops
 
 from keras_ssl import ops as ssl_ops
 from keras_ssl.testing import TestCase
@@ -81,6 +82,70 @@ class TestMath(TestCase):
             w = np.exp(sims / tau) / np.exp(sims / tau).sum()
             expected[i] = w @ labels
         out = ssl_ops.soft_nearest_neighbour(queries, support, labels, tau)
+        self.assertAllClose(out, expected)
+
+    def test_soft_nearest_neighbour_mask_leaves_rows_out(self):
+        queries = self.rng.normal(size=(3, 4))
+        support = self.rng.normal(size=(5, 4))
+        labels = np.eye(2)[[0, 1, 0, 1, 1]]
+        mask = np.array(
+            [[1, 1, 0, 1, 1], [0, 1, 1, 1, 1], [1, 1, 1, 1, 0]], bool
+        )
+        sims = _np_normalize(queries) @ _np_normalize(support).T
+        expected = np.zeros((3, 2))
+        for i in range(3):
+            keep = np.where(mask[i])[0]
+            w = _np_softmax(sims[i, keep] / 0.2)
+            expected[i] = w @ labels[keep]
+        out = ssl_ops.soft_nearest_neighbour(
+            queries, support, labels, 0.2, mask=mask
+        )
+        self.assertAllClose(out, expected)
+
+    def test_soft_nearest_neighbour_sums_of_parts_add_up(self):
+        queries = self.rng.normal(size=(3, 4))
+        support = self.rng.normal(size=(7, 4))
+        labels = np.eye(3)[self.rng.integers(0, 3, 7)]
+        logits = _np_normalize(queries) @ _np_normalize(support).T / 0.05
+        top = logits.max(-1, keepdims=True)
+        numerator = denominator = 0.0
+        for rows in (slice(0, 3), slice(3, 7)):
+            part = [
+                keras_ops.convert_to_numpy(x)
+                for x in ssl_ops.soft_nearest_neighbour_sums(
+                    queries, support[rows], labels[rows], 0.05
+                )
+            ]
+            m = logits[:, rows].max(-1, keepdims=True)
+            weights = np.exp(logits[:, rows] - m)
+            self.assertAllClose(part[2], m)
+            self.assertAllClose(part[1], weights.sum(-1, keepdims=True))
+            self.assertAllClose(part[0], weights @ labels[rows])
+            numerator = numerator + part[0] * np.exp(part[2] - top)
+            denominator = denominator + part[1] * np.exp(part[2] - top)
+        self.assertAllClose(
+            numerator / denominator,
+            ssl_ops.soft_nearest_neighbour(queries, support, labels, 0.05),
+        )
+
+    @pytest.mark.parametrize("temperature", [None, 0.5])
+    def test_neighbour_votes(self, temperature):
+        sims = self.rng.uniform(-1, 1, size=(4, 3))
+        labels = self.rng.integers(0, 3, size=(4, 3))
+        valid = self.rng.random((4, 3)) > 0.3
+        expected = np.zeros((4, 3))
+        for i in range(4):
+            for j in range(3):
+                if valid[i, j]:
+                    weight = (
+                        1.0
+                        if temperature is None
+                        else np.exp(sims[i, j] / temperature)
+                    )
+                    expected[i, labels[i, j]] += weight
+        out = ssl_ops.neighbour_votes(
+            sims, labels, 3, temperature=temperature, valid=valid
+        )
         self.assertAllClose(out, expected)
 
     @pytest.mark.parametrize("k", [1, 3])
