@@ -3,6 +3,7 @@
 import keras
 
 from keras_ssl.layers.projection_head import ProjectionHead
+from keras_ssl.models._input_checks import check_fit_input
 from keras_ssl.models.image_utils import to_float_images
 
 
@@ -135,6 +136,14 @@ class FineTuner(keras.Model):
         super().compile(
             optimizer=optimizer, loss=loss, metrics=metrics, **kwargs
         )
+
+    def fit(self, x=None, *args, **kwargs):
+        """`keras.Model.fit`, after checking the images in `x` (uint8 in
+        [0, 255] or float in [0, 1], channels last; arrays in full,
+        streams on their first batch)."""
+        channels = self.network.input.shape[-1] or 3
+        x = check_fit_input(x, channels, model=type(self).__name__)
+        return super().fit(x, *args, **kwargs)
 
     def classify(self, images, training=None):
         """Logits of already-prepared float images (no augmentation)."""

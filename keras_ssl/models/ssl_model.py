@@ -3,6 +3,7 @@
 import keras
 
 from keras_ssl import distribute
+from keras_ssl.models._input_checks import check_fit_input
 
 
 class SSLModel(keras.Model):
@@ -51,6 +52,16 @@ class SSLModel(keras.Model):
         `image_size`: the dict `call` returns (`embedding`, ...)."""
         outputs = self(images, training=False)
         return outputs if isinstance(outputs, dict) else {"embedding": outputs}
+
+    def fit(self, x=None, *args, **kwargs):
+        """`keras.Model.fit`, after checking the images in `x`.
+
+        Images must be uint8 in [0, 255] or float in [0, 1], RGB, channels
+        last; anything else raises a `ValueError` before the first step
+        (arrays are checked in full, streams on their first batch).
+        """
+        x = check_fit_input(x, model=type(self).__name__)
+        return super().fit(x, *args, **kwargs)
 
     def train_step(self, *args):
         # Keras calls `train_step(data)` on TensorFlow and the stateless
