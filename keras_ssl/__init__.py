@@ -5,9 +5,13 @@ synchronized BatchNorm and recipes that run from one CPU to TPU pods.
 
 The subpackages load on first use (`keras_ssl.models`, ...), so that a
 recipe's command line answers before Keras and its backend are imported.
+Saved models load all the same: `import keras_ssl` is enough for
+`keras.saving.load_model` to find keras_ssl's classes (see `_registry`).
 """
 
 import importlib
+
+from keras_ssl import _registry
 
 _SUBPACKAGES = (
     "backbones",
@@ -23,6 +27,8 @@ _SUBPACKAGES = (
 )
 
 __version__ = "0.1.0"
+
+_registry.install()
 
 
 def __getattr__(name):
