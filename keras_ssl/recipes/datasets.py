@@ -71,15 +71,52 @@ def npz(path: str) -> ArraySplits:
     return ArraySplits(*splits, num_classes)
 
 
-def tfds_arrays(name: str, data_dir=None) -> ArraySplits:
-    """A small TensorFlow Datasets data set loaded whole into memory."""
+def prepared_tfds_builder(name: str, data_dir=None):
+    """The tfds builder of `name`, which must be prepared under `data_dir`.
+
+    Nothing is downloaded: without network access tfds would spend minutes
+    in retries before failing, so a data set that is not prepared fails at
+    once, naming the folder it is expected in.
+
+    Raises:
+        ValueError: `name` is not a TensorFlow Datasets name.
+        FileNotFoundError: the data set is not prepared under `data_dir`
+            (tfds's default folder when `data_dir` is `None`).
+    """
     import tensorflow_datasets as tfds
 
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(
+            f"Unknown TensorFlow Datasets data set. Received: {name!r}"
+        ) from None
+    if builder.is_prepared():
+        return builder
+    folder = os.fspath(builder.data_dir)
+    root = folder
+    for _ in builder.info.full_name.split("/"):
+        root = os.path.dirname(root)
+    raise FileNotFoundError(
+        f"The TensorFlow Datasets data set {name!r} is not prepared under "
+        f"{root}: expected it in {folder}. The recipes do not download "
+        "data. Prepare it where there is network access with `tfds build "
+        f"{name} --data_dir {root}` and copy the folder over, or give the "
+        "folder that holds a prepared copy as `data_dir` (`--data_dir`)."
+    )
+
+
+def tfds_arrays(name: str, data_dir=None) -> ArraySplits:
+    """A small TensorFlow Datasets data set loaded whole into memory.
+
+    It must be prepared under `data_dir` (see `prepared_tfds_builder`).
+    """
+    import tensorflow_datasets as tfds
+
+    builder = prepared_tfds_builder(name, data_dir)
     splits = []
     for split in ("train", "test"):
-        data = tfds.as_numpy(
-            tfds.load(name, split=split, batch_size=-1, data_dir=data_dir)
-        )
+        data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
         splits += [data["image"], data["label"].astype("int32")]
     num_classes = int(max(splits[1].max(), splits[3].max())) + 1
     return ArraySplits(*splits, num_classes)
@@ -92,7 +129,9 @@ def load(name: str, image_size: int, data_dir=None, seed=0) -> ArraySplits:
         name: `"digits"` (bundled with scikit-learn), `"cifar10"` (from
             `data_dir` when it holds `train.npz`/`test.npz`, else from
             TensorFlow Datasets), `"npz"` (a `data_dir` with
-            `train.npz`/`test.npz`), or `"tfds:NAME"`.
+            `train.npz`/`test.npz`), or `"tfds:NAME"`. A TensorFlow
+            Datasets data set must already be prepared under `data_dir`
+            (tfds's default folder when `None`): nothing is downloaded.
         image_size: int. Side the images must have.
         data_dir: optional str.
         seed: int. Seed of the digits train/test split.
