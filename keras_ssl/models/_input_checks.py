@@ -18,9 +18,9 @@ import numpy as np
 IMAGE_KEYS = ("unlabeled", "labeled", "support")
 
 _TO_RGB = (
-    "convert it to RGB first, e.g. `keras.ops.repeat(x, 3, axis=-1)` for "
-    "a batch of shape (N, H, W, 1), or load it with `keras_ssl.data` "
-    "(`npz`, `image_directory`), which convert grayscale to RGB"
+    "convert them to RGB first, e.g. with `keras.ops.repeat(x, 3, axis=-1)`, "
+    "or read image files with `keras_ssl.data.from_directory`, which "
+    "converts grayscale files to RGB"
 )
 
 
@@ -131,9 +131,10 @@ def _check_shape(name, shape, channels, model):
         hint = " They look channels-first: transpose them to (N, H, W, C)."
     else:
         hint = ""
+    noun = "channel" if found == 1 else "channels"
     raise ValueError(
         f"{model} takes images with {channels} channels, channels last. "
-        f"Received: {name} with {found} channels ({name}.shape={shape})." + hint
+        f"Received: {name} with {found} {noun} ({name}.shape={shape})." + hint
     )
 
 
@@ -157,14 +158,14 @@ def _check_values(name, images, model, where):
         )
     if low < 0 or high > 1:
         fix = (
-            "divide them by 255 or cast them to uint8"
+            "For images in [0, 255], divide them by 255 or cast them to uint8."
             if low >= 0 and high <= 255
-            else "rescale them to [0, 1]"
+            else "Rescale them to [0, 1]."
         )
         raise ValueError(
             f"{model} takes uint8 images in [0, 255] or float images in "
             f"[0, 1]. Received: {source} with dtype={dtype}, min={low}, "
-            f"max={high}. For images in [0, 255], {fix}."
+            f"max={high}. {fix}"
         )
 
 

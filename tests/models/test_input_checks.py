@@ -65,6 +65,11 @@ class TestArrays:
         assert np.isfinite(history.history["loss"][-1])
         assert int(model.optimizer.iterations) == 2
 
+    def test_float_images_in_minus_one_to_one(self, name):
+        x = _float_images(2 / 255) - 1
+        with pytest.raises(ValueError, match=r"min=-1.0, .*Rescale them to"):
+            _fit(MODELS[name](), x)
+
     def test_all_nan_images(self, name):
         x = np.full((8, 16, 16, 3), np.nan, "float32")
         with pytest.raises(ValueError, match="in x, every value is NaN"):
@@ -86,7 +91,7 @@ class TestArrays:
         with pytest.raises(ValueError) as info:
             _fit(MODELS[name](), x)
         message = str(info.value)
-        assert "Received: x with 1 channels (x.shape=(8, 16, 16, 1))" in (
+        assert "Received: x with 1 channel (x.shape=(8, 16, 16, 1))" in (
             message
         )
         assert "keras.ops.repeat(x, 3, axis=-1)" in message
@@ -105,7 +110,7 @@ class TestStreams:
 
     def test_tf_dataset_of_one_channel_images(self):
         ds = tf.data.Dataset.from_tensor_slices(make_images(8)[..., :1])
-        with pytest.raises(ValueError, match="with 1 channels"):
+        with pytest.raises(ValueError, match="with 1 channel "):
             _fit(_pretrainer(), ds.batch(4))
 
     def test_empty_tf_dataset(self):
@@ -153,7 +158,7 @@ class TestStreams:
                 batch["support"] = batch["support"][..., :1]
                 return batch
 
-        with pytest.raises(ValueError, match=r"x\['support'\] with 1 chan"):
+        with pytest.raises(ValueError, match=r"x\['support'\] with 1 channel "):
             _fit(model, OneChannel())
 
     def test_distiller_checks_its_images(self):
