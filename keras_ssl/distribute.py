@@ -79,23 +79,46 @@ def all_reduce_sum(x):
     return context.all_reduce(tf.distribute.ReduceOp.SUM, x)
 
 
-def all_reduce_mean(x):
-    """Mean of `x` over replicas (`x` itself outside)."""
-    context = _replica_context()
-    if context is None:
-        return x
+def batch_normalization(synchronized=False, **kwargs):
+    """A `keras.layers.BatchNormalization`, synchronized where it can be.
+
+    `synchronized=True` computes the statistics over every replica's batch
+    on the TensorFlow backend. Keras raises for it on other backends, where
+    it is not needed: under JAX a `jit` over the global batch already
+    gives global statistics. So it is passed on only on TensorFlow.
+
+    Args:
+        synchronized: bool. Whether the statistics should be global.
+            Defaults to `False`.
+        **kwargs: the other `BatchNormalization` arguments.
+
+    Returns:
+        The layer.
+    """
+    synchronized = bool(synchronized) and keras.backend.backend() == (
+        "tensorflow"
+    )
+    return keras.layers.BatchNormalization(synchronized=synchronized, **kwargs)
+
+
+def in_multi_worker_mode() -> bool:
+    """Whether the current strategy spans more than one worker.
+
+    True under a `tf.distribute.MultiWorkerMirroredStrategy` whose cluster
+    has several workers (a chief counts as one), as Keras's own check
+    (`_in_multi_worker_mode`) decides it, read from the strategy's public
+    cluster resolver: an evaluator task, or a strategy without a cluster,
+    is single-worker.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return False
     import tensorflow as tf
 
-    return context.all_reduce(tf.distribute.ReduceOp.MEAN, x)
-
-
-def local_slice(x):
-    """This replica's rows of a globally gathered `x` (inverse of gather)."""
-    context = _replica_context()
-    if context is None:
-        return x
-    import tensorflow as tf
-
-    rows = tf.shape(x)[0] // context.num_replicas_in_sync
-    start = context.replica_id_in_sync_group * rows
-    return x[start : start + rows]
+    strategy = tf.distribute.get_strategy()
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    resolver = strategy.cluster_resolver
+    if resolver is None or resolver.task_type == "evaluator":
+        return False
+    jobs = resolver.cluster_spec().as_dict()
+    return len(jobs.get("chief", [])) + len(jobs.get("worker", [])) > 1

@@ -1,26 +1,54 @@
-"""SimCLRv2's deep projection head."""
+"""The projection heads of SimCLRv2, PAWS and SemPPL, as one MLP."""
 
 import keras
+
+from keras_ssl import distribute
+from keras_ssl._checks import check_positive_int
+from keras_ssl._checks import is_int
+
+
+def _per_layer(name, value, num_layers):
+    """A bool, or one bool per layer, as a tuple of `num_layers` bools."""
+    if isinstance(value, bool):
+        return (value,) * num_layers
+    if isinstance(value, (list, tuple)) and len(value) == num_layers:
+        if all(isinstance(v, bool) for v in value):
+            return tuple(value)
+    raise ValueError(
+        f"`{name}` must be a bool or a list of {num_layers} bools, one per "
+        f"layer. Received: {name}={value!r}"
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
 class ProjectionHead(keras.layers.Layer):
-    """SimCLRv2's MLP projection head, returning every layer's activation.
+    """An MLP projection head, returning every layer's activation.
 
-    Each of the `num_layers` layers is a bias-free `Dense` followed by
-    BatchNorm and, except for the last layer, a ReLU; the last BatchNorm has
-    no centring (no beta), as in SimCLR. The call returns a list of
-    `num_layers + 1` tensors: entry `k` is the activation after `k` layers,
-    so entry 0 is the head's input (the encoder output `h`) and entry
-    `num_layers` is the projection `z`. Fine-tuning "from the first layer of
-    the projection head" uses entry 1.
+    Each of the `num_layers` layers is a `Dense`, optionally followed by
+    BatchNorm, and, except for the last layer, a ReLU. Which layers have a
+    bias and which a BatchNorm is data (`use_bias`, `batch_norm`), so one
+    class builds the heads of the methods:
+
+    - SimCLRv2 (the defaults): bias-free `Dense` and BatchNorm in every
+      layer; the last BatchNorm has no centring (no beta), as in SimCLR.
+    - PAWS: `use_bias=True, batch_norm=[True, True, False]` (suncet's
+      `fc1, bn1, relu1, fc2, bn2, relu2, fc3`).
+    - SemPPL / BYOL: `num_layers=2, use_bias=True,
+      batch_norm=[True, False]` ("2 linear layers—the first one followed
+      by batch normalization and rectified linear activation").
+
+    The call returns a list of `num_layers + 1` tensors: entry `k` is the
+    activation after `k` layers, so entry 0 is the head's input (the
+    encoder output `h`) and entry `num_layers` is the projection `z`.
+    Fine-tuning "from the first layer of the projection head" uses entry 1
+    (`layers_of` gives the layers that make one entry from the previous).
 
     SimCLRv2 §2: "we set the width of projection head's middle layers to
     that of its input, so it is also adjusted by the width multiplier."
     This is the default when `hidden_dim` is `None`.
 
     Args:
-        num_layers: int. Number of Dense+BN layers. Defaults to `3`.
+        num_layers: int. Number of Dense layers. Defaults to `3`.
         output_dim: int. Width of the last layer (the projection). Defaults
             to `128`.
         hidden_dim: int or `None`. Width of the middle layers; `None` takes
@@ -30,6 +58,12 @@ class ProjectionHead(keras.layers.Layer):
         synchronized_bn: bool. Use cross-replica BatchNorm on the
             TensorFlow backend (ignored elsewhere, where a `jit` over the
             global batch already sees every example). Defaults to `False`.
+        use_bias: bool or list of `num_layers` bools. Whether each `Dense`
+            has a bias. Defaults to `False`.
+        batch_norm: bool or list of `num_layers` bools. Whether each
+            layer has a BatchNorm after its `Dense`. Defaults to `True`.
+        kernel_initializer: optional initializer of the `Dense` kernels.
+            Defaults to `None`, SimCLR's `RandomNormal(stddev=0.01)`.
         **kwargs: base `keras.layers.Layer` arguments.
 
     Example:
@@ -43,6 +77,11 @@ class ProjectionHead(keras.layers.Layer):
     References:
         - [Chen et al., 2020. Big Self-Supervised Models are Strong
           Semi-Supervised Learners](https://arxiv.org/abs/2006.10029)
+        - [Assran et al., 2021. Semi-Supervised Learning of Visual Features
+          by Non-Parametrically Predicting View Assignments with Support
+          Samples](https://arxiv.org/abs/2104.13963)
+        - [Bošnjak et al., 2023. SemPPL: Predicting Pseudo-Labels for
+          Better Contrastive Representations](https://arxiv.org/abs/2301.05158)
     """
 
     def __init__(
@@ -53,21 +92,16 @@ class ProjectionHead(keras.layers.Layer):
         bn_momentum=0.9,
         bn_epsilon=1e-5,
         synchronized_bn=False,
+        use_bias=False,
+        batch_norm=True,
+        kernel_initializer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(
-                f"`num_layers` must be an int >= 1. Received: "
-                f"num_layers={num_layers}"
-            )
-        if not isinstance(output_dim, int) or output_dim < 1:
-            raise ValueError(
-                f"`output_dim` must be an int >= 1. Received: "
-                f"output_dim={output_dim}"
-            )
+        check_positive_int("num_layers", num_layers)
+        check_positive_int("output_dim", output_dim)
         if hidden_dim is not None and (
-            not isinstance(hidden_dim, int) or hidden_dim < 1
+            not is_int(hidden_dim) or hidden_dim < 1
         ):
             raise ValueError(
                 f"`hidden_dim` must be None or an int >= 1. Received: "
@@ -79,8 +113,12 @@ class ProjectionHead(keras.layers.Layer):
         self.bn_momentum = bn_momentum
         self.bn_epsilon = bn_epsilon
         self.synchronized_bn = synchronized_bn
+        self.use_bias = _per_layer("use_bias", use_bias, num_layers)
+        self.batch_norm = _per_layer("batch_norm", batch_norm, num_layers)
+        self.kernel_initializer = kernel_initializer
         self.dense_layers = []
         self.norm_layers = []
+        self.activation_layers = []
 
     def build(self, input_shape):
         input_dim = input_shape[-1]
@@ -90,41 +128,73 @@ class ProjectionHead(keras.layers.Layer):
                 f"input_shape={input_shape}"
             )
         hidden = self.hidden_dim or input_dim
-        synchronized = (
-            self.synchronized_bn and keras.backend.backend() == "tensorflow"
-        )
         dim = input_dim
         for i in range(self.num_layers):
             last = i == self.num_layers - 1
             width = self.output_dim if last else hidden
             dense = keras.layers.Dense(
                 width,
-                use_bias=False,
-                kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+                use_bias=self.use_bias[i],
+                kernel_initializer=self._kernel_initializer(),
+                dtype=self.dtype_policy,
                 name=f"dense_{i}",
             )
-            norm = keras.layers.BatchNormalization(
-                momentum=self.bn_momentum,
-                epsilon=self.bn_epsilon,
-                center=not last,
-                synchronized=synchronized,
-                name=f"bn_{i}",
-            )
             dense.build((None, dim))
-            norm.build((None, width))
             self.dense_layers.append(dense)
+            norm = None
+            if self.batch_norm[i]:
+                norm = distribute.batch_normalization(
+                    self.synchronized_bn,
+                    momentum=self.bn_momentum,
+                    epsilon=self.bn_epsilon,
+                    center=not last,
+                    dtype=self.dtype_policy,
+                    name=f"bn_{i}",
+                )
+                norm.build((None, width))
             self.norm_layers.append(norm)
+            self.activation_layers.append(
+                None
+                if last
+                else keras.layers.ReLU(
+                    dtype=self.dtype_policy, name=f"relu_{i}"
+                )
+            )
             dim = width
+
+    def _kernel_initializer(self):
+        # A fresh initializer per layer: one instance holds one seed, and
+        # would give layers of the same shape the same weights.
+        if self.kernel_initializer is None:
+            return keras.initializers.RandomNormal(stddev=0.01)
+        initializer = keras.initializers.get(self.kernel_initializer)
+        return initializer.__class__.from_config(initializer.get_config())
+
+    def layers_of(self, index):
+        """The layers of head layer `index` in call order: Dense,
+        BatchNorm if it has one, ReLU unless it is the last layer."""
+        layers = (
+            self.dense_layers[index],
+            self.norm_layers[index],
+            self.activation_layers[index],
+        )
+        return [layer for layer in layers if layer is not None]
+
+    @property
+    def layers(self):
+        """Every layer of the head in call order (as `Sequential.layers`)."""
+        return [
+            layer
+            for i in range(len(self.dense_layers))
+            for layer in self.layers_of(i)
+        ]
 
     def call(self, inputs, training=None):
         activations = [inputs]
         x = inputs
-        for i, (dense, norm) in enumerate(
-            zip(self.dense_layers, self.norm_layers)
-        ):
-            x = norm(dense(x), training=training)
-            if i < self.num_layers - 1:
-                x = keras.ops.relu(x)
+        for i in range(self.num_layers):
+            for layer in self.layers_of(i):
+                x = layer(x, training=training)
             activations.append(x)
         return activations
 
@@ -139,6 +209,11 @@ class ProjectionHead(keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
+        initializer = self.kernel_initializer
+        if initializer is not None:
+            initializer = keras.initializers.serialize(
+                keras.initializers.get(initializer)
+            )
         config.update(
             {
                 "num_layers": self.num_layers,
@@ -147,6 +222,9 @@ class ProjectionHead(keras.layers.Layer):
                 "bn_momentum": self.bn_momentum,
                 "bn_epsilon": self.bn_epsilon,
                 "synchronized_bn": self.synchronized_bn,
+                "use_bias": list(self.use_bias),
+                "batch_norm": list(self.batch_norm),
+                "kernel_initializer": initializer,
             }
         )
         return config

@@ -36,9 +36,8 @@ def fine_tuning_network(encoder, head=None, ft_layer=1):
         head.build(tuple(encoder.output.shape))
     x = encoder.output
     for i in range(ft_layer):
-        x = head.norm_layers[i](head.dense_layers[i](x))
-        if i < head.num_layers - 1:
-            x = keras.layers.ReLU(name=f"head_relu_{i}")(x)
+        for layer in head.layers_of(i):
+            x = layer(x)
     return keras.Model(encoder.input, x, name=f"{encoder.name}_ft{ft_layer}")
 
 

@@ -120,9 +120,8 @@ class PAWSPretrainer(SSLModel):
     of each support image. For CIFAR-10 (Appendix C) pass
     `views=Views.from_preset("paws_cifar")`, a head of width 128 and
     `support_views=2` ("we also generate two views of each sampled support
-    image"). `keras_ssl.layers.ProjectionHead` also normalises its last
-    layer (SimCLR's head), where PAWS applies BatchNorm to the hidden
-    layers only; pass another `head` to change that.
+    image"). The default head is the reference code's: `Dense` layers with
+    biases, BatchNorm and ReLU after the hidden ones only.
 
     `call(images)` returns `{"embedding", "projection"}` (and
     `"prediction"` with a prediction head). PAWS-NN classifies with the
@@ -149,7 +148,8 @@ class PAWSPretrainer(SSLModel):
         head: layer mapping features to the projection (or to a list of
             activations whose last entry is the projection). Defaults to
             `ProjectionHead(3, output_dim=2048, hidden_dim=2048,
-            synchronized_bn=True)`.
+            synchronized_bn=True, use_bias=True,
+            batch_norm=[True, True, False])`.
         views: `keras_ssl.layers.Views` with the two global views first.
             Defaults to the `"paws_imagenet"` preset at the encoder's input
             size (224 when unknown).
@@ -231,7 +231,12 @@ class PAWSPretrainer(SSLModel):
         self.encoder = encoder
         if head is None:
             head = ProjectionHead(
-                3, output_dim=2048, hidden_dim=2048, synchronized_bn=True
+                3,
+                output_dim=2048,
+                hidden_dim=2048,
+                synchronized_bn=True,
+                use_bias=True,
+                batch_norm=[True, True, False],
             )
         self.head = head
         if not self.head.built:

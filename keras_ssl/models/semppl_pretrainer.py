@@ -6,7 +6,12 @@ import keras
 from keras import ops
 
 from keras_ssl import distribute
+from keras_ssl._checks import check_non_negative
+from keras_ssl._checks import check_positive
+from keras_ssl._checks import check_positive_int
+from keras_ssl._checks import is_int
 from keras_ssl.layers.memory_queue import MemoryQueue
+from keras_ssl.layers.projection_head import ProjectionHead
 from keras_ssl.layers.random_resized_crop import normalize_size
 from keras_ssl.layers.views import Views
 from keras_ssl.losses.semppl import VOTE_FRACTIONS
@@ -24,24 +29,25 @@ from keras_ssl.models.ssl_model import SSLModel
 from keras_ssl.ops.math import l2_normalize
 
 
-def _mlp(hidden_dim, output_dim, input_dim, name):
+def _mlp(hidden_dim, output_dim, name):
     """SemPPL's projector / predictor (§2.1, Appendix D.1).
 
     "2 linear layers—the first one followed by batch normalization and
-    rectified linear activation with output sizes 4096 and 256".
+    rectified linear activation with output sizes 4096 and 256"; Keras's
+    default initializers and BatchNorm settings.
     """
-    synchronized = keras.backend.backend() == "tensorflow"
-    mlp = keras.Sequential(
-        [
-            keras.layers.Dense(hidden_dim),
-            keras.layers.BatchNormalization(synchronized=synchronized),
-            keras.layers.ReLU(),
-            keras.layers.Dense(output_dim),
-        ],
+    return ProjectionHead(
+        num_layers=2,
+        output_dim=output_dim,
+        hidden_dim=hidden_dim,
+        bn_momentum=0.99,
+        bn_epsilon=1e-3,
+        synchronized_bn=True,
+        use_bias=True,
+        batch_norm=[True, False],
+        kernel_initializer="glorot_uniform",
         name=name,
     )
-    mlp.build((None, input_dim))
-    return mlp
 
 
 def _last(outputs):
@@ -77,8 +83,52 @@ def _check(condition, name, value, requirement):
         )
 
 
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
+def _check_args(
+    num_classes,
+    queue_size,
+    k,
+    num_semantic_positives,
+    num_negatives,
+    temperature,
+    alpha,
+    invariance_scale,
+    contrastive_scale,
+    momentum,
+    target_batch_statistics,
+):
+    _check(
+        is_int(num_classes) and num_classes >= 2,
+        "num_classes",
+        num_classes,
+        "an int >= 2",
+    )
+    check_positive_int("queue_size", queue_size)
+    check_positive_int("k", k)
+    _check(
+        k <= queue_size,
+        "k",
+        k,
+        f"at most the queue size ({queue_size}): the k-NN looks for k "
+        "neighbours in the queue",
+    )
+    _check(
+        is_int(num_semantic_positives) and num_semantic_positives >= 0,
+        "num_semantic_positives",
+        num_semantic_positives,
+        "an int >= 0",
+    )
+    check_positive_int("num_negatives", num_negatives)
+    check_positive("temperature", temperature)
+    check_non_negative("alpha", alpha)
+    check_non_negative("invariance_scale", invariance_scale)
+    check_non_negative("contrastive_scale", contrastive_scale)
+    _check(0.0 <= momentum < 1.0, "momentum", momentum, "in [0, 1)")
+    _check(
+        isinstance(target_batch_statistics, bool),
+        "target_batch_statistics",
+        target_batch_statistics,
+        "a bool",
+    )
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -165,7 +215,9 @@ class SemPPLPretrainer(SSLModel):
         projector: optional layer or model `g` (a
             `keras_ssl.layers.ProjectionHead` works: its last output is
             used). Defaults to the paper's MLP, 4096 -> 256 with BatchNorm
-            (synchronized on TensorFlow) and ReLU after the first layer.
+            (synchronized on TensorFlow) and ReLU after the first layer: a
+            `ProjectionHead(2, 256, 4096, use_bias=True,
+            batch_norm=[True, False])`.
         predictor: optional layer or model `h`. Defaults to the same MLP.
         views: `keras_ssl.layers.Views`. Defaults to the `"semppl_imagenet"`
             preset at the encoder's input size (224 if unknown).
@@ -243,62 +295,29 @@ class SemPPLPretrainer(SSLModel):
         seed=None,
         **kwargs,
     ):
-        _check(
-            _is_int(num_classes) and num_classes >= 2,
-            "num_classes",
+        _check_args(
             num_classes,
-            "an int >= 2",
-        )
-        _check(
-            _is_int(queue_size) and queue_size >= 1,
-            "queue_size",
             queue_size,
-            "an int >= 1",
-        )
-        _check(_is_int(k) and k >= 1, "k", k, "an int >= 1")
-        _check(
-            k <= queue_size,
-            "k",
             k,
-            f"at most the queue size ({queue_size}): the k-NN looks for k "
-            "neighbours in the queue",
-        )
-        _check(
-            _is_int(num_semantic_positives) and num_semantic_positives >= 0,
-            "num_semantic_positives",
             num_semantic_positives,
-            "an int >= 0",
-        )
-        _check(
-            _is_int(num_negatives) and num_negatives >= 1,
-            "num_negatives",
             num_negatives,
-            "an int >= 1",
-        )
-        _check(temperature > 0, "temperature", temperature, "> 0")
-        for name, value in (
-            ("alpha", alpha),
-            ("invariance_scale", invariance_scale),
-            ("contrastive_scale", contrastive_scale),
-        ):
-            _check(value >= 0, name, value, ">= 0")
-        _check(0.0 <= momentum < 1.0, "momentum", momentum, "in [0, 1)")
-        _check(
-            isinstance(target_batch_statistics, bool),
-            "target_batch_statistics",
+            temperature,
+            alpha,
+            invariance_scale,
+            contrastive_scale,
+            momentum,
             target_batch_statistics,
-            "a bool",
         )
         super().__init__(**kwargs)
         feature_dim = int(encoder.output.shape[-1])
         # === Layers ===
         self.encoder = encoder
         if projector is None:
-            projector = _mlp(4096, 256, feature_dim, "projector")
+            projector = _mlp(4096, 256, "projector")
         self.projector = _build(projector, feature_dim)
         projection_dim = _output_dim(self.projector, feature_dim)
         if predictor is None:
-            predictor = _mlp(4096, projection_dim, projection_dim, "predictor")
+            predictor = _mlp(4096, projection_dim, "predictor")
         self.predictor = _build(predictor, projection_dim)
         if _output_dim(self.predictor, projection_dim) != projection_dim:
             raise ValueError(

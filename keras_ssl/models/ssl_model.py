@@ -202,21 +202,10 @@ class SSLModel(keras.Model):
                 value, weight = value
             self.trackers[name].update_state(value, sample_weight=weight)
             results[name] = self.trackers[name].result()
-        if _multi_worker():
+        if distribute.in_multi_worker_mode():
             # Keras reduces the logs of a multi-worker step with
             # `strategy.reduce("MEAN", value, axis=0)`, which needs an axis.
             results = {
                 k: keras.ops.reshape(v, (1,)) for k, v in results.items()
             }
         return results
-
-
-def _multi_worker():
-    if keras.backend.backend() != "tensorflow":
-        return False
-    import tensorflow as tf
-
-    strategy = tf.distribute.get_strategy()
-    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        return False
-    return strategy.extended._in_multi_worker_mode()
