@@ -15,7 +15,7 @@ from keras import ops
 CONV_INITIALIZER = "variance_scaling"
 
 
-def batch_norm(name, config, zero_init=False):
+def batch_norm(name, config, zero_init=False, dtype=None):
     """A BatchNormalization layer configured from `config`.
 
     Args:
@@ -24,6 +24,7 @@ def batch_norm(name, config, zero_init=False):
         zero_init: bool. Initialise gamma to zero, so that a residual branch
             starts as the identity (SimCLR's `init_zero` on the last BN of
             each block).
+        dtype: optional dtype policy of the layer.
 
     Returns:
         A `keras.layers.BatchNormalization`.
@@ -39,6 +40,7 @@ def batch_norm(name, config, zero_init=False):
         gamma_initializer="zeros" if zero_init else "ones",
         synchronized=synchronized,
         name=name,
+        dtype=dtype,
     )
 
 
@@ -296,20 +298,23 @@ class SelectiveKernelAttention(keras.layers.Layer):
             "epsilon": self.bn_epsilon,
             "synchronized": self.synchronized_bn,
         }
+        # The sublayers follow this layer's dtype policy (mixed precision).
         self.reduce_conv = keras.layers.Conv2D(
             mid_dim,
             1,
             use_bias=False,
             kernel_initializer=CONV_INITIALIZER,
             name="reduce_conv",
+            dtype=self.dtype_policy,
         )
-        self.reduce_bn = batch_norm("reduce_bn", bn)
+        self.reduce_bn = batch_norm("reduce_bn", bn, dtype=self.dtype_policy)
         self.expand_conv = keras.layers.Conv2D(
             channels,
             1,
             use_bias=False,
             kernel_initializer=CONV_INITIALIZER,
             name="expand_conv",
+            dtype=self.dtype_policy,
         )
         descriptor_shape = (input_shape[0], 1, 1, filters)
         self.reduce_conv.build(descriptor_shape)

@@ -243,6 +243,7 @@ class Views(keras.layers.Layer):
                 flip=spec.flip,
                 eval_crop_proportion=spec.eval_crop_proportion,
                 seed=_sub_seed(self.seed, i, 0),
+                dtype=self.dtype_policy,
             ),
             ColorDistortion(
                 strength=spec.color_strength,
@@ -253,15 +254,24 @@ class Views(keras.layers.Layer):
                 saturation=spec.saturation,
                 hue=spec.hue,
                 seed=_sub_seed(self.seed, i, 1),
+                dtype=self.dtype_policy,
             ),
         ]
         if spec.blur_p > 0:
             layers.append(
-                RandomGaussianBlur(spec.blur_p, seed=_sub_seed(self.seed, i, 2))
+                RandomGaussianBlur(
+                    spec.blur_p,
+                    seed=_sub_seed(self.seed, i, 2),
+                    dtype=self.dtype_policy,
+                )
             )
         if spec.solarize_p > 0:
             layers.append(
-                RandomSolarize(spec.solarize_p, seed=_sub_seed(self.seed, i, 3))
+                RandomSolarize(
+                    spec.solarize_p,
+                    seed=_sub_seed(self.seed, i, 3),
+                    dtype=self.dtype_policy,
+                )
             )
         return layers
 
