@@ -105,7 +105,12 @@ class Distiller(SSLModel):
         return self.student.serving_outputs(images)
 
     def compute_ssl_loss(self, data, training=True):
-        unlabeled, labeled, labels = unpack_batch(data)
+        batch = unpack_batch(data)
+        unlabeled, labeled, labels = (
+            batch.unlabeled,
+            batch.labeled,
+            batch.labels,
+        )
         if unlabeled is None:
             unlabeled = labeled
         images = to_float_images(unlabeled)

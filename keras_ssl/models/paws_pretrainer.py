@@ -9,6 +9,7 @@ from keras_ssl.layers.projection_head import ProjectionHead
 from keras_ssl.layers.views import Views
 from keras_ssl.losses.paws import paws
 from keras_ssl.models.image_utils import to_float_images
+from keras_ssl.models.image_utils import unpack_batch
 from keras_ssl.models.ssl_model import SSLModel
 from keras_ssl.ops.math import soft_nearest_neighbour
 
@@ -41,21 +42,18 @@ def _check_args(
 
 def _unpack(data):
     """`(unlabeled, support, support_labels)` of a training batch."""
-    if isinstance(data, (tuple, list)) and len(data) >= 1:
-        # `train_on_batch(x)` and some adapters wrap the dict as `(x,)`.
-        data = data[0]
-    keys = sorted(data) if isinstance(data, dict) else None
-    if keys is None or not {"unlabeled", "support", "support_labels"} <= set(
-        keys
+    batch = unpack_batch(data)
+    if any(x is None for x in (batch.unlabeled, batch.support)) or (
+        batch.support_labels is None
     ):
         raise ValueError(
             "PAWSPretrainer needs batches with unlabeled images and a "
             "labeled support batch: dicts with keys 'unlabeled', 'support' "
             "and 'support_labels', as keras_ssl.data.semi_supervised(..., "
             "support=keras_ssl.data.SupportSampler(...)) yields them. "
-            f"Received: {type(data).__name__} with keys {keys}"
+            f"Received: {batch.received}"
         )
-    return data["unlabeled"], data["support"], data["support_labels"]
+    return batch.unlabeled, batch.support, batch.support_labels
 
 
 def _as_list(views_layer, outputs):

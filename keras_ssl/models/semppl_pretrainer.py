@@ -22,6 +22,7 @@ from keras_ssl.losses.semppl import sample_negative_indices
 from keras_ssl.losses.semppl import semantic_positives
 from keras_ssl.losses.semppl import semppl
 from keras_ssl.models.image_utils import to_float_images
+from keras_ssl.models.image_utils import unpack_batch
 from keras_ssl.models.momentum import clone_layer
 from keras_ssl.models.momentum import clone_network
 from keras_ssl.models.momentum import ema_update
@@ -416,36 +417,29 @@ class SemPPLPretrainer(SSLModel):
 
     # --- the step ------------------------------------------------------
     def _unpack(self, data):
-        if isinstance(data, (tuple, list)) and all(d is None for d in data[1:]):
-            # `train_on_batch(x)` and Keras adapters pass `(x, None, None)`.
-            data = data[0]
-        if not isinstance(data, dict) or data.get("labeled") is None:
+        batch = unpack_batch(data)
+        if batch.labeled is None or not batch.received.startswith("dict"):
             raise ValueError(
                 "SemPPLPretrainer needs labeled images in every batch: a dict "
                 "with 'labeled' and 'labels' (and usually 'unlabeled'), as "
-                "keras_ssl.data.semi_supervised yields. Received: "
-                + (
-                    f"a dict with keys {sorted(data)}"
-                    if isinstance(data, dict)
-                    else type(data).__name__
-                )
+                f"keras_ssl.data.semi_supervised yields. Received: "
+                f"{batch.received}"
             )
-        labeled, labels = data["labeled"], data.get("labels")
-        if labels is None:
+        if batch.labels is None:
             raise ValueError(
-                "The batch has 'labeled' images but no 'labels'. Received "
-                f"keys: {sorted(data)}"
+                "The batch has 'labeled' images but no 'labels'. Received: "
+                f"{batch.received}"
             )
-        if labeled.shape[0] == 0:
+        if batch.labeled.shape[0] == 0:
             raise ValueError(
                 "SemPPLPretrainer needs labeled images in every batch. "
-                f"Received: labeled.shape={tuple(labeled.shape)}"
+                f"Received: labeled.shape={tuple(batch.labeled.shape)}"
             )
         return (
-            data.get("unlabeled"),
-            labeled,
-            ops.cast(labels, "int32"),
-            data.get("unlabeled_labels"),
+            batch.unlabeled,
+            batch.labeled,
+            ops.cast(batch.labels, "int32"),
+            batch.unlabeled_labels,
         )
 
     def _check_batch(self, num_unlabeled, num_labeled):

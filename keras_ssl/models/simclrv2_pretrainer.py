@@ -263,8 +263,13 @@ class SimCLRv2Pretrainer(SSLModel):
         return negatives, mask, (keys, key_ids)
 
     def compute_ssl_loss(self, data, training=True):
-        unlabeled, labeled, labels = unpack_batch(data)
-        ids = _image_ids(data, unlabeled, labeled)
+        batch = unpack_batch(data)
+        unlabeled, labeled, labels = (
+            batch.unlabeled,
+            batch.labeled,
+            batch.labels,
+        )
+        ids = batch.image_ids()
         if self.queue is not None and training:
             self._update_memory_network()
         parts = [
@@ -360,28 +365,6 @@ class SimCLRv2Pretrainer(SSLModel):
         for key in ("encoder", "head", "views"):
             config[key] = keras.saving.deserialize_keras_object(config[key])
         return cls(**config)
-
-
-def _image_ids(data, unlabeled, labeled):
-    """int32 ids of the batch's images (unlabeled first), or `None`.
-
-    A part of the batch whose ids are not given gets `-1` (unknown).
-    """
-    if isinstance(data, (tuple, list)) and data:
-        data = data[0]  # `train_on_batch(x)` wraps the dict as `(x,)`
-    if not isinstance(data, dict) or not (
-        "unlabeled_ids" in data or "labeled_ids" in data
-    ):
-        return None
-    parts = []
-    for images, key in ((unlabeled, "unlabeled_ids"), (labeled, "labeled_ids")):
-        if images is None:
-            continue
-        ids = data.get(key)
-        if ids is None:
-            ids = ops.full((ops.shape(images)[0],), -1, dtype="int32")
-        parts.append(ops.cast(ids, "int32"))
-    return ops.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
 
 
 def _count_without_ids(x):
