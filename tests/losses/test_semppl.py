@@ -540,7 +540,9 @@ class TestBatchBookkeeping(TestCase):
         self.assertAllClose(votes, expected)
         np.testing.assert_array_equal(
             keras.ops.convert_to_numpy(pseudo),
-            keras.ops.convert_to_numpy(majority_vote(expected)),
+            keras.ops.convert_to_numpy(
+                majority_vote(np.asarray(expected, "float32"))
+            ),
         )
 
     def test_semantic_positives_read_the_same_slot_of_every_queue(self):
