@@ -3,6 +3,7 @@
 import keras
 
 from keras_ssl.layers.projection_head import ProjectionHead
+from keras_ssl.models._compile import RecompileOnLoad
 from keras_ssl.models._input_checks import check_fit_input
 from keras_ssl.models.image_utils import to_float_images
 
@@ -42,7 +43,7 @@ def fine_tuning_network(encoder, head=None, ft_layer=1):
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class FineTuner(keras.Model):
+class FineTuner(RecompileOnLoad, keras.Model):
     """A classifier fine-tuned from a pretrained encoder (SimCLRv2 §2).
 
     The task network is the encoder, then the first `ft_layer` layers of

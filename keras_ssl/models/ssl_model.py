@@ -3,10 +3,11 @@
 import keras
 
 from keras_ssl import distribute
+from keras_ssl.models._compile import RecompileOnLoad
 from keras_ssl.models._input_checks import check_fit_input
 
 
-class SSLModel(keras.Model):
+class SSLModel(RecompileOnLoad, keras.Model):
     """Base class: the method's math in one place, the step around it.
 
     A subclass implements `compute_ssl_loss(data, training)`, which returns
