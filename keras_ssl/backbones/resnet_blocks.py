@@ -10,6 +10,8 @@ that cannot be written with stock Keras layers.
 import keras
 from keras import ops
 
+from keras_ssl import distribute
+
 # SimCLR initialises every conv with `VarianceScaling()` (scale 1, fan-in,
 # truncated normal) and never uses conv biases: each conv feeds a BN.
 CONV_INITIALIZER = "variance_scaling"
@@ -29,16 +31,11 @@ def batch_norm(name, config, zero_init=False, dtype=None):
     Returns:
         A `keras.layers.BatchNormalization`.
     """
-    # `synchronized=True` raises on backends other than TensorFlow; there a
-    # jit over the global batch already gives global statistics.
-    synchronized = (
-        config["synchronized"] and keras.backend.backend() == "tensorflow"
-    )
-    return keras.layers.BatchNormalization(
+    return distribute.batch_normalization(
+        synchronized=config["synchronized"],
         momentum=config["momentum"],
         epsilon=config["epsilon"],
         gamma_initializer="zeros" if zero_init else "ones",
-        synchronized=synchronized,
         name=name,
         dtype=dtype,
     )
