@@ -475,26 +475,28 @@ def _semi_supervised_tf(
     parts = [unlabeled.batch(unlabeled_batch_size, drop_remainder=True)]
     steps_per_pass = int(parts[0].cardinality())
     if labeled is not None:
-        if not is_tf_dataset(labeled):
-            images = as_uint8_images(labeled[0], "labeled")
-            labels = as_int32_labels(
-                labeled[1], len(images), num_classes, "labels"
-            )
-            labeled = tf.data.Dataset.from_tensor_slices((images, labels))
-        labeled = map_elements(
-            labeled, element_parts(labeled, "labeled", True, *keys)
-        )
-        if num_classes is not None:
-            labeled = labeled.map(_label_range_check(num_classes))
-        if image_ids:
-            labeled = _with_labeled_ids(labeled, labeled_ids)
-        if shuffle:
-            labeled = labeled.shuffle(buffer, seed=seed + 1)
         parts.append(
-            labeled.repeat().batch(labeled_batch_size, drop_remainder=True)
+            _labeled_tf(
+                labeled,
+                labeled_ids if image_ids else False,
+                labeled_batch_size,
+                shuffle=shuffle,
+                seed=seed,
+                num_classes=num_classes,
+                buffer=buffer,
+                keys=keys,
+            )
         )
     if support is not None:
         parts.append(_support_dataset(support, steps_per_pass))
+
+    to_dict = _to_dict(image_ids, monitor_labels, labeled is not None, support)
+    stream = tf.data.Dataset.zip(tuple(parts)).map(to_dict)
+    return stream.prefetch(tf.data.AUTOTUNE)
+
+
+def _to_dict(image_ids, monitor_labels, with_labeled, support):
+    """Maps the zipped batches of the tf.data path to the stream's dicts."""
 
     def to_dict(*batches):
         first = batches[0]
@@ -506,7 +508,7 @@ def _semi_supervised_tf(
         else:
             batch["unlabeled"] = first
         rest = list(batches[1:])
-        if labeled is not None:
+        if with_labeled:
             if image_ids:
                 batch["labeled"], batch["labels"], batch["labeled_ids"] = (
                     rest.pop(0)
@@ -517,8 +519,44 @@ def _semi_supervised_tf(
             batch.update(rest.pop(0))
         return batch
 
-    stream = tf.data.Dataset.zip(tuple(parts)).map(to_dict)
-    return stream.prefetch(tf.data.AUTOTUNE)
+    return to_dict
+
+
+def _labeled_tf(
+    labeled,
+    labeled_ids,
+    batch_size,
+    *,
+    shuffle,
+    seed,
+    num_classes,
+    buffer,
+    keys,
+):
+    """The repeated labeled batches of the tf.data path.
+
+    `labeled_ids=False` yields `(image, label)`; otherwise each element
+    also carries its id (`None`: -1 for all).
+    """
+    import tensorflow as tf
+
+    from keras_ssl.data._tf_elements import element_parts
+    from keras_ssl.data._tf_elements import map_elements
+
+    if not is_tf_dataset(labeled):
+        images = as_uint8_images(labeled[0], "labeled")
+        labels = as_int32_labels(labeled[1], len(images), num_classes, "labels")
+        labeled = tf.data.Dataset.from_tensor_slices((images, labels))
+    labeled = map_elements(
+        labeled, element_parts(labeled, "labeled", True, *keys)
+    )
+    if num_classes is not None:
+        labeled = labeled.map(_label_range_check(num_classes))
+    if labeled_ids is not False:
+        labeled = _with_labeled_ids(labeled, labeled_ids)
+    if shuffle:
+        labeled = labeled.shuffle(buffer, seed=seed + 1)
+    return labeled.repeat().batch(batch_size, drop_remainder=True)
 
 
 def _with_labeled_ids(labeled, labeled_ids):

@@ -6,6 +6,8 @@ import keras
 from keras import ops
 
 from keras_ssl import distribute
+from keras_ssl._checks import check_positive
+from keras_ssl._checks import is_int
 from keras_ssl.layers.memory_queue import MemoryQueue
 from keras_ssl.layers.projection_head import ProjectionHead
 from keras_ssl.layers.views import Views
@@ -17,6 +19,29 @@ from keras_ssl.models.momentum import clone_network
 from keras_ssl.models.momentum import ema_update
 from keras_ssl.models.ssl_model import SSLModel
 from keras_ssl.optimizers.lars import LARS
+
+
+def _check_args(temperature, memory_size, momentum, memory_views, num_classes):
+    check_positive("temperature", temperature)
+    if not is_int(memory_size) or memory_size < 0:
+        raise ValueError(
+            "`memory_size` must be an int >= 0. Received: "
+            f"memory_size={memory_size}"
+        )
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(
+            f"`momentum` must be in [0, 1). Received: momentum={momentum}"
+        )
+    if memory_views not in (1, 2):
+        raise ValueError(
+            "`memory_views` must be 1 or 2. Received: "
+            f"memory_views={memory_views}"
+        )
+    if num_classes is not None and (not is_int(num_classes) or num_classes < 2):
+        raise ValueError(
+            "`num_classes` must be None or an int >= 2. Received: "
+            f"num_classes={num_classes}"
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -126,32 +151,9 @@ class SimCLRv2Pretrainer(SSLModel):
         memory_views=2,
         **kwargs,
     ):
-        if not temperature > 0:
-            raise ValueError(
-                "`temperature` must be > 0. Received: "
-                f"temperature={temperature}"
-            )
-        if not isinstance(memory_size, int) or memory_size < 0:
-            raise ValueError(
-                "`memory_size` must be an int >= 0. Received: "
-                f"memory_size={memory_size}"
-            )
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(
-                f"`momentum` must be in [0, 1). Received: momentum={momentum}"
-            )
-        if memory_views not in (1, 2):
-            raise ValueError(
-                "`memory_views` must be 1 or 2. Received: "
-                f"memory_views={memory_views}"
-            )
-        if num_classes is not None and (
-            not isinstance(num_classes, int) or num_classes < 2
-        ):
-            raise ValueError(
-                "`num_classes` must be None or an int >= 2. Received: "
-                f"num_classes={num_classes}"
-            )
+        _check_args(
+            temperature, memory_size, momentum, memory_views, num_classes
+        )
         super().__init__(**kwargs)
         feature_shape = tuple(encoder.output.shape)
         image_size = encoder.input.shape[1] or 224
