@@ -23,11 +23,11 @@ import pytest  # noqa: E402
 from keras_ssl import pretrained  # noqa: E402
 from tests.pretrained import reference as ref  # noqa: E402
 from tests.pretrained import torch_files  # noqa: E402
-from tests.pretrained.test_paws import PAWSReference  # noqa: E402
-from tests.pretrained.test_semppl import SemPPLReference  # noqa: E402
-from tests.pretrained.test_simclr import SimCLRReference  # noqa: E402
-from tests.pretrained.test_simclr import write_tf1  # noqa: E402
-from tests.pretrained.test_simclr import write_tf2  # noqa: E402
+from tests.pretrained.test_paws_checkpoints import PAWSReference  # noqa: E402
+from tests.pretrained.test_semppl_checkpoints import SemPPLReference  # noqa: E402
+from tests.pretrained.test_simclr_checkpoints import SimCLRReference  # noqa: E402
+from tests.pretrained.test_simclr_checkpoints import write_tf1  # noqa: E402
+from tests.pretrained.test_simclr_checkpoints import write_tf2  # noqa: E402
 
 
 def simclr(naming, depth, base, sk, directory, x):

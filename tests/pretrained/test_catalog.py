@@ -8,7 +8,7 @@ from keras_ssl.pretrained import CHECKPOINTS
 from keras_ssl.pretrained import PretrainedModel
 from keras_ssl.pretrained import load
 from tests.pretrained import torch_files
-from tests.pretrained.test_paws import PAWSReference
+from tests.pretrained.test_paws_checkpoints import PAWSReference
 
 
 def test_table():

@@ -7,7 +7,7 @@ from keras_ssl.pretrained.__main__ import main
 from keras_ssl.pretrained.__main__ import parse_args
 from tests.pretrained import reference as ref
 from tests.pretrained import torch_files
-from tests.pretrained.test_paws import PAWSReference
+from tests.pretrained.test_paws_checkpoints import PAWSReference
 
 
 @pytest.fixture

@@ -22,9 +22,9 @@ from keras_ssl.pretrained import load_simclr
 from keras_ssl.testing import run_in_subprocess
 from tests.pretrained import reference as ref
 from tests.pretrained import torch_files
-from tests.pretrained.test_paws import PAWSReference
-from tests.pretrained.test_simclr import SimCLRReference
-from tests.pretrained.test_simclr import write_tf1
+from tests.pretrained.test_paws_checkpoints import PAWSReference
+from tests.pretrained.test_simclr_checkpoints import SimCLRReference
+from tests.pretrained.test_simclr_checkpoints import write_tf1
 
 
 def numpy(values):
