@@ -29,10 +29,11 @@ TINY = os.environ.get("KERAS_SSL_NOTEBOOK_TINY") == "1"
 #
 # `SimCLRv2Config.digits()` is a small CPU-friendly preset: a CIFAR-stem
 # ResNet-18 at a quarter of the width, 16-px images, LARS with a warm-up +
-# cosine schedule. It leaves the MoCo memory off: in a few hundred steps
-# the memory network stays near its random initialisation and its keys
-# hold pretraining back (`memory_size=4096` turns it on, as in the
-# CIFAR-10 preset). Every stage is checkpointed under `output_dir`, so a
+# cosine schedule. It leaves the MoCo memory off: at the learning rate a
+# few hundred steps need, the network changes so much per step that the
+# memory's keys come from a function that no longer exists, and they cost
+# 15-30 points here (`memory_size=1024` turns it on; docs/benchmarks.md
+# has the measurements). Every stage is checkpointed under `output_dir`, so a
 # rerun after an interruption resumes where it stopped.
 
 # %%
