@@ -135,9 +135,10 @@ class SimCLRv2Config(RecipeConfig):
         A few minutes on a laptop CPU, no download. Crops keep at least
         30% of the image (at 16 px, 8% crops of the two views share
         nothing); the learning rates are far above the paper's, which are
-        meant for 100k-step runs. No MoCo memory: in a run this short the
-        memory network stays near its initialisation and its keys hurt
-        more than they help (measured in docs/benchmarks.md).
+        meant for 100k-step runs. No MoCo memory: at these rates the
+        network changes so much per step that even fresh keys come from
+        another function, and they hurt more than they help (measured in
+        docs/benchmarks.md).
         """
         config = cls(
             dataset="digits",
