@@ -272,43 +272,19 @@ def paws(
     the support samples is "accommodation").
 
     Class ids are global (`K = num_classes` columns, as
-    `keras_ssl.data.SupportSampler` yields them). PAWS instead indexes the
-    `C` classes of each support batch `0..C-1` and smooths over those; to
-    give exactly its values, label smoothing here spreads
-    `label_smoothing` uniformly over the classes *represented in the
-    support batch* (columns holding at least one label), so the columns of
-    unsampled classes stay exactly 0 in `y_S`, `p`, the targets and
-    `p_bar`. With every class sampled (CIFAR-10, 10 x 64) this is the usual
-    `(1 - eps) * onehot + eps / K`.
-
-    Two details follow the reference code (suncet's `init_paws_loss`)
-    where the paper is silent: sharpened target probabilities below
-    `target_threshold` (1e-4) are set to 0 before the cross-entropy (not
-    renormalised; with 1,000 classes this moves the loss by about 3%), and
-    the targets may come from other representations than the predictions
-    (`target_views`, `target_support`): with a prediction head, suncet
-    predicts from the head's output but builds the targets from the
-    projections before it.
-
-    With collapsed representations (anchor and support all equal) and a
-    class-balanced support batch, `p` is uniform over the sampled classes,
-    so a target that is not uniform gives a non-zero gradient
-    (Proposition 1). Note that if the positive view collapses to the same
-    point too, its sharpened prediction is uniform as well (sharpening
-    leaves a uniform distribution unchanged) and the cross-entropy
-    gradient vanishes: the proposition's Assumption 2 is what rules that
-    case out.
+    `keras_ssl.data.SupportSampler` yields them); label smoothing spreads
+    over the classes *present in the support batch*, which gives exactly
+    PAWS's values (it numbers each batch's classes `0..C-1`). As in the
+    reference code, sharpened targets below `target_threshold` count as 0,
+    and with a prediction head the targets come from the projections
+    before it (`target_views`, `target_support`).
 
     Under a `tf.distribute` strategy pass this replica's rows: the support
-    rows (and labels) are gathered from every replica, so every replica
-    uses the global support batch, and `p_bar` is averaged over the global
-    batch. The value is the mean over this replica's anchors minus the
-    global `H(p_bar)`, *not* divided by the number of replicas: scale it by
-    `1 / num_replicas` once before taking gradients (as
-    `keras_ssl.models.SSLModel` and `keras_ssl.losses.PAWS` do). A support
-    batch that is replicated instead of sharded gives the same predictions
-    (each row then appears `R` times, which leaves the softmax-weighted
-    label average unchanged), at `R` times the cost.
+    is gathered from every replica and `p_bar` is averaged over the global
+    batch. The value is *not* divided by the number of replicas: scale it
+    by `1 / num_replicas` once before taking gradients (as
+    `keras_ssl.models.SSLModel` and `keras_ssl.losses.PAWS` do).
+    docs/design.md ("PAWS") says why each of these choices was made.
 
     Args:
         views: list of `V >= 2` tensors `(B, D)`: the representations of
