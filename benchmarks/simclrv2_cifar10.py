@@ -50,6 +50,7 @@ def main():
     parser.add_argument("--finetune_learning_rate", type=float, default=0.5)
     parser.add_argument("--knn_train", type=int, default=50000)
     parser.add_argument("--output_dir", default="runs/bench_cifar10")
+    parser.add_argument("--memory_size", type=int, default=4096)
     args = parser.parse_args()
     started = time.time()
     splits = datasets.load("cifar10", 32, args.data_dir)
@@ -80,6 +81,7 @@ def main():
         baseline_epochs=args.finetune_epochs,
         baseline_learning_rate=args.finetune_learning_rate,
         stages=("pretrain", "finetune"),
+        memory_size=args.memory_size,
         export=False,
         output_dir=args.output_dir,
         verbose=2,
