@@ -124,6 +124,8 @@ def make_stream(name, num_batches=2, seed=0):
         unlabeled_batch_size=8,
         labeled_batch_size=4,
         shuffle=False,
+        # The memory masks each image's own keys by these ids.
+        image_ids=name == "simclrv2",
     )
 
 
