@@ -253,15 +253,17 @@ class SimCLRv2Pretrainer(SSLModel):
         z = ops.stop_gradient(self.momentum_head(h, training=True)[-1])
         # Gathered view by view, so the queue receives all first views of
         # the global batch, then all second views, whatever the replicas.
-        keys, key_ids = [], []
-        for index in range(len(keyed)):
-            keys.append(
+        keys = ops.concatenate(
+            [
                 distribute.all_gather(z[index * batch : (index + 1) * batch])
-            )
-            if ids is not None:
-                key_ids.append(distribute.all_gather(ids))
-        keys = ops.concatenate(keys, axis=0)
-        key_ids = ops.concatenate(key_ids, axis=0) if key_ids else None
+                for index in range(len(keyed))
+            ],
+            axis=0,
+        )
+        key_ids = None
+        if ids is not None:
+            # Every keyed view of the global batch carries the same ids.
+            key_ids = ops.tile(distribute.all_gather(ids), (len(keyed),))
         return negatives, mask, (keys, key_ids)
 
     def compute_ssl_loss(self, data, training=True):
