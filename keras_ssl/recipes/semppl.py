@@ -19,8 +19,9 @@ from keras_ssl.recipes.config import main as config_main
 class SemPPLConfig(RecipeConfig):
     """Everything `fit()` needs; the defaults are the paper's ImageNet ones.
 
-    SemPPL Appendix D.1: ResNet-50, batch 4096 (of which the labeled part
-    follows the label fraction), 4 large + 2 small views, LARS at
+    SemPPL Appendix D.1: ResNet-50, batch B = 4096 of labeled and
+    unlabeled images together (here 3,584 + 512; the paper does not give
+    the split), 4 large + 2 small views, LARS at
     0.3·B/256 with 10 warm-up epochs and cosine decay, weight decay 1e-6,
     EMA 0.996, queue of 20·B labeled target projections, k = 1, 3 semantic
     positives, 10 negatives, τ = 0.2, c = 0.3, λ = 5, α = 0.2, 300 epochs.
@@ -54,8 +55,9 @@ class SemPPLConfig(RecipeConfig):
 
     # `RecipeConfig` fields with other defaults.
     views: str = "semppl_imagenet"
+    batch_size: int = 3584
     epochs: int = 300
-    warmup_fraction: float = 0.033
+    warmup_fraction: float = 10 / 300
     temperature: float = 0.2
     output_dir: str = "runs/semppl"
     # Batches.
@@ -99,7 +101,7 @@ class SemPPLConfig(RecipeConfig):
             views="simclr_cifar",
             batch_size=256,
             labeled_batch_size=64,
-            epochs=200,
+            epochs=250,
             learning_rate=1.0,
             invariance_scale=0.0,
             output_dir="runs/semppl_cifar10",
@@ -117,7 +119,7 @@ class SemPPLConfig(RecipeConfig):
             crop_scale=(0.3, 1.0),
             batch_size=128,
             labeled_batch_size=32,
-            epochs=20,
+            epochs=27,
             learning_rate=8.0,
             finetune_epochs=30,
             output_dir="runs/semppl_digits",
@@ -224,7 +226,9 @@ STAGES = (
         data=lambda run: pretrain_stream(run.config, run.splits, run.labeled),
         optimizer=stages.pretrain_optimizer(_batch, "linear"),
         epochs="epochs",
-        batch=lambda run: run.config.batch_size,
+        # An epoch is as many images as the training set, labeled and
+        # unlabeled together (B = 4096 per step in the paper).
+        batch=_batch,
         examples=stages.train_images,
         report=(_knn,),
         role="pretrainer",

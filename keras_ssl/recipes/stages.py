@@ -326,22 +326,28 @@ def views(run):
 
 def lars(base_learning_rate, batch_size, scaling, total_steps, **kwargs):
     """LARS with a warm-up + cosine schedule on a scaled learning rate;
-    `warmup_steps`, `weight_decay` and `momentum` pass through."""
+    `warmup_steps`, `end_fraction` (of the peak), `weight_decay` and
+    `momentum` pass through."""
     from keras_ssl.optimizers import LARS
     from keras_ssl.optimizers import WarmupCosineDecay
     from keras_ssl.optimizers import scale_learning_rate
 
     warmup = kwargs.pop("warmup_steps", 0)
+    end = kwargs.pop("end_fraction", 0.0)
     peak = scale_learning_rate(base_learning_rate, batch_size, rule=scaling)
     schedule = WarmupCosineDecay(
-        peak, total_steps=max(1, total_steps), warmup_steps=warmup
+        peak,
+        total_steps=max(1, total_steps),
+        warmup_steps=warmup,
+        end_learning_rate=end * peak,
     )
     return LARS(schedule, momentum=kwargs.pop("momentum", 0.9), **kwargs)
 
 
-def pretrain_optimizer(batch, scaling):
+def pretrain_optimizer(batch, scaling, end_fraction=0.0):
     """A stage optimizer: LARS at the config's pretraining rate scaled to
-    `batch(run)` by `scaling`, with its warm-up and weight decay."""
+    `batch(run)` by `scaling`, with its warm-up and weight decay, decayed
+    to `end_fraction` of the peak."""
 
     def optimizer(run, total_steps):
         config = run.config
@@ -352,6 +358,7 @@ def pretrain_optimizer(batch, scaling):
             total_steps,
             warmup_steps=int(round(config.warmup_fraction * total_steps)),
             weight_decay=config.weight_decay,
+            end_fraction=end_fraction,
         )
 
     return optimizer
