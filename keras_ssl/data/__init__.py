@@ -1,5 +1,6 @@
 """Host input pipelines. They yield uint8 images and int labels."""
 
+from keras_ssl.data import streaming
 from keras_ssl.data.array_dataset import ArrayDataset
 from keras_ssl.data.array_dataset import from_arrays
 from keras_ssl.data.directory import from_directory

@@ -12,6 +12,25 @@ from keras_ssl.data._checks import check_seed
 from keras_ssl.data._host_dataset import HostDataset
 
 
+def balanced_rows(
+    members, classes_per_batch, images_per_class, replacement, seed, step
+):
+    """Rows of class-balanced batch `step`: `classes_per_batch` distinct
+    classes of `members` (class -> its rows), in ascending order, then
+    `images_per_class` rows of each, from a generator seeded with
+    `(seed, step)`. The streaming support batches use it too."""
+    rng = np.random.default_rng([seed, int(step)])
+    classes = np.sort(
+        rng.choice(np.array(sorted(members)), classes_per_batch, replace=False)
+    )
+    return np.concatenate(
+        [
+            rng.choice(members[int(c)], images_per_class, replace=replacement)
+            for c in classes
+        ]
+    )
+
+
 class SupportSampler(HostDataset):
     """Class-balanced support batches, drawn independently every step.
 
@@ -157,19 +176,13 @@ class SupportSampler(HostDataset):
 
     def indices(self, step: int) -> np.ndarray:
         """Row indices into `images` / `labels` of batch `step`."""
-        rng = np.random.default_rng([self.seed, int(step)])
-        classes = np.sort(
-            rng.choice(self.classes, self.classes_per_batch, replace=False)
-        )
-        return np.concatenate(
-            [
-                rng.choice(
-                    self.members[int(c)],
-                    self.images_per_class,
-                    replace=self.replacement,
-                )
-                for c in classes
-            ]
+        return balanced_rows(
+            self.members,
+            self.classes_per_batch,
+            self.images_per_class,
+            self.replacement,
+            self.seed,
+            step,
         )
 
     def sample(self, step: int):
