@@ -15,7 +15,7 @@ import numpy as np
 
 from keras_ssl.data._checks import check_seed
 
-_SUBSET_FILES = {"1pct": "1percent.txt", "10pct": "10percent.txt"}
+SUBSET_FILES = {"1pct": "1percent.txt", "10pct": "10percent.txt"}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -199,12 +199,12 @@ def subset_file(labels: str, data_dir: str) -> str:
     `1pct` / `10pct` are SimCLR's `1percent.txt` / `10percent.txt`, which
     must be placed in `data_dir`.
     """
-    if labels not in _SUBSET_FILES:
+    if labels not in SUBSET_FILES:
         return labels
-    path = os.path.join(data_dir, _SUBSET_FILES[labels])
+    path = os.path.join(data_dir, SUBSET_FILES[labels])
     if not os.path.isfile(path):
         raise ValueError(
-            f"`labels={labels!r}` reads SimCLR's {_SUBSET_FILES[labels]} "
+            f"`labels={labels!r}` reads SimCLR's {SUBSET_FILES[labels]} "
             f"(one training file name per line), expected at {path}. Copy it "
             "there from the SimCLR repository (imagenet_subsets/) or give "
             f"its path as `labels`. Received: labels={labels!r}"
