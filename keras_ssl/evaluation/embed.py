@@ -29,6 +29,11 @@ def embed(model, images, batch_size: int = 256, output: str | None = None):
     ```
     """
     outputs = model.predict(images, batch_size=batch_size, verbose=0)
+    return select_output(outputs, output)
+
+
+def select_output(outputs, output):
+    """`outputs[output]` of a dict output, else `outputs`, as NumPy."""
     if isinstance(outputs, dict):
         if output not in outputs:
             raise ValueError(

@@ -8,18 +8,12 @@ features (one float vector per labeled image) is held.
 import numpy as np
 
 from keras_ssl._checks import check_positive_int
+from keras_ssl.evaluation.embed import select_output
 
 
 def _outputs(model, images, output):
-    outputs = model.predict_on_batch(images)
-    if isinstance(outputs, dict):
-        if output not in outputs:
-            raise ValueError(
-                "The model returns a dict: `output` must name one of its "
-                f"entries {sorted(outputs)}. Received: output={output!r}"
-            )
-        outputs = outputs[output]
-    return np.asarray(outputs, np.float32)
+    outputs = select_output(model.predict_on_batch(images), output)
+    return outputs.astype(np.float32)
 
 
 def _batches(dataset):

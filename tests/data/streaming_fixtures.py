@@ -85,11 +85,14 @@ def _builder(dataset_name, version, configs=()):
             for c, synset in enumerate(SYNSETS):
                 for i in range(per_class):
                     name = f"{synset}_{i}.JPEG"
-                    yield name, {
-                        "image": _image(rng, 10 * c + i),
-                        "label": c,
-                        "file_name": name,
-                    }
+                    yield (
+                        name,
+                        {
+                            "image": _image(rng, 10 * c + i),
+                            "label": c,
+                            "file_name": name,
+                        },
+                    )
 
     return Fake
 
@@ -103,9 +106,7 @@ def prepare_tfds(data_dir, train_per_class=8, subset_per_class=2):
         # The version the registered builder looks for under `data_dir`.
         return tfds.builder(name, data_dir=data_dir).version
 
-    full = _builder("imagenet2012", version("imagenet2012"))(
-        data_dir=data_dir
-    )
+    full = _builder("imagenet2012", version("imagenet2012"))(data_dir=data_dir)
     full.train, full.validation = train_per_class, True
     full.download_and_prepare()
     subset = _builder(
