@@ -78,7 +78,6 @@ def main():
         learning_rate=args.learning_rate,
         finetune_epochs=args.finetune_epochs,
         finetune_learning_rate=args.finetune_learning_rate,
-        baseline_epochs=args.finetune_epochs,
         baseline_learning_rate=args.finetune_learning_rate,
         stages=("pretrain", "finetune"),
         memory_size=args.memory_size,

@@ -37,14 +37,13 @@ TINY = os.environ.get("KERAS_SSL_NOTEBOOK_TINY") == "1"
 # rerun after an interruption resumes where it stopped.
 
 # %%
-overrides = dict(output_dir="runs/notebook_simclrv2", baseline_epochs=10)
+overrides = dict(output_dir="runs/notebook_simclrv2")
 if TINY:
     overrides.update(
         epochs=1,
         steps_per_epoch=2,
         finetune_epochs=1,
         distill_epochs=1,
-        baseline_epochs=1,
         verbose=0,
     )
 config = simclrv2.SimCLRv2Config.digits(**overrides)

@@ -8,6 +8,7 @@ from keras_ssl.data.distributed import distribute_dataset
 from keras_ssl.data.labeled_subset import LabeledSubset
 from keras_ssl.data.labeled_subset import labeled_subset
 from keras_ssl.data.npz import load_npz
+from keras_ssl.data.prepare import prepare_images
 from keras_ssl.data.semi_supervised import SemiSupervisedDataset
 from keras_ssl.data.semi_supervised import semi_supervised
 from keras_ssl.data.support_sampler import SupportSampler

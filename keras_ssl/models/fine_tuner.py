@@ -42,6 +42,58 @@ def fine_tuning_network(encoder, head=None, ft_layer=1):
     return keras.Model(encoder.input, x, name=f"{encoder.name}_ft{ft_layer}")
 
 
+def logistic_regression(features, labels, num_classes, l2=1.0):
+    """A multinomial logistic regression as `Dense` weights.
+
+    scikit-learn's L-BFGS fit on centred features divided by their
+    overall standard deviation, folded into the returned weights so that
+    `features @ kernel + bias` are the regression's logits. Classes
+    without an example get a zero kernel and a bias of -30.
+
+    Args:
+        features: float array `(N, D)`.
+        labels: int array `(N,)` of ids in `[0, num_classes)`.
+        num_classes: int. Columns of the kernel.
+        l2: float. The L2 penalty, scikit-learn's `1 / C`. Defaults to
+            `1.0`.
+
+    Returns:
+        `(kernel, bias, training_accuracy)`: float64 `(D, K)` and `(K,)`
+        arrays and a float.
+    """
+    import warnings
+
+    import numpy as np
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    features = np.asarray(features, "float64")
+    labels = np.asarray(labels)
+    # One scale for all features: per-feature scales would blow up
+    # features that barely vary on the labeled images.
+    mean, std = features.mean(0), features.std() + 1e-12
+    kernel = np.zeros((features.shape[1], num_classes))
+    bias = np.full(num_classes, -30.0)
+    classes = np.unique(labels)
+    if len(classes) == 1:
+        bias[classes[0]] = 0.0
+        return kernel, bias, 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        regression = LogisticRegression(C=1.0 / l2, max_iter=1000)
+        regression.fit((features - mean) / std, labels)
+    coef, intercept = regression.coef_, regression.intercept_
+    if len(classes) == 2:
+        # scikit-learn keeps one logit for two classes: split it.
+        coef = np.stack([-coef[0], coef[0]]) / 2
+        intercept = np.array([-intercept[0], intercept[0]]) / 2
+    weights = coef / std
+    kernel[:, classes] = weights.T
+    bias[classes] = intercept - weights @ mean
+    predicted = np.argmax(features @ kernel + bias, axis=-1)
+    return kernel, bias, float(np.mean(predicted == labels))
+
+
 @keras.saving.register_keras_serializable(package="keras_ssl")
 class FineTuner(RecompileOnLoad, keras.Model):
     """A classifier fine-tuned from a pretrained encoder (SimCLRv2 §2).
@@ -71,6 +123,11 @@ class FineTuner(RecompileOnLoad, keras.Model):
         crop_scale: tuple. Area range of the training crop. Defaults to
             `(0.08, 1.0)`.
         seed: optional int for the augmentation.
+        frozen_batch_norm: bool. Whether the network's BatchNorm layers
+            normalise by their moving statistics in training too (their
+            scale and offset still train), as when fine-tuning on small
+            labeled sets: the features then match those the linear head
+            was fitted to (`fit_linear_head`). Defaults to `False`.
         **kwargs: base `keras.Model` arguments.
 
     Example:
@@ -93,6 +150,7 @@ class FineTuner(RecompileOnLoad, keras.Model):
         image_size=None,
         crop_scale=(0.08, 1.0),
         seed=None,
+        frozen_batch_norm=False,
         **kwargs,
     ):
         if head is None and ft_layer == 1:
@@ -121,6 +179,7 @@ class FineTuner(RecompileOnLoad, keras.Model):
         self.image_size = image_size
         self.crop_scale = tuple(crop_scale)
         self.seed = seed
+        self.frozen_batch_norm = bool(frozen_batch_norm)
         self.built = True
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
@@ -145,9 +204,57 @@ class FineTuner(RecompileOnLoad, keras.Model):
         x = check_fit_input(x, channels, model=type(self).__name__)
         return super().fit(x, *args, **kwargs)
 
+    def fit_linear_head(self, images, labels, l2=1.0, batch_size=256):
+        """Sets the classifier to a logistic regression on frozen features.
+
+        LP-FT (Kumar et al., 2022): with few labels, fine-tuning from a
+        zero (or random) classifier distorts the pretrained features
+        before the head is any good; fitting the head first on the frozen
+        features (inference mode, no augmentation), then fine-tuning the
+        whole network from there, keeps what pretraining learned. The
+        regression is scikit-learn's (L-BFGS, multinomial) on centred and
+        scaled features, folded into the `Dense` weights.
+        Classes without a labeled image get a very negative bias.
+
+        Args:
+            images: uint8 `(N, H, W, 3)` or float images in [0, 1].
+            labels: int class ids `(N,)`.
+            l2: float. Inverse of scikit-learn's `C`: the L2 penalty.
+                Defaults to `1.0`.
+            batch_size: int. Images per inference batch. Defaults to `256`.
+
+        Returns:
+            The training accuracy of the fitted head, a float.
+
+        References:
+            - [Kumar et al., 2022. Fine-Tuning can Distort Pretrained
+              Features and Underperform Out-of-Distribution](
+              https://arxiv.org/abs/2202.10054)
+        """
+        import numpy as np
+
+        features = np.concatenate(
+            [
+                keras.ops.convert_to_numpy(
+                    self.embed(images[i : i + batch_size])
+                )
+                for i in range(0, len(images), batch_size)
+            ]
+        ).astype("float64")
+        kernel, bias, accuracy = logistic_regression(
+            features, np.asarray(labels), self.num_classes, l2=l2
+        )
+        self.classifier.kernel.assign(kernel.astype("float32"))
+        self.classifier.bias.assign(bias.astype("float32"))
+        return accuracy
+
     def classify(self, images, training=None):
         """Logits of already-prepared float images (no augmentation)."""
-        return self.classifier(self.network(images, training=training))
+        # Frozen BatchNorm: moving statistics even in training; the
+        # gradients still reach every weight.
+        network_training = False if self.frozen_batch_norm else training
+        features = self.network(images, training=network_training)
+        return self.classifier(features)
 
     def embed(self, images, training=None):
         """Features fed to the classifier, for uint8 or float images."""
@@ -179,6 +286,7 @@ class FineTuner(RecompileOnLoad, keras.Model):
                 "image_size": self.image_size,
                 "crop_scale": self.crop_scale,
                 "seed": self.seed,
+                "frozen_batch_norm": self.frozen_batch_norm,
             }
         )
         return config

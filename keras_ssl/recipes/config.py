@@ -22,7 +22,13 @@ PRESETS = ("digits", "cifar10", "imagenet")
 # Fields that say where and how loudly a run goes, not what it computes:
 # they are left out of the stages' fingerprints.
 RUN_FIELDS = ("data_dir", "stages", "output_dir", "export", "overwrite")
-RUN_FIELDS += ("verbose", "extra")
+RUN_FIELDS += ("verbose", "extra", "baselines")
+# `precision` values and the Keras dtype policy each sets for a run.
+PRECISIONS = {
+    "float32": "float32",
+    "bfloat16": "mixed_bfloat16",
+    "float16": "mixed_float16",
+}
 _TRUE = ("true", "yes", "1", "on")
 _FALSE = ("false", "no", "0", "off")
 
@@ -36,7 +42,8 @@ class RecipeConfig:
     `digits()`. Every field is checked when the config is made.
 
     Attributes:
-        dataset: str. `"digits"`, `"cifar10"`, `"npz"` or `"tfds:NAME"`.
+        dataset: str. `"digits"`, `"cifar10"`, `"npz"` or `"tfds:NAME"`;
+            `"arrays"` when `fit()` is given the images (`x=...`).
         data_dir: str or `None`. Where the data set is (or is prepared).
         image_size: int. Side of the images, in pixels.
         labeled_per_class: int or `None`. Labeled training images per
@@ -61,14 +68,36 @@ class RecipeConfig:
         finetune_epochs: int. Fine-tuning epochs (0 skips fine-tuning).
         finetune_learning_rate: float. Fine-tuning's base LARS learning
             rate, scaled by the square root of the batch size.
+        linear_probe_first: bool. LP-FT: fit the linear classifier on the
+            frozen features first (logistic regression), then fine-tune
+            the whole network from there with BatchNorm's pretrained
+            statistics kept; otherwise the classifier starts at zero and
+            BatchNorm normalises by batch statistics.
+        pretrain_steps: int or `None`. Pretraining's total steps, instead
+            of `epochs` (0 skips the stage).
+        finetune_steps: int or `None`. Fine-tuning's total steps, instead
+            of `finetune_epochs`; also the budget of the from-scratch
+            baseline.
+        baselines: bool. Measure the baselines of the report: logistic
+            regression and k-NN on the pixels, and the same network
+            trained from scratch with fine-tuning's augmentation and
+            step budget.
+        baseline_learning_rate: float or `None`. The from-scratch
+            network's base LARS rate (`None`: fine-tuning's).
+        precision: str. `"float32"`, `"bfloat16"` or `"float16"`: the
+            Keras dtype policy of the run (`"mixed_bfloat16"`,
+            `"mixed_float16"`), restored afterwards.
         stages: tuple of str. The stages to run.
         steps_per_epoch: int or `None`. Steps per epoch of every stage;
-            `None` for one pass over the stage's examples.
+            `None` for one pass over the stage's examples. A stage with a
+            step budget (`pretrain_steps`, ...) splits it into epochs of
+            about this length.
         output_dir: str. Where the stages keep weights, logs and backups;
             a rerun resumes from them.
         overwrite: bool. Retrain stages whose saved settings or data differ
             from this run's instead of stopping.
-        export: bool. Export the final model as a SavedModel.
+        export: bool. Export every trained model as a SavedModel, to
+            `output_dir/export/<role>` (teacher, student, ...).
         verbose: int. `fit()`'s verbosity (0, 1 or 2).
         extra: dict. Free-form settings that the recipe ignores.
     """
@@ -100,6 +129,14 @@ class RecipeConfig:
     # Fine-tuning.
     finetune_epochs: int = 0
     finetune_learning_rate: float = 0.05
+    linear_probe_first: bool = True
+    # Step budgets (`None`: the epochs decide).
+    pretrain_steps: int | None = None
+    finetune_steps: int | None = None
+    # Baselines and precision.
+    baselines: bool = True
+    baseline_learning_rate: float | None = None
+    precision: str = "float32"
     # Run.
     stages: tuple = ("pretrain", "finetune")
     steps_per_epoch: int | None = None
@@ -130,6 +167,11 @@ class RecipeConfig:
             ("temperature", ">0"),
             ("finetune_epochs", "int>=0"),
             ("finetune_learning_rate", ">0|None"),
+            ("linear_probe_first", "bool"),
+            ("pretrain_steps", "int>=0|None"),
+            ("finetune_steps", "int>=0|None"),
+            ("baselines", "bool"),
+            ("baseline_learning_rate", ">0|None"),
             ("steps_per_epoch", "int>=1|None"),
             ("overwrite", "bool"),
             ("export", "bool"),
@@ -142,6 +184,7 @@ class RecipeConfig:
         check_choice("depth", self.depth, RESNET_DEPTHS)
         check_choice("stem", self.stem, RESNET_STEMS)
         check_choice("verbose", self.verbose, (0, 1, 2))
+        check_choice("precision", self.precision, tuple(PRECISIONS))
         _check_dataset(self.dataset)
         if (self.labeled_per_class is None) == (self.labeled_fraction is None):
             raise ValueError(
@@ -224,13 +267,13 @@ def check_choice(name, value, choices):
 
 
 def _check_dataset(name):
-    if name in ("digits", "cifar10", "npz") or (
+    if name in ("digits", "cifar10", "npz", "arrays") or (
         isinstance(name, str) and name.startswith("tfds:") and name[5:]
     ):
         return
     raise ValueError(
-        "Unknown `dataset`. Expected 'digits', 'cifar10', 'npz' or "
-        f"'tfds:NAME'. Received: dataset={name!r}"
+        "Unknown `dataset`. Expected 'digits', 'cifar10', 'npz', "
+        f"'arrays' or 'tfds:NAME'. Received: dataset={name!r}"
     )
 
 
@@ -317,6 +360,8 @@ def _flag(config_cls, f):
     optional = isinstance(f.type, types.UnionType)
     if kind is bool:
         return dict(type=parse_bool, metavar="BOOL")
+    if f.name == "precision":
+        return dict(choices=tuple(PRECISIONS))
     if kind in (int, float, str):
         return dict(type=_optional(kind) if optional else kind)
     return dict(type=str)
@@ -369,12 +414,24 @@ def config_from_command_line(config_cls, prog, argv=None):
 
 
 def main(config_cls, fit, prog, argv=None):
-    """Runs `fit` on the config of the command line and prints a summary."""
+    """Runs `fit` on the config of the command line and prints its report
+    (the table, where the report and the exports were written)."""
     result = fit(config_from_command_line(config_cls, prog, argv))
     name = config_cls.__name__[: -len("Config")]
-    config = result.config
-    print(f"\n{name} on {config.dataset} ({result.seconds:.0f} s):")
+    print(
+        f"\n{name} on {data_description(result.config)} "
+        f"({result.seconds / 60:.1f} min):"
+    )
     print(result.summary())
-    if result.export_path:
-        print(f"SavedModel: {result.export_path}")
     return result
+
+
+def data_description(config):
+    """The data a run trained on, in words, for report headers."""
+    if config.dataset == "arrays":
+        return "the given arrays"
+    if config.dataset == "npz" or (
+        config.dataset == "cifar10" and config.data_dir
+    ):
+        return f"{config.dataset} ({config.data_dir})"
+    return config.dataset

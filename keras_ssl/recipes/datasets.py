@@ -8,27 +8,21 @@ import numpy as np
 
 @dataclass
 class ArraySplits:
-    """Train and test images (uint8, NHWC) with int32 labels."""
+    """Train and test images (uint8, NHWC) with int32 labels.
+
+    `y_train` is `None` when some training images have no label (a
+    separate unlabeled pool); `labeled_indices` are then the positions in
+    `x_train` of the labeled images, which the labeled subset takes as
+    they are instead of sampling it from the config.
+    """
 
     x_train: np.ndarray
-    y_train: np.ndarray
+    y_train: np.ndarray | None
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
-
-
-def _upsample(x: np.ndarray, image_size: int) -> np.ndarray:
-    """Nearest-neighbour upsampling by an integer factor, then padding."""
-    factor = max(1, image_size // x.shape[1])
-    x = x.repeat(factor, axis=1).repeat(factor, axis=2)
-    pad = image_size - x.shape[1]
-    if pad < 0:
-        raise ValueError(
-            f"`image_size` must be >= {x.shape[1]}. Received: "
-            f"image_size={image_size}"
-        )
-    before, after = pad // 2, pad - pad // 2
-    return np.pad(x, ((0, 0), (before, after), (before, after), (0, 0)))
+    labeled_indices: np.ndarray | None = None
+    labeled_y: np.ndarray | None = None
 
 
 def _split(x, y, test_fraction, seed):
@@ -46,10 +40,11 @@ def digits(image_size: int = 16, seed: int = 0) -> ArraySplits:
     """
     from sklearn.datasets import load_digits
 
+    from keras_ssl.data import prepare_images
+
     bunch = load_digits()
     x = np.round(bunch.images * (255.0 / 16.0)).astype("uint8")
-    x = np.repeat(x[..., None], 3, axis=-1)
-    x = _upsample(x, image_size)
+    x = prepare_images(x, image_size, method="pad", name="digits")
     y = bunch.target.astype("int32")
     x_train, y_train, x_test, y_test = _split(x, y, 0.2, seed)
     return ArraySplits(x_train, y_train, x_test, y_test, 10)
@@ -132,7 +127,8 @@ def load(name: str, image_size: int, data_dir=None, seed=0) -> ArraySplits:
             `train.npz`/`test.npz`), or `"tfds:NAME"`. A TensorFlow
             Datasets data set must already be prepared under `data_dir`
             (tfds's default folder when `None`): nothing is downloaded.
-        image_size: int. Side the images must have.
+        image_size: int. Side of the returned images; others are
+            converted by `keras_ssl.data.prepare_images`.
         data_dir: optional str.
         seed: int. Seed of the digits train/test split.
 
@@ -160,10 +156,120 @@ def load(name: str, image_size: int, data_dir=None, seed=0) -> ArraySplits:
             "Unknown `dataset`. Expected 'digits', 'cifar10', 'npz' or "
             f"'tfds:NAME'. Received: dataset={name!r}"
         )
-    if splits.x_train.shape[1] != image_size:
-        raise ValueError(
-            f"`image_size` must match the data set's images "
-            f"({splits.x_train.shape[1]} px). Received: "
-            f"image_size={image_size}"
-        )
+    if splits.x_train.shape[1:] != (image_size, image_size, 3):
+        from keras_ssl.data import prepare_images
+
+        splits.x_train = prepare_images(splits.x_train, image_size, name=name)
+        splits.x_test = prepare_images(splits.x_test, image_size, name=name)
     return splits
+
+
+def _images(images, image_size, name):
+    """An array, or a folder of class sub-folders, as uint8 RGB images at
+    `image_size` (with the folder's class ids, else `None`)."""
+    from keras_ssl import data as ssl_data
+
+    if isinstance(images, (str, os.PathLike)):
+        folder = ssl_data.from_directory(
+            os.fspath(images), image_size=image_size, batch_size=256
+        )
+        parts = list(folder.as_numpy_iterator())
+        x = np.concatenate([p[0] for p in parts])
+        return x, np.concatenate([p[1] for p in parts]).astype("int32")
+    return ssl_data.prepare_images(images, image_size, name=name), None
+
+
+def _labels(y, count, name):
+    y = np.asarray(y)
+    if y.shape != (count,) or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(
+            f"`{name}` must be {count} integer class ids, one per image. "
+            f"Received: {name} with shape={y.shape}, dtype={y.dtype}"
+        )
+    return y.astype("int32")
+
+
+def _check_ids(y, name):
+    if len(y) and y.min() < 0:
+        raise ValueError(
+            f"`{name}` must be class ids >= 0 (for the labeled images). "
+            f"Received: min={y.min()}"
+        )
+
+
+def _indices(labeled_indices, count):
+    indices = np.asarray(labeled_indices)
+    ok = indices.ndim == 1 and len(indices) > 0
+    ok = ok and np.issubdtype(indices.dtype, np.integer)
+    if not ok or indices.min() < 0 or indices.max() >= count:
+        raise ValueError(
+            f"`labeled_indices` must be positions in `x` (ints in [0, "
+            f"{count})). Received: labeled_indices={labeled_indices!r}"
+        )
+    if len(np.unique(indices)) != len(indices):
+        raise ValueError(
+            "`labeled_indices` must not repeat a position. Received: "
+            f"labeled_indices={labeled_indices!r}"
+        )
+    return np.sort(indices).astype(np.int64)
+
+
+def from_user(
+    x,
+    y=None,
+    x_test=None,
+    y_test=None,
+    unlabeled=None,
+    labeled_indices=None,
+    image_size: int = 32,
+) -> ArraySplits:
+    """The user's images, as the recipes' `fit(x=..., y=..., ...)` takes
+    them.
+
+    `x` are the training images and `y` their labels; all of them are
+    labeled unless `labeled_indices` picks the positions in `x` whose
+    label is used (the others join the unlabeled images, and their `y`
+    may be anything, e.g. -1). `unlabeled`
+    adds images without labels. Pretraining sees `x` and `unlabeled`
+    together. Arrays of any size and channel count are converted by
+    `keras_ssl.data.prepare_images`; a str is a folder with one
+    sub-folder of images per class (`keras_ssl.data.from_directory`),
+    whose class ids are the labels.
+
+    Returns:
+        An `ArraySplits` with its `labeled_indices`.
+    """
+    image_size = int(image_size)
+    x, folder_y = _images(x, image_size, "x")
+    y = folder_y if y is None else y
+    if y is None:
+        raise ValueError("`y` must give the labels of `x`. Received: y=None")
+    y = _labels(y, len(x), "y")
+    if x_test is None:
+        raise ValueError(
+            "`x_test` and `y_test` must be given with `x`: the report "
+            "measures every model on them. Hold out part of the labeled "
+            "images if there is no test set. Received: x_test=None"
+        )
+    x_test, folder_y = _images(x_test, image_size, "x_test")
+    y_test = folder_y if y_test is None else y_test
+    if y_test is None:
+        raise ValueError(
+            "`y_test` must give the labels of `x_test`. Received: None"
+        )
+    y_test = _labels(y_test, len(x_test), "y_test")
+    _check_ids(y_test, "y_test")
+    indices = (
+        np.arange(len(x), dtype=np.int64)
+        if labeled_indices is None
+        else _indices(labeled_indices, len(x))
+    )
+    _check_ids(y[indices], "y")
+    x_train, y_train = x, (y if y.min() >= 0 else None)
+    if unlabeled is not None:
+        pool = _images(unlabeled, image_size, "unlabeled")[0]
+        x_train, y_train = np.concatenate([x, pool]), None
+    num_classes = int(max(y[indices].max(), y_test.max())) + 1
+    return ArraySplits(
+        x_train, y_train, x_test, y_test, num_classes, indices, y[indices]
+    )

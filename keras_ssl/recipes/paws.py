@@ -235,17 +235,7 @@ def _paws_nn(run, model):
 
 def _fine_tuner(run):
     """Appendix C: fine-tune the encoder and the first head layer."""
-    from keras_ssl.models import FineTuner
-
-    pretrainer = run.models["pretrainer"]
-    return FineTuner(
-        pretrainer.encoder,
-        num_classes=run.splits.num_classes,
-        head=pretrainer.head,
-        ft_layer=1,
-        image_size=run.config.image_size,
-        seed=run.config.seed,
-    )
+    return stages.fine_tuner(run, run.models["pretrainer"].head, ft_layer=1)
 
 
 def _batch(run):
@@ -263,34 +253,16 @@ STAGES = (
         epochs="epochs",
         batch=_batch,
         examples=stages.train_images,
-        report=(_paws_nn,),
+        steps="pretrain_steps",
+        report=(_paws_nn, stages.representation),
         role="pretrainer",
+        exports="pretrainer",
     ),
-    stages.classifier_stage(
-        "finetune",
-        _fine_tuner,
-        learning_rate=lambda run: run.config.finetune_learning_rate,
-        batch=lambda run: 256,
-        start="pretrain",
-        role="finetuner",
-    ),
+    *stages.finetune_and_baseline(_fine_tuner),
 )
 
 
-def fit(config=None, *, strategy=None, callbacks=(), **overrides):
-    """Runs PAWS: pretrain → PAWS-NN evaluation → optional fine-tuning.
-
-    Args:
-        config: `PAWSConfig`. Defaults to `PAWSConfig.digits()`.
-        strategy: optional `tf.distribute.Strategy`.
-        callbacks: extra `keras.callbacks.Callback`s for every stage.
-        **overrides: fields of `config` to replace.
-
-    Returns:
-        A `RecipeResult`.
-    """
-    config = dataclasses.replace(config or PAWSConfig.digits(), **overrides)
-    return stages.run(config, STAGES, strategy=strategy, callbacks=callbacks)
+fit = stages.recipe_fit(PAWSConfig, STAGES, "pretrain → PAWS-NN → fine-tune")
 
 
 def main(argv=None):

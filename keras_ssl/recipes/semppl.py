@@ -199,20 +199,23 @@ def knn_accuracy(model, splits, num_train=10000):
     return knn_accuracy(model, splits, num_train)
 
 
-def _knn(run, model):
-    return {"knn_accuracy": knn_accuracy(model, run.splits)}
+def _nearest(run, model):
+    """SemPPL's own classifier: its pseudo-label rule, the `k` nearest
+    labeled embeddings (cosine, one vote each), on the test images."""
+    from keras_ssl.evaluation import KNNClassifier
+    from keras_ssl.evaluation import embed
+
+    labeled = embed(model, run.labeled.x, output="embedding")
+    test = embed(model, run.splits.x_test, output="embedding")
+    knn = KNNClassifier(
+        k=run.config.k, temperature=None, num_classes=run.splits.num_classes
+    )
+    knn.fit(labeled, run.labeled.y)
+    return {"semppl_nn_accuracy": knn.evaluate(test, run.splits.y_test)}
 
 
 def _fine_tuner(run):
-    from keras_ssl.models import FineTuner
-
-    return FineTuner(
-        run.models["pretrainer"].encoder,
-        num_classes=run.splits.num_classes,
-        ft_layer=0,
-        image_size=run.config.image_size,
-        seed=run.config.seed,
-    )
+    return stages.fine_tuner(run)
 
 
 def _batch(run):
@@ -230,34 +233,16 @@ STAGES = (
         # unlabeled together (B = 4096 per step in the paper).
         batch=_batch,
         examples=stages.train_images,
-        report=(_knn,),
+        steps="pretrain_steps",
+        report=(_nearest, stages.representation),
         role="pretrainer",
+        exports="pretrainer",
     ),
-    stages.classifier_stage(
-        "finetune",
-        _fine_tuner,
-        learning_rate=lambda run: run.config.finetune_learning_rate,
-        batch=lambda run: 256,
-        start="pretrain",
-        role="finetuner",
-    ),
+    *stages.finetune_and_baseline(_fine_tuner),
 )
 
 
-def fit(config=None, *, strategy=None, callbacks=(), **overrides):
-    """Runs SemPPL: pretrain → k-NN evaluation → optional fine-tuning.
-
-    Args:
-        config: `SemPPLConfig`. Defaults to `SemPPLConfig.digits()`.
-        strategy: optional `tf.distribute.Strategy`.
-        callbacks: extra `keras.callbacks.Callback`s for every stage.
-        **overrides: fields of `config` to replace.
-
-    Returns:
-        A `RecipeResult`.
-    """
-    config = dataclasses.replace(config or SemPPLConfig.digits(), **overrides)
-    return stages.run(config, STAGES, strategy=strategy, callbacks=callbacks)
+fit = stages.recipe_fit(SemPPLConfig, STAGES, "pretrain → k-NN → fine-tune")
 
 
 def main(argv=None):

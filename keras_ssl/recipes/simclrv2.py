@@ -44,17 +44,16 @@ class SimCLRv2Config(RecipeConfig):
         memory_views: int. Views of each image queued (1 or 2).
         ft_layer: int. Head layers kept for fine-tuning.
         finetune_batch_size: int. Fine-tuning batch.
-        distill_epochs: int. Distillation epochs.
+        distill_epochs: int. Distillation epochs (passes over all
+            training images, labeled and unlabeled).
+        distill_steps: int or `None`. Distillation's total steps, instead
+            of `distill_epochs`.
         distill_temperature: float. Temperature of distillation.
         distill_alpha: float. Weight of the distillation term in [0, 1];
             below 1 the labeled cross-entropy joins it.
         student_depth: int or `None`. Student's ResNet depth (`None`:
             the teacher's).
         student_width_multiplier: float or `None`. Student's width.
-        baseline_epochs: int. Epochs of the supervised baseline trained
-            from scratch on the same labels (0: none).
-        baseline_learning_rate: float or `None`. Its learning rate
-            (`None`: fine-tuning's).
     """
 
     STAGE_NAMES = ("pretrain", "finetune", "distill")
@@ -83,14 +82,12 @@ class SimCLRv2Config(RecipeConfig):
     finetune_batch_size: int = 1024
     # Distillation.
     distill_epochs: int = 400
+    distill_steps: int | None = None
     # Appendix F: 0.1 when the teacher is fine-tuned, as it is here.
     distill_temperature: float = 0.1
     distill_alpha: float = 1.0
     student_depth: int | None = None
     student_width_multiplier: float | None = None
-    # Supervised baseline on the same labels (0 epochs: skip).
-    baseline_epochs: int = 0
-    baseline_learning_rate: float | None = None
 
     @classmethod
     def imagenet(cls, **overrides):
@@ -126,7 +123,6 @@ class SimCLRv2Config(RecipeConfig):
             finetune_epochs=30,
             distill_epochs=30,
             distill_temperature=1.0,
-            baseline_epochs=30,
             output_dir="runs/simclrv2_cifar10",
         )
         return dataclasses.replace(config, **overrides)
@@ -166,7 +162,6 @@ class SimCLRv2Config(RecipeConfig):
             finetune_epochs=30,
             distill_epochs=10,
             distill_temperature=1.0,
-            baseline_epochs=30,
             output_dir="runs/simclrv2_digits",
         )
         return dataclasses.replace(config, **overrides)
@@ -180,11 +175,10 @@ class SimCLRv2Config(RecipeConfig):
             ("memory_momentum", "[0,1)"),
             ("finetune_batch_size", "int>=1"),
             ("distill_epochs", "int>=0"),
+            ("distill_steps", "int>=0|None"),
             ("distill_temperature", ">0"),
             ("distill_alpha", "[0,1]"),
             ("student_width_multiplier", ">0|None"),
-            ("baseline_epochs", "int>=0"),
-            ("baseline_learning_rate", ">0|None"),
         )
 
     def validate(self):
@@ -272,45 +266,25 @@ def _unlabeled_stream(seed_offset, with_labels):
 
 
 def _teacher(run):
-    from keras_ssl.models import FineTuner
-
     pretrainer = run.models["pretrainer"]
-    return FineTuner(
-        pretrainer.encoder,
-        num_classes=run.splits.num_classes,
-        head=pretrainer.head,
-        ft_layer=run.config.ft_layer,
-        crop_scale=(0.08, 1.0),
-        seed=run.config.seed,
-    )
-
-
-def _classifier(depth=None, width=None):
-    """A fresh network with a classifier: the student, or the baseline."""
-
-    def build(run):
-        from keras_ssl.models import FineTuner
-
-        network = stages.encoder(
-            run, depth=depth and depth(run), width=width and width(run)
-        )
-        return FineTuner(
-            network,
-            num_classes=run.splits.num_classes,
-            ft_layer=0,
-            seed=run.config.seed,
-        )
-
-    return build
+    return stages.fine_tuner(run, pretrainer.head, run.config.ft_layer)
 
 
 def _distiller(run):
     from keras_ssl.models import Distiller
+    from keras_ssl.models import FineTuner
 
-    student = _classifier(
-        depth=lambda run: run.config.student_depth,
-        width=lambda run: run.config.student_width_multiplier,
-    )(run)
+    config = run.config
+    student = FineTuner(
+        stages.encoder(
+            run,
+            depth=config.student_depth,
+            width=config.student_width_multiplier,
+        ),
+        num_classes=run.splits.num_classes,
+        ft_layer=0,
+        seed=config.seed,
+    )
     return Distiller(
         run.models["teacher"],
         student,
@@ -332,6 +306,10 @@ def _scaling(config):
     return config.learning_rate_scaling
 
 
+def _finetune_batch(run):
+    return run.config.finetune_batch_size
+
+
 STAGES = (
     stages.Stage(
         "pretrain",
@@ -341,16 +319,24 @@ STAGES = (
         epochs="epochs",
         batch=_batch,
         examples=stages.train_images,
-        report=(stages.last_epoch("contrastive_accuracy", "probe_accuracy"),),
+        steps="pretrain_steps",
+        report=(
+            stages.last_epoch("contrastive_accuracy", "probe_accuracy"),
+            stages.representation,
+        ),
         role="pretrainer",
+        exports="pretrainer",
     ),
     stages.classifier_stage(
         "finetune",
         _teacher,
         learning_rate=_finetune_learning_rate,
-        batch=lambda run: run.config.finetune_batch_size,
+        batch=_finetune_batch,
         start="pretrain",
+        init=stages.linear_head_first,
         role="teacher",
+        title="fine-tuned (teacher)",
+        exports="teacher",
     ),
     stages.Stage(
         "distill",
@@ -362,41 +348,20 @@ STAGES = (
         epochs="distill_epochs",
         batch=_batch,
         examples=stages.train_images,
+        steps="distill_steps",
         start="finetune",
         report=(_distilled_student,),
         role="distiller",
+        title="distilled (student)",
+        exports="student",
     ),
-    # The same network trained from scratch on the same labels, with the
-    # fine-tuning optimizer, so that only the initialisation differs.
-    stages.classifier_stage(
-        "baseline",
-        _classifier(),
-        learning_rate=lambda run: (
-            run.config.baseline_learning_rate or _finetune_learning_rate(run)
-        ),
-        batch=lambda run: run.config.finetune_batch_size,
-        exports=False,
-        selectable=False,
-    ),
+    stages.baseline_stage(_finetune_learning_rate, _finetune_batch),
 )
 
 
-def fit(config=None, *, strategy=None, callbacks=(), **overrides):
-    """Runs SimCLRv2: pretrain → fine-tune → distill (→ export).
-
-    Args:
-        config: `SimCLRv2Config`. Defaults to `SimCLRv2Config.digits()`.
-        strategy: optional `tf.distribute.Strategy`; global BatchNorm is
-            used when it has more than one replica.
-        callbacks: extra `keras.callbacks.Callback`s for every stage.
-        **overrides: fields of `config` to replace.
-
-    Returns:
-        A `RecipeResult`; its `models` are `pretrainer`, `teacher` and,
-        after distillation, `distiller` and `student`.
-    """
-    config = dataclasses.replace(config or SimCLRv2Config.digits(), **overrides)
-    return stages.run(config, STAGES, strategy=strategy, callbacks=callbacks)
+fit = stages.recipe_fit(
+    SimCLRv2Config, STAGES, "pretrain → fine-tune → distill"
+)
 
 
 def main(argv=None):

@@ -17,6 +17,7 @@ from typing import Callable
 
 import numpy as np
 
+from keras_ssl.recipes.config import PRECISIONS
 from keras_ssl.recipes.config import RUN_FIELDS
 
 
@@ -33,13 +34,19 @@ class Stage:
         epochs: str. The config field with its number of epochs.
         batch: `(run) -> int`. Examples per step, for one pass per epoch.
         examples: `(run) -> int`. Examples in one pass.
+        steps: str or `None`. The config field with its total step
+            budget, which replaces `epochs` when it is not `None`.
         start: str or `None`. The stage whose trained models it uses.
+        init: `(run, model) -> None` or `None`. Prepares the compiled
+            model before training (e.g. LP-FT's linear head).
         report: tuple of `(run, model) -> dict` metrics after training.
         role: str. The model's key in `RecipeResult.models`.
-        exports: bool. Whether the model is exported when it is the last
-            one trained.
+        title: str. What the report calls its `test_accuracy`.
+        exports: str. The name its model is exported under
+            (`output_dir/export/<name>`); `""` for none.
         selectable: bool. Whether `config.stages` chooses it; otherwise it
-            runs whenever its epochs are > 0.
+            runs whenever `when(config)` and its budget is > 0.
+        when: `(config) -> bool` or `None`. A further condition to run.
     """
 
     name: str
@@ -49,15 +56,35 @@ class Stage:
     epochs: str
     batch: Callable
     examples: Callable
+    steps: str | None = None
     start: str | None = None
+    init: Callable | None = None
     report: tuple = ()
     role: str = ""
-    exports: bool = True
+    title: str = ""
+    exports: str = ""
     selectable: bool = True
+    when: Callable | None = None
+
+    def budget(self, config):
+        """The stage's total steps if it has a step budget, else its
+        epochs: either way, 0 means it does not run."""
+        steps = getattr(config, self.steps) if self.steps else None
+        return getattr(config, self.epochs) if steps is None else steps
 
     def runs(self, config):
         chosen = self.name in config.stages or not self.selectable
-        return chosen and getattr(config, self.epochs) > 0
+        chosen = chosen and (self.when is None or self.when(config))
+        return chosen and self.budget(config) > 0
+
+
+def schedule(total_steps, steps_per_epoch):
+    """`(epochs, steps per epoch)` that make exactly `total_steps`, with
+    epochs (a backup after each) of at least `steps_per_epoch` steps: the
+    most epochs that divide the budget evenly."""
+    most = max(1, total_steps // max(1, steps_per_epoch))
+    epochs = max(e for e in range(1, most + 1) if total_steps % e == 0)
+    return epochs, total_steps // epochs
 
 
 @dataclass
@@ -100,24 +127,64 @@ class _Reads:
         return value
 
 
-def run(config, stages, *, strategy=None, callbacks=(), result_cls=None):
+def run(
+    config,
+    stages,
+    *,
+    strategy=None,
+    callbacks=(),
+    result_cls=None,
+    data=None,
+):
     """Runs `stages` for `config` and returns a `RecipeResult`.
 
     Each stage that runs is checked against its folder in `output_dir`
     (see `checkpoints.prepare`), trained or reused, and reported on; the
-    last exportable model trained is exported when `config.export`.
+    report (every model and the baselines on the same test images) is
+    printed and saved, and with `config.export` every trained model is
+    exported under its own name. The run uses `config.precision`'s Keras
+    dtype policy and restores the previous one afterwards.
+
+    Args:
+        config: the recipe's config.
+        stages: tuple of `Stage`.
+        strategy: optional `tf.distribute.Strategy`.
+        callbacks: extra Keras callbacks for every stage.
+        result_cls: optional `RecipeResult` subclass.
+        data: optional `datasets.ArraySplits` of the user's images; the
+            config's data set otherwise (see `load_data`).
     """
-    from keras_ssl.recipes import checkpoints
+    import keras
+
     from keras_ssl.recipes import reports
 
     result = (result_cls or reports.RecipeResult)(config=config)
     strategy = resolve_strategy(strategy, config.global_batch_sizes())
-    splits, labeled = load_data(config)
+    splits, labeled = load_data(config, data)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(PRECISIONS[config.precision])
+    try:
+        state = _run_stages(
+            config, stages, strategy, splits, labeled, result, callbacks
+        )
+    finally:
+        keras.config.set_dtype_policy(previous)
+    if config.baselines:
+        result.baselines = reports.pixel_baselines(labeled, splits)
+    if config.export:
+        _export(stages, state, result)
+    result.seconds = time.time() - result.started
+    reports.save_report(result, stages)
+    return result
+
+
+def _run_stages(config, stages, strategy, splits, labeled, result, callbacks):
     reads = _Reads(config)
     sync = strategy.num_replicas_in_sync > 1
     state = Run(reads, splits, labeled, sync, result, tuple(callbacks))
     identity = data_identity(config, splits, labeled)
-    prints, final = {}, None
+    result.data = identity
+    prints = {}
     with strategy.scope():
         for stage in _needed(stages, config):
             reads.names.clear()
@@ -128,25 +195,135 @@ def run(config, stages, *, strategy=None, callbacks=(), result_cls=None):
                 built = {n: getattr(config, n) for n in sorted(reads.names)}
                 prints[stage.name] = {"built": built}
                 continue
-            data = stage.data(state)
-            steps = reads.steps_per_epoch or max(
+            per_epoch = reads.steps_per_epoch or max(
                 1, stage.examples(state) // stage.batch(state)
             )
-            epochs = getattr(reads, stage.epochs)
+            budget = getattr(reads, stage.steps) if stage.steps else None
+            if budget is None:
+                epochs, steps = getattr(reads, stage.epochs), per_epoch
+            else:
+                epochs, steps = schedule(budget, per_epoch)
+            data = stage.data(state)
             model.compile(optimizer=stage.optimizer(state, steps * epochs))
+            if stage.init is not None:
+                stage.init(state, model)
             prints[stage.name] = _fingerprint(stage, reads, identity, prints)
-            _train(stage, state, model, data, steps, prints[stage.name])
+            _train(stage, state, model, data, epochs, steps, prints[stage.name])
             for report in stage.report:
                 result.stages[stage.name].metrics.update(report(state, model))
-            final = model if stage.exports else final
-    if final is None and stages:
-        final = state.models[stages[0].role or stages[0].name]
-    if config.export and final is not None:
-        checkpoints.check_finite(final, "The model to export")
-        reports.export(result, final)
     result.models.update(state.models)
-    result.seconds = time.time() - result.started
-    return result
+    return state
+
+
+def _export(stages, state, result):
+    """Exports the model of every stage that ran and exports, under its
+    name; `result.export_path` is the last one (the pipeline's end)."""
+    from keras_ssl.recipes import checkpoints
+    from keras_ssl.recipes import reports
+
+    for stage in stages:
+        if not stage.exports or stage.name not in result.stages:
+            continue
+        model = state.models[stage.role or stage.name]
+        checkpoints.check_finite(model, f"The {stage.exports} model to export")
+        reports.export(result, model, stage.exports)
+
+
+def recipe_fit(config_cls, recipe_stages, pipeline):
+    """A recipe's `fit()`: `run` on the config's data set, or on the
+    user's images when `x` is given (the config's `dataset` becomes
+    `"arrays"`; see `datasets.from_user`).
+
+    Args:
+        config_cls: the recipe's config class; `fit()` without a config
+            runs its `digits()` preset.
+        recipe_stages: the recipe's `Stage`s.
+        pipeline: str. The stages in words, for the docstring.
+    """
+    name = config_cls.__name__[: -len("Config")]
+    exports = [s.exports for s in recipe_stages if s.exports]
+
+    def fit(
+        config=None,
+        *,
+        x=None,
+        y=None,
+        x_test=None,
+        y_test=None,
+        unlabeled=None,
+        labeled_indices=None,
+        strategy=None,
+        callbacks=(),
+        **overrides,
+    ):
+        from keras_ssl.recipes import datasets
+
+        config = dataclasses.replace(config or config_cls.digits(), **overrides)
+        data = dict(y=y, x_test=x_test, y_test=y_test, unlabeled=unlabeled)
+        data["labeled_indices"] = labeled_indices
+        user = None
+        if x is not None:
+            config = dataclasses.replace(config, dataset="arrays")
+            user = datasets.from_user(x, image_size=config.image_size, **data)
+        elif any(v is not None for v in data.values()):
+            given = sorted(k for k, v in data.items() if v is not None)
+            raise ValueError(
+                f"{given} need the training images `x`. Received: x=None"
+            )
+        return run(
+            config,
+            recipe_stages,
+            strategy=strategy,
+            callbacks=callbacks,
+            data=user,
+        )
+
+    fit.__doc__ = _FIT_DOC.format(
+        name=name,
+        pipeline=pipeline,
+        module=config_cls.__module__,
+        exports=", ".join(exports),
+    )
+    return fit
+
+
+_FIT_DOC = """Runs {name}: {pipeline}, then the report.
+
+On the config's data set, or on your own images:
+
+```python
+result = {module}.fit(
+    {module}.{name}Config.digits(image_size=32),
+    x=x_labeled, y=y_labeled, unlabeled=x_unlabeled,
+    x_test=x_test, y_test=y_test,
+)
+```
+
+Images of any size and channel count are converted by
+`keras_ssl.data.prepare_images` to the config's `image_size`.
+
+Args:
+    config: `{name}Config`. Defaults to `{name}Config.digits()`.
+    x: optional training images, or a folder of class sub-folders. All
+        are labeled unless `labeled_indices` is given; with `x` the
+        config's data set and labeled subset are not used.
+    y: int labels of `x` (a folder's class ids by default).
+    x_test: test images (or a folder); needed with `x`.
+    y_test: their labels.
+    unlabeled: optional images without labels, pretrained on with `x`.
+    labeled_indices: optional positions in `x` whose labels are used;
+        the other images of `x` count as unlabeled.
+    strategy: optional `tf.distribute.Strategy`; global BatchNorm is
+        used when it has more than one replica.
+    callbacks: extra `keras.callbacks.Callback`s for every stage.
+    **overrides: fields of `config` to replace.
+
+Returns:
+    A `RecipeResult`: its `models` by role, its `report` (also
+    `output_dir/report.json` and `report.png`) comparing every model
+    with the baselines on the same test images, and with `export` the
+    SavedModels `output_dir/export/<name>` for {exports}.
+"""
 
 
 def _needed(stages, config):
@@ -165,7 +342,7 @@ def _fingerprint(stage, reads, identity, prints):
     """The config fields the stage read, the data's identity and a digest
     of the fingerprint of the stage it starts from."""
     config = reads._config
-    names = reads.names | {"seed", "dataset", "image_size"}
+    names = reads.names | {"seed", "dataset", "image_size", "precision"}
     start = prints.get(stage.start) if stage.start else None
     return {
         "fields": {n: getattr(config, n) for n in sorted(names)},
@@ -175,7 +352,7 @@ def _fingerprint(stage, reads, identity, prints):
     }
 
 
-def _train(stage, state, model, data, steps, fingerprint):
+def _train(stage, state, model, data, epochs, steps, fingerprint):
     from keras_ssl.recipes import checkpoints
 
     config = state.config
@@ -190,7 +367,7 @@ def _train(stage, state, model, data, steps, fingerprint):
         stage.name,
         model,
         data,
-        epochs=getattr(config, stage.epochs),
+        epochs=epochs,
         steps=steps,
         stage_dir=stage_dir,
         verbose=config.verbose,
@@ -264,8 +441,17 @@ def resolve_strategy(strategy, global_batch_sizes):
     return strategy
 
 
-def load_data(config):
+def load_data(config, data=None):
     """Seeds Keras, loads the config's data set and its labeled subset.
+
+    This is where a recipe's data enters: the user's images when `data`
+    is given (`datasets.from_user`, labeled where its `labeled_indices`
+    say), else the data set `config.dataset` names with the labeled subset
+    the config asks for.
+
+    Args:
+        config: the recipe's config.
+        data: optional `datasets.ArraySplits` with `labeled_indices`.
 
     Returns:
         `(splits, labeled)`: a `datasets.ArraySplits` and the
@@ -277,6 +463,17 @@ def load_data(config):
     from keras_ssl.recipes import datasets
 
     keras.utils.set_random_seed(config.seed)
+    if data is not None:
+        indices = data.labeled_indices
+        labeled = ssl_data.LabeledSubset(
+            indices=indices, y=data.labeled_y, x=data.x_train[indices]
+        )
+        return data, labeled
+    if config.dataset == "arrays":
+        raise ValueError(
+            "`dataset='arrays'` needs the images: pass `x=`, `y=`, "
+            "`x_test=` and `y_test=` to `fit()`. Received: no arrays"
+        )
     splits = datasets.load(
         config.dataset, config.image_size, config.data_dir, config.seed
     )
@@ -372,6 +569,8 @@ def classifier_stage(name, build, learning_rate, batch, **kwargs):
     """A stage that trains a `FineTuner` on the labeled subset and reports
     its test accuracy, with SimCLRv2's fine-tuning optimizer (§3.1): LARS
     at `learning_rate(run)·√B`, cosine decay, no warm-up or weight decay.
+    Its budget is `{name}_epochs` or `{name}_steps` unless `epochs` and
+    `steps` name other fields.
     """
 
     def size(run):
@@ -397,6 +596,7 @@ def classifier_stage(name, build, learning_rate, batch, **kwargs):
         data=stream,
         optimizer=optimizer,
         epochs=kwargs.pop("epochs", f"{name}_epochs"),
+        steps=kwargs.pop("steps", f"{name}_steps"),
         batch=size,
         examples=lambda run: len(run.labeled.y),
         report=(test_accuracy, *kwargs.pop("report", ())),
@@ -404,11 +604,115 @@ def classifier_stage(name, build, learning_rate, batch, **kwargs):
     )
 
 
+def finetune_crop(run):
+    """The fine-tuning crop's area range: the config's `crop_scale` when
+    set (small images lose their object in 8% crops), else SimCLRv2's."""
+    scale = run.config.crop_scale
+    return tuple(scale) if scale is not None else (0.08, 1.0)
+
+
+def fine_tuner(run, head=None, ft_layer=0):
+    """A `FineTuner` on the pretrained encoder (and the first `ft_layer`
+    layers of `head`), with the fine-tuning crop; with LP-FT its
+    BatchNorm keeps the pretrained statistics."""
+    from keras_ssl.models import FineTuner
+
+    config = run.config
+    return FineTuner(
+        run.models["pretrainer"].encoder,
+        num_classes=run.splits.num_classes,
+        head=head,
+        ft_layer=ft_layer,
+        image_size=config.image_size,
+        crop_scale=finetune_crop(run),
+        seed=config.seed,
+        frozen_batch_norm=config.linear_probe_first,
+    )
+
+
+def linear_head_first(run, model):
+    """LP-FT's first step (Kumar et al., 2022): unless the config turns it
+    off, the fine-tuner's classifier starts as the logistic regression
+    fitted to the frozen features of the labeled images, so fine-tuning
+    (with the BatchNorm statistics kept, see `fine_tuner`) starts at the
+    linear probe's accuracy instead of from zero."""
+    if run.config.linear_probe_first:
+        model.fit_linear_head(run.labeled.x, run.labeled.y)
+
+
+def baseline_stage(finetune_learning_rate, batch):
+    """The same network trained from scratch on the same labels, with the
+    fine-tuning stage's augmentation, optimizer, batch and step budget, so
+    that only the initialisation differs; it runs with fine-tuning when
+    `config.baselines`."""
+
+    def build(run):
+        from keras_ssl.models import FineTuner
+
+        return FineTuner(
+            encoder(run),
+            num_classes=run.splits.num_classes,
+            ft_layer=0,
+            crop_scale=finetune_crop(run),
+            seed=run.config.seed,
+        )
+
+    def learning_rate(run):
+        config = run.config
+        return config.baseline_learning_rate or finetune_learning_rate(run)
+
+    return classifier_stage(
+        "baseline",
+        build,
+        learning_rate=learning_rate,
+        batch=batch,
+        epochs="finetune_epochs",
+        steps="finetune_steps",
+        title="same network from scratch",
+        selectable=False,
+        when=lambda config: config.baselines and "finetune" in config.stages,
+    )
+
+
+def finetune_and_baseline(build, batch_size=256):
+    """PAWS's and SemPPL's fine-tuning (`build(run)` makes the
+    `FineTuner`; LP-FT, at `finetune_learning_rate`) and its from-scratch
+    baseline."""
+
+    def learning_rate(run):
+        return run.config.finetune_learning_rate
+
+    def batch(run):
+        return batch_size
+
+    finetune = classifier_stage(
+        "finetune",
+        build,
+        learning_rate=learning_rate,
+        batch=batch,
+        start="pretrain",
+        init=linear_head_first,
+        role="finetuner",
+        title="fine-tuned",
+        exports="finetuner",
+    )
+    return finetune, baseline_stage(learning_rate, batch)
+
+
 def test_accuracy(run, model):
     """Top-1 test accuracy of a classifier's logits."""
     logits = model.predict(run.splits.x_test, batch_size=256, verbose=0)
     correct = np.argmax(logits, -1) == run.splits.y_test
     return {"test_accuracy": float(np.mean(correct))}
+
+
+def representation(run, model):
+    """k-NN and linear-probe test accuracy of the pretrained encoder's
+    features, from the labeled images only (`reports.probe_accuracies`).
+    """
+    from keras_ssl.recipes import reports
+
+    return reports.probe_accuracies(model, run.labeled, run.splits)
 
 
 def last_epoch(*names):

@@ -75,3 +75,73 @@ class TestFineTuner(TestCase):
     def test_bad_num_classes(self):
         with pytest.raises(ValueError, match="num_classes=1"):
             FineTuner(tiny_encoder(), num_classes=1)
+
+
+def _separable(count=24, classes=3, seed=0):
+    """Images whose class is their brightness, plus noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(count) % classes
+    x = y[:, None, None, None] * 90 + rng.integers(0, 60, (count, 16, 16, 3))
+    return x.astype("uint8"), y
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_logistic_regression_weights_give_scikit_learns_probabilities(classes):
+    from sklearn.linear_model import LogisticRegression
+
+    from keras_ssl.models.fine_tuner import logistic_regression
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(30, 5)) * [1.0, 10.0, 0.1, 3.0, 1.0] + 4.0
+    labels = np.arange(30) % classes
+    # Class 3 (of 4) has no example: its logit must lose everywhere.
+    kernel, bias, accuracy = logistic_regression(features, labels, 4, l2=2.0)
+    scaled = (features - features.mean(0)) / features.std()
+    reference = LogisticRegression(C=0.5, max_iter=1000).fit(scaled, labels)
+    logits = features @ kernel + bias
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities = shifted / shifted.sum(-1, keepdims=True)
+    np.testing.assert_allclose(
+        probabilities[:, :classes], reference.predict_proba(scaled), atol=1e-6
+    )
+    assert np.all(probabilities[:, 3] < 1e-9)
+    assert accuracy == reference.score(scaled, labels)
+
+
+def test_lp_ft_starts_at_the_probe_and_does_not_fall_below_it():
+    x, y = _separable()
+    x_test, y_test = _separable(seed=1)
+    keras.utils.set_random_seed(0)
+    encoder = tiny_encoder()
+    # Moving statistics as a pretrained network would have them.
+    encoder(x.astype("float32") / 255.0, training=True)
+    model = FineTuner(
+        encoder,
+        num_classes=3,
+        ft_layer=0,
+        crop_scale=(0.5, 1.0),
+        frozen_batch_norm=True,
+        seed=0,
+    )
+    train_accuracy = model.fit_linear_head(x, y)
+    assert train_accuracy == 1.0
+
+    def accuracy():
+        logits = model.predict(x_test, verbose=0)
+        return np.mean(np.argmax(logits, -1) == y_test)
+
+    probe = accuracy()
+    moving = [
+        keras.ops.convert_to_numpy(v) for v in encoder.non_trainable_weights
+    ]
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+    history = model.fit(x, y, epochs=5, batch_size=12, verbose=0)
+    assert probe >= 0.9
+    assert accuracy() >= probe
+    # The head started fitted: the first loss is far below log(3).
+    assert history.history["loss"][0] < 0.5 * np.log(3)
+    # Frozen BatchNorm: its moving statistics did not move.
+    for before, variable in zip(moving, encoder.non_trainable_weights):
+        np.testing.assert_array_equal(
+            before, keras.ops.convert_to_numpy(variable)
+        )

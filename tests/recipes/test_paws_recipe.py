@@ -11,6 +11,7 @@ TINY = dict(
     batch_size=16,
     images_per_class=2,
     finetune_epochs=1,
+    baselines=False,
     verbose=0,
 )
 
@@ -26,7 +27,10 @@ def test_pretrain_paws_nn_finetune_export(tmp_path):
         ("finetune", "test_accuracy"),
     ):
         assert 0.0 <= result.stages[stage].metrics[name] <= 1.0
-    assert os.path.exists(os.path.join(result.export_path, "saved_model.pb"))
+    assert set(result.exports) == {"pretrainer", "finetuner"}
+    for path in result.exports.values():
+        assert os.path.exists(os.path.join(path, "saved_model.pb"))
+    assert result.export_path == result.exports["finetuner"]
 
 
 @pytest.mark.parametrize(

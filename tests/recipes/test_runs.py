@@ -49,7 +49,7 @@ def test_non_finite_training_stops_and_exports_nothing(tmp_path):
             **dict(TINY, epochs=3, learning_rate=1e30, export=True),
         )
     assert "epoch 1" in str(error.value) or "epoch 2" in str(error.value)
-    assert not os.path.exists(tmp_path / "saved_model")
+    assert not os.path.exists(tmp_path / "export")
     assert not os.path.exists(tmp_path / "pretrain" / "final.weights.h5")
     assert np.all(
         [not name.startswith(".tmp") for name in os.listdir(tmp_path)]

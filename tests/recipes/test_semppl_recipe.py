@@ -12,6 +12,7 @@ TINY = dict(
     batch_size=16,
     labeled_batch_size=8,
     finetune_epochs=1,
+    baselines=False,
     verbose=0,
 )
 
@@ -33,7 +34,10 @@ def test_pretrain_knn_finetune_export(tmp_path):
     )
     assert 0.0 <= result.stages["pretrain"].metrics["knn_accuracy"] <= 1.0
     assert 0.0 <= result.stages["finetune"].metrics["test_accuracy"] <= 1.0
-    assert os.path.exists(os.path.join(result.export_path, "saved_model.pb"))
+    assert set(result.exports) == {"pretrainer", "finetuner"}
+    for path in result.exports.values():
+        assert os.path.exists(os.path.join(path, "saved_model.pb"))
+    assert result.export_path == result.exports["finetuner"]
 
 
 @pytest.mark.parametrize("monitor", [True, False])

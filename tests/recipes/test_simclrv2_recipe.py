@@ -16,7 +16,7 @@ TINY = dict(
     finetune_batch_size=20,
     finetune_epochs=1,
     distill_epochs=1,
-    baseline_epochs=0,
+    baselines=False,
     verbose=0,
 )
 
@@ -54,11 +54,22 @@ class TestSimCLRv2Recipe:
         for name in ("finetune", "distill"):
             accuracy = result.stages[name].metrics["test_accuracy"]
             assert 0.0 <= accuracy <= 1.0
-        assert os.path.exists(
-            os.path.join(result.export_path, "saved_model.pb")
-        )
+        # Every trained model is exported under its own name, and the
+        # report says which file holds which, with its test accuracy.
+        assert set(result.exports) == {"pretrainer", "teacher", "student"}
+        summary = result.summary()
+        for name, path in result.exports.items():
+            assert path == str(tmp_path / "export" / name)
+            assert os.path.exists(os.path.join(path, "saved_model.pb"))
+        for row in result.report["rows"]:
+            if row["stage"] in ("finetune", "distill"):
+                accuracy = result.stages[row["stage"]].metrics["test_accuracy"]
+                assert row["test_accuracy"] == accuracy
+                assert f"{accuracy:.1%}" in summary
+                assert row["export"] in summary
+        assert result.export_path == result.exports["student"]
         assert os.listdir(result.stages["pretrain"].log_dir)
-        assert "finetune: test_accuracy=" in result.summary()
+        assert "finetune: test_accuracy=" in summary
 
     def test_resume_matches_uninterrupted_run(self, tmp_path):
         settings = dict(TINY, epochs=2, stages=("pretrain",), export=False)
