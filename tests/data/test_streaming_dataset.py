@@ -104,3 +104,12 @@ class TestStreamingDataset(TestCase):
             streaming.StreamingDataset(
                 streaming.ImageStream(table, 8, 16), support=object()
             )
+
+
+def test_distribute_under_a_strategy(image_folder):
+    stream = _stream(image_folder[0], image_ids=True)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    expected = next(stream.to_tf_dataset(start_step=2).as_numpy_iterator())
+    batch = next(iter(stream.distribute(strategy, start_step=2)))
+    for key, value in expected.items():
+        np.testing.assert_array_equal(batch[key].numpy(), value)
