@@ -51,6 +51,12 @@ from keras_ssl.recipes.config import config_from_command_line
         ({"dataset": "mnist"}, "dataset='mnist'"),
         ({"stages": ("pretrain", "linear")}, "linear"),
         ({"ft_layer": -1}, "ft_layer=-1"),
+        ({"pretrain_steps": -1}, "pretrain_steps=-1"),
+        ({"finetune_steps": 2.5}, "finetune_steps=2.5"),
+        ({"distill_steps": -2}, "distill_steps=-2"),
+        ({"precision": "float64"}, "precision='float64'"),
+        ({"baselines": "no"}, "baselines='no'"),
+        ({"linear_probe_first": 1}, "linear_probe_first=1"),
     ],
 )
 def test_simclrv2_config_is_checked_when_made(overrides, match):
@@ -130,6 +136,21 @@ def test_command_line_label_settings_replace_each_other():
     assert (config.labeled_per_class, config.labeled_fraction) == (None, 0.2)
     config = _parse("--preset", "imagenet", "--labeled_per_class", "13")
     assert (config.labeled_per_class, config.labeled_fraction) == (13, None)
+
+
+@pytest.mark.parametrize(
+    "config_cls",
+    [simclrv2.SimCLRv2Config, paws.PAWSConfig, semppl.SemPPLConfig],
+)
+def test_command_line_has_a_flag_per_stage_budget(config_cls):
+    budgets = [f"{name}_steps" for name in config_cls.STAGE_NAMES]
+    argv = []
+    for i, name in enumerate(budgets):
+        argv += [f"--{name}", str(i + 3)]
+    argv += ["--precision", "bfloat16", "--baselines", "false"]
+    config = config_from_command_line(config_cls, "prog", argv)
+    assert [getattr(config, n) for n in budgets] == [3, 4, 5][: len(budgets)]
+    assert config.precision == "bfloat16" and config.baselines is False
 
 
 def test_command_line_keeps_preset_values_not_given():
