@@ -68,6 +68,9 @@ class RecipeConfig:
         finetune_epochs: int. Fine-tuning epochs (0 skips fine-tuning).
         finetune_learning_rate: float. Fine-tuning's base LARS learning
             rate, scaled by the square root of the batch size.
+        finetune_crop_scale: pair of floats or `None`. Area range of the
+            fine-tuning crop (also the from-scratch baseline's); `None`
+            for SimCLRv2's (0.08, 1).
         linear_probe_first: bool. LP-FT: fit the linear classifier on the
             frozen features first (logistic regression), then fine-tune
             the whole network from there with BatchNorm's pretrained
@@ -129,6 +132,7 @@ class RecipeConfig:
     # Fine-tuning.
     finetune_epochs: int = 0
     finetune_learning_rate: float = 0.05
+    finetune_crop_scale: tuple | None = None
     linear_probe_first: bool = True
     # Step budgets (`None`: the epochs decide).
     pretrain_steps: int | None = None
@@ -193,13 +197,8 @@ class RecipeConfig:
                 f"{self.labeled_per_class}, labeled_fraction="
                 f"{self.labeled_fraction}"
             )
-        if self.crop_scale is not None:
-            low, high = _pair("crop_scale", self.crop_scale)
-            if not 0 < low <= high <= 1:
-                raise ValueError(
-                    "`crop_scale` must be (min, max) with 0 < min <= max "
-                    f"<= 1. Received: crop_scale={self.crop_scale}"
-                )
+        for name in ("crop_scale", "finetune_crop_scale"):
+            _check_scale(name, getattr(self, name))
         unknown = set(self.stages) - set(self.STAGE_NAMES)
         if unknown:
             raise ValueError(
@@ -275,6 +274,17 @@ def _check_dataset(name):
         "Unknown `dataset`. Expected 'digits', 'cifar10', 'npz', "
         f"'arrays' or 'tfds:NAME'. Received: dataset={name!r}"
     )
+
+
+def _check_scale(name, value):
+    if value is None:
+        return
+    low, high = _pair(name, value)
+    if not 0 < low <= high <= 1:
+        raise ValueError(
+            f"`{name}` must be (min, max) with 0 < min <= max <= 1. "
+            f"Received: {name}={value}"
+        )
 
 
 def _pair(name, value):
@@ -353,7 +363,7 @@ def _show(value):
 def _flag(config_cls, f):
     if f.name == "stages":
         return dict(nargs="+", choices=config_cls.STAGE_NAMES, metavar="STAGE")
-    if f.name == "crop_scale":
+    if f.name in ("crop_scale", "finetune_crop_scale"):
         return dict(nargs=2, type=_optional(float), metavar=("MIN", "MAX"))
     kinds = [t for t in typing.get_args(f.type) if t is not type(None)]
     kind = kinds[0] if isinstance(f.type, types.UnionType) else f.type
@@ -399,10 +409,10 @@ def config_from_command_line(config_cls, prog, argv=None):
     preset = args.pop("preset")
     if "stages" in args:
         args["stages"] = tuple(args["stages"])
-    if "crop_scale" in args and None not in args["crop_scale"]:
-        args["crop_scale"] = tuple(args["crop_scale"])
-    elif "crop_scale" in args:
-        args["crop_scale"] = None
+    for name in ("crop_scale", "finetune_crop_scale"):
+        if name in args:
+            given = args[name]
+            args[name] = None if None in given else tuple(given)
     pair = ("labeled_per_class", "labeled_fraction")
     for given, other in (pair, pair[::-1]):
         if given in args and other not in args and args[given] is not None:

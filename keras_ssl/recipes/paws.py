@@ -111,6 +111,8 @@ class PAWSConfig(RecipeConfig):
             epochs=20,
             learning_rate=8.0,
             finetune_epochs=30,
+            finetune_learning_rate=0.005,
+            finetune_crop_scale=(0.8, 1.0),
             output_dir="runs/paws_digits",
         )
         return dataclasses.replace(config, **overrides)

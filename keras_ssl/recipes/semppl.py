@@ -122,6 +122,8 @@ class SemPPLConfig(RecipeConfig):
             epochs=27,
             learning_rate=8.0,
             finetune_epochs=30,
+            finetune_learning_rate=0.005,
+            finetune_crop_scale=(0.8, 1.0),
             output_dir="runs/semppl_digits",
         )
         return dataclasses.replace(config, **overrides)

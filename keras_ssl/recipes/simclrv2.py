@@ -137,7 +137,11 @@ class SimCLRv2Config(RecipeConfig):
         meant for 100k-step runs. No MoCo memory: at these rates the
         network changes so much per step that even fresh keys come from
         another function, and they hurt more than they help (measured in
-        docs/benchmarks.md).
+        docs/benchmarks.md). Fine-tuning is LP-FT from the encoder's
+        output at §3.1's 0.005·√B on crops of at least 80% of the image:
+        on a validation split of the training images, the head's first
+        layer, higher rates and smaller crops each did worse
+        (docs/benchmarks.md).
         """
         config = cls(
             dataset="digits",
@@ -157,7 +161,9 @@ class SimCLRv2Config(RecipeConfig):
             weight_decay=1e-6,
             temperature=0.5,
             memory_size=0,
-            finetune_learning_rate=0.05,
+            ft_layer=0,
+            finetune_learning_rate=0.005,
+            finetune_crop_scale=(0.8, 1.0),
             finetune_batch_size=50,
             finetune_epochs=30,
             distill_epochs=10,

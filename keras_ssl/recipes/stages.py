@@ -605,9 +605,9 @@ def classifier_stage(name, build, learning_rate, batch, **kwargs):
 
 
 def finetune_crop(run):
-    """The fine-tuning crop's area range: the config's `crop_scale` when
-    set (small images lose their object in 8% crops), else SimCLRv2's."""
-    scale = run.config.crop_scale
+    """The fine-tuning crop's area range: the config's
+    `finetune_crop_scale`, else SimCLRv2's (0.08, 1)."""
+    scale = run.config.finetune_crop_scale
     return tuple(scale) if scale is not None else (0.08, 1.0)
 
 

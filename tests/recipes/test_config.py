@@ -45,6 +45,7 @@ from keras_ssl.recipes.config import config_from_command_line
         ({"labeled_per_class": None}, "exactly one of"),
         ({"labeled_fraction": 0.1}, "exactly one of"),
         ({"crop_scale": (0.5, 0.2)}, "crop_scale"),
+        ({"finetune_crop_scale": (0.0, 1.0)}, "finetune_crop_scale"),
         ({"learning_rate_scaling": "cubic"}, "learning_rate_scaling"),
         ({"export": "on"}, "export='on'"),
         ({"verbose": 5}, "verbose=5"),
