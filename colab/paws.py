@@ -75,7 +75,8 @@ print(f"PAWS-NN accuracy of the untrained network: {before:.3f}")
 #
 # `paws.fit` pretrains, measures PAWS-NN on the test images, fine-tunes
 # the encoder and the first projection layer on the labeled images
-# (Appendix C), and exports the fine-tuned classifier.
+# (Appendix C; LP-FT: the linear head first), prints the report next to
+# the baselines and exports every trained model under its own name.
 
 # %%
 result = paws.fit(config)

@@ -25,6 +25,7 @@ import tensorflow as tf
 from keras_ssl.evaluation import embed
 from keras_ssl.models.semppl_pretrainer import VOTE_FRACTIONS
 from keras_ssl.recipes import semppl
+from keras_ssl.recipes.reports import probe_accuracies
 from keras_ssl.recipes.stages import load_data
 
 # CI runs this notebook with KERAS_SSL_NOTEBOOK_TINY=1: a few steps only.
@@ -67,14 +68,15 @@ print(f"{len(splits.x_train)} training images, {len(labeled.y)} labeled")
 # %% [markdown]
 # ## k-NN accuracy before pretraining
 #
-# A weighted k-NN classifier (k = 200) on the encoder's features of the
-# training images. With `stages=()` the recipe only builds the network,
+# A weighted k-NN classifier (k = 200) on the encoder's features, with
+# the labeled images as the only labels, as the report measures it. With
+# `stages=()` the recipe only builds the network,
 # with the same seed and so the same initial weights the pretraining
 # below starts from.
 
 # %%
 untrained = semppl.fit(config, stages=(), export=False).models["pretrainer"]
-before = semppl.knn_accuracy(untrained, splits)
+before = probe_accuracies(untrained, labeled, splits)["knn_accuracy"]
 print(f"k-NN accuracy of the untrained network: {before:.3f}")
 
 # %% [markdown]
