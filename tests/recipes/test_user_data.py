@@ -165,3 +165,28 @@ def test_arrays_without_x_are_refused(tmp_path):
         simclrv2.fit(y=np.zeros(3, int), output_dir=str(tmp_path), **TINY)
     with pytest.raises(ValueError, match="dataset='arrays'"):
         simclrv2.fit(dataset="arrays", output_dir=str(tmp_path), **TINY)
+
+
+def test_folders_of_class_sub_folders_are_read_as_labeled_images(tmp_path):
+    from PIL import Image
+
+    from keras_ssl.recipes.datasets import from_user
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("cat", "dog")):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            pixels = rng.integers(0, 256, (12, 10), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+    splits = from_user(
+        str(tmp_path),
+        x_test=str(tmp_path),
+        unlabeled=np.zeros((4, 5, 5), np.uint8),
+        image_size=8,
+    )
+    assert splits.x_train.shape == (6 + 4, 8, 8, 3)
+    assert splits.y_train is None
+    np.testing.assert_array_equal(splits.labeled_y, [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(splits.labeled_indices, np.arange(6))
+    np.testing.assert_array_equal(splits.y_test, [0, 0, 0, 1, 1, 1])
+    assert splits.num_classes == 2
