@@ -5,7 +5,10 @@ of 224 px per image: random resized crop, flip, colour distortion with random
 order, grayscale, blur with p = 0.5) made by
 
 - `keras_ssl.layers.Views.from_preset("simclr_imagenet")` on a batch of uint8
-  images, under `tf.function(jit_compile=True)` (and once without XLA), and
+  images, under `tf.function(jit_compile=True)`, inside an uncompiled
+  `tf.function` as the models' training steps call it in `fit()` on a CPU
+  (`views_in_step`: the layer runs as its own compiled function), and once
+  without XLA, and
 - a per-image `tf.data.Dataset.map(num_parallel_calls=AUTOTUNE)` pipeline
   written with `tf.image` the way SimCLR's `data_util.py` does it
   (`sample_distorted_bounding_box` + crop + bicubic resize, random flip,
@@ -57,6 +60,7 @@ if keras.backend.backend() == "tensorflow":
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keras_ssl.layers import Views  # noqa: E402
+from keras_ssl.models._compiled import compiled_call  # noqa: E402
 
 # --- per-image tf.image baseline (SimCLR data_util style) -----------------
 
@@ -180,10 +184,18 @@ def batched_window(preset, images, jit_compile, warmup=0):
     """A function timing `batches` calls of `Views.from_preset(preset)`.
 
     The layer is traced and compiled here, untimed; each window starts with
-    `warmup` untimed calls, as the `tf.data` windows do.
+    `warmup` untimed calls, as the `tf.data` windows do. With
+    `jit_compile="in_step"` the views are made as the models' training
+    steps make them inside `fit()` on a CPU: an uncompiled `tf.function`
+    that calls the layer's own compiled function (`compiled_call`).
     """
     views = Views.from_preset(preset, seed=0)
-    fn = tf.function(lambda x: views(x, training=True), jit_compile=jit_compile)
+    if jit_compile == "in_step":
+        fn = tf.function(lambda x: compiled_call(views, x, training=True))
+    else:
+        fn = tf.function(
+            lambda x: views(x, training=True), jit_compile=jit_compile
+        )
     x = tf.constant(images)
     n_views = len(views.specs)
     fn(x)
@@ -360,6 +372,9 @@ def main():
                 "views_jit=True": batched_window(
                     "simclr_imagenet", images, True, args.warmup
                 ),
+                "views_in_step": batched_window(
+                    "simclr_imagenet", images, "in_step", args.warmup
+                ),
             },
             args.rounds,
             args.batches,
@@ -404,7 +419,7 @@ def main():
             )
     for dataset, rows in comparisons.items():
         base = rows["tf_data"]
-        for name in ("views_jit=True", "views_jit=False"):
+        for name in ("views_jit=True", "views_in_step", "views_jit=False"):
             if name not in rows:
                 continue
             ours = rows[name]

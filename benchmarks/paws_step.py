@@ -14,8 +14,9 @@ plain supervised training on the same crops: one supervised step (same
 augmentation spec, backbone, linear classifier, cross-entropy, same
 optimizer) on `support_views * C * I + 2 * B` images at the large size plus
 one on `num_small * B` images at the small size. The script prints the
-median time of each, interleaved so that a noisy shared machine slows all
-alike, and the ratio PAWS / (supervised large + supervised small).
+median wall and CPU time of each, the three alternating step by step
+(`alternate.py`) so that a noisy shared machine slows all alike, and the
+per-cycle ratios PAWS / (supervised large + supervised small).
 
 The defaults are tiny so that it runs in about a minute on 2 CPU cores.
 The paper's CIFAR-10 setting (Appendix C: batch 256, support 10 x 64 with
@@ -34,7 +35,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -44,6 +44,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from alternate import alternate  # noqa: E402
+from alternate import machine  # noqa: E402
+from alternate import ratios  # noqa: E402
+from alternate import report  # noqa: E402
+from alternate import summary  # noqa: E402
 
 from keras_ssl.backbones import ResNet  # noqa: E402
 from keras_ssl.layers import ProjectionHead  # noqa: E402
@@ -120,12 +127,6 @@ def _images(rng, count, size):
     return rng.integers(0, 256, (count, size, size, 3)).astype("uint8")
 
 
-def _timed(step):
-    start = time.perf_counter()
-    step()  # train_on_batch returns NumPy values: the step has finished.
-    return time.perf_counter() - start
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=8)
@@ -175,26 +176,27 @@ def main():
         "supervised_large": lambda: supervised_large.train_on_batch(*sup_large),
         "supervised_small": lambda: supervised_small.train_on_batch(*sup_small),
     }
-    times = {name: [] for name in steps}
-    for i in range(args.warmup + args.steps):
-        for name, step in steps.items():
-            elapsed = _timed(step)
-            if i >= args.warmup:
-                times[name].append(elapsed)
-    median = {name: statistics.median(t) for name, t in times.items()}
+    # train_on_batch returns NumPy values: each step has finished.
+    results = alternate(steps, cycles=args.steps, warmup=args.warmup)
+    median = {name: statistics.median(r["wall"]) for name, r in results.items()}
     baseline = median["supervised_large"] + median["supervised_small"]
-    ratio = median["paws"] / baseline
-    print(f"machine: {_cpu_model()}, {os.cpu_count()} CPUs")
+    parts = ("supervised_large", "supervised_small")
+    ratio = statistics.median(ratios(results, "paws", parts))
+    print(machine())
     print(
         f"backbone: ResNet-{args.depth} {args.width}x ({args.stem} stem); "
         f"batch {args.batch_size}, support {args.classes} x "
         f"{args.per_class} x {args.support_views} views, "
         f"2 x {size} px + {args.num_small} x {small.size} px, "
-        f"jit={args.jit}, median of {args.steps} steps"
+        f"jit={args.jit}, {args.steps} alternating cycles"
     )
+    print(report(results, baseline="paws"))
     for name, value in median.items():
         print(f"{name:>17}: {value * 1000:9.1f} ms")
-    print(f"PAWS / (supervised large + small) = {ratio:.3f}")
+    print(
+        "PAWS / (supervised large + small), per cycle: "
+        + summary(results, "paws", parts)
+    )
     print(
         "| `" + " ".join(sys.argv[1:]) + "` | "
         f"{_cpu_model()} | {median['paws'] * 1000:.0f} ms | "

@@ -80,7 +80,11 @@ def all_reduce_sum(x):
 
 
 def batch_normalization(synchronized=False, **kwargs):
-    """A `keras.layers.BatchNormalization`, synchronized where it can be.
+    """A BatchNormalization layer, synchronized where it can be.
+
+    The layer is a `keras_ssl.layers.FusedBatchNormalization`: Keras's
+    layer, whose unsynchronized training step runs in one fused kernel on
+    TensorFlow.
 
     `synchronized=True` computes the statistics over every replica's batch
     on the TensorFlow backend. Keras raises for it on other backends, where
@@ -98,7 +102,11 @@ def batch_normalization(synchronized=False, **kwargs):
     synchronized = bool(synchronized) and keras.backend.backend() == (
         "tensorflow"
     )
-    return keras.layers.BatchNormalization(synchronized=synchronized, **kwargs)
+    from keras_ssl.layers.fused_batch_normalization import (
+        FusedBatchNormalization,
+    )
+
+    return FusedBatchNormalization(synchronized=synchronized, **kwargs)
 
 
 def in_multi_worker_mode() -> bool:

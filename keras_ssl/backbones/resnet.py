@@ -1,5 +1,6 @@
 """`ResNet`: the SimCLRv2 ResNet family (depth, width, SK, ResNet-D)."""
 
+import contextlib
 import numbers
 
 import keras
@@ -95,7 +96,8 @@ class ResNet(keras.Model):
             with), so that it still takes images in `[0, 1]`. Defaults to
             `None` (no normalisation).
         input_std: optional sequence of 3 floats > 0. Defaults to `None`.
-        **kwargs: passed to `keras.Model` (e.g. `name`).
+        **kwargs: passed to `keras.Model` (e.g. `name`). A `dtype`
+            policy (e.g. `"mixed_bfloat16"`) applies to every layer.
 
     Example:
 
@@ -175,34 +177,41 @@ class ResNet(keras.Model):
             "conv_padding": conv_padding,
             "pool_padding": pool_padding,
         }
-        inputs = keras.Input(shape=input_shape, name="images")
-        x = inputs
-        if input_mean is not None:
-            x = keras.layers.Normalization(
-                mean=input_mean,
-                variance=[s**2 for s in input_std],
-                name="input_normalization",
-            )(x)
-        x = resnet_blocks.apply_stem(
-            x, stem, width_multiplier, layout["resnet_d"], bn, layout
-        )
-        for stage, num_blocks in enumerate(STAGE_BLOCKS[depth]):
-            filters = int(64 * 2**stage * width_multiplier)
-            for block in range(num_blocks):
-                # SimCLR projects in the first block of every stage, also
-                # in stage 1 of ResNet-18/34 where the shapes already match.
-                x = apply_block(
-                    x,
-                    filters,
-                    strides=2 if stage > 0 and block == 0 else 1,
-                    projection=block == 0,
-                    sk_ratio=sk_ratio,
-                    name=f"stage{stage + 1}_block{block + 1}",
-                    bn=bn,
-                    layout=layout,
-                )
-        outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        # Every layer follows `dtype` (e.g. "mixed_bfloat16"), or the
+        # global policy when it is not given.
+        dtype = kwargs.pop("dtype", None)
+        with _dtype_policy(dtype):
+            inputs = keras.Input(shape=input_shape, name="images")
+            x = inputs
+            if input_mean is not None:
+                x = keras.layers.Normalization(
+                    mean=input_mean,
+                    variance=[s**2 for s in input_std],
+                    name="input_normalization",
+                )(x)
+            x = resnet_blocks.apply_stem(
+                x, stem, width_multiplier, layout["resnet_d"], bn, layout
+            )
+            for stage, num_blocks in enumerate(STAGE_BLOCKS[depth]):
+                filters = int(64 * 2**stage * width_multiplier)
+                for block in range(num_blocks):
+                    # SimCLR projects in the first block of every stage, also
+                    # in stage 1 of ResNet-18/34 where the shapes already match.
+                    x = apply_block(
+                        x,
+                        filters,
+                        strides=2 if stage > 0 and block == 0 else 1,
+                        projection=block == 0,
+                        sk_ratio=sk_ratio,
+                        name=f"stage{stage + 1}_block{block + 1}",
+                        bn=bn,
+                        layout=layout,
+                    )
+            outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+        self._policy_name = (
+            None if dtype is None else keras.dtype_policies.get(dtype).name
+        )
 
         # === Config ===
         self.depth = depth
@@ -241,11 +250,26 @@ class ResNet(keras.Model):
             "pool_padding": self.pool_padding,
             "input_mean": self.input_mean,
             "input_std": self.input_std,
+            "dtype": self._policy_name,
         }
 
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+@contextlib.contextmanager
+def _dtype_policy(dtype):
+    """Makes `dtype` the global policy for the layers built inside."""
+    if dtype is None:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(keras.dtype_policies.get(dtype))
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _is_int(value):

@@ -305,7 +305,9 @@ class Views(keras.layers.Layer):
         return specs
 
     @classmethod
-    def from_preset(cls, name, size=None, group_by_size=False, seed=None):
+    def from_preset(
+        cls, name, size=None, group_by_size=False, seed=None, **kwargs
+    ):
         """Builds `Views` from a named preset.
 
         Args:
@@ -315,12 +317,13 @@ class Views(keras.layers.Layer):
                 smaller views scale in proportion.
             group_by_size: bool. See the class. Defaults to `False`.
             seed: optional int.
+            **kwargs: base `Layer` arguments (`name`, `dtype`).
 
         Returns:
             A `Views` layer.
         """
         specs = cls.preset_specs(name, size=size)
-        return cls(specs, group_by_size=group_by_size, seed=seed)
+        return cls(specs, group_by_size=group_by_size, seed=seed, **kwargs)
 
     def group(self, views):
         """Groups a list of views by size: `{size: (n * B, h, w, 3)}`."""

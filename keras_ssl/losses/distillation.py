@@ -12,6 +12,16 @@ def _check_alpha(alpha) -> None:
         raise ValueError(f"`alpha` must be in [0, 1]. Received: alpha={alpha}")
 
 
+def _upcast(*tensors):
+    """The tensors in float32 (float64 stays float64)."""
+    out = []
+    for x in tensors:
+        x = ops.convert_to_tensor(x)
+        dtype = keras.backend.standardize_dtype(x.dtype)
+        out.append(ops.cast(x, "float64" if dtype == "float64" else "float32"))
+    return out
+
+
 def _per_example(teacher_logits, student_logits, temperature):
     """Eq. (2) of each example: `-sum_y P_T(y|x; tau) log P_S(y|x; tau)`."""
     # The teacher is fixed: its distribution is a target, not a prediction.
@@ -73,6 +83,11 @@ def distillation(
     """
     check_positive("temperature", temperature)
     _check_alpha(alpha)
+    # The softmaxes in at least float32, as the other losses (a mixed
+    # precision network gives bfloat16 or float16 logits).
+    teacher_logits, student_logits = _upcast(teacher_logits, student_logits)
+    if labeled_logits is not None:
+        (labeled_logits,) = _upcast(labeled_logits)
     distill = ops.mean(
         _per_example(teacher_logits, student_logits, temperature)
     )

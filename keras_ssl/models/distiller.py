@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_ssl._checks import check_positive
 from keras_ssl.losses.distillation import distillation
+from keras_ssl.models._compiled import compiled_call
 from keras_ssl.models.image_utils import to_float_images
 from keras_ssl.models.image_utils import unpack_batch
 from keras_ssl.models.ssl_model import SSLModel
@@ -117,7 +118,7 @@ class Distiller(SSLModel):
         n = ops.shape(images)[0]
         if labeled is not None and self.alpha < 1.0:
             images = ops.concatenate([images, to_float_images(labeled)], 0)
-        views = self.student.augment(images, training=training)
+        views = compiled_call(self.student.augment, images, training)
         teacher_logits = self.teacher.classify(views, training=False)
         student_logits = self.student.classify(views, training=training)
         loss, logs = distillation(

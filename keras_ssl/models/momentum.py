@@ -5,6 +5,9 @@ import functools
 import keras
 from keras import ops
 
+from keras_ssl.layers.fused_batch_normalization import fusable
+from keras_ssl.layers.fused_batch_normalization import fused_batch_statistics
+
 
 def clone_network(network, batch_statistics=False):
     """A structurally identical, frozen copy of `network` with its weights.
@@ -90,6 +93,8 @@ class _BatchStatistics:
                 "A momentum copy on batch statistics does not take masks. "
                 f"Received: a mask for layer {self.name!r}"
             )
+        if fusable(self, inputs):
+            return fused_batch_statistics(self, inputs)[0]
         compute_dtype = keras.backend.result_type(inputs.dtype, "float32")
         inputs = ops.cast(inputs, compute_dtype)
         axis = self.axis % len(inputs.shape)

@@ -8,6 +8,7 @@ from keras_ssl._checks import check_positive
 from keras_ssl.layers.projection_head import ProjectionHead
 from keras_ssl.layers.views import Views
 from keras_ssl.losses.paws import paws
+from keras_ssl.models._compiled import compiled_call
 from keras_ssl.models.image_utils import to_float_images
 from keras_ssl.models.image_utils import unpack_batch
 from keras_ssl.models.ssl_model import SSLModel
@@ -235,6 +236,7 @@ class PAWSPretrainer(SSLModel):
                 synchronized_bn=True,
                 use_bias=True,
                 batch_norm=[True, True, False],
+                dtype=self.dtype_policy,
             )
         self.head = head
         if not self.head.built:
@@ -243,7 +245,11 @@ class PAWSPretrainer(SSLModel):
         if isinstance(projection_shape, list):
             projection_shape = projection_shape[-1]
         if views is None:
-            views = Views.from_preset("paws_imagenet", size=image_size or 224)
+            views = Views.from_preset(
+                "paws_imagenet",
+                size=image_size or 224,
+                dtype=self.dtype_policy,
+            )
         if len(views.specs) < 2:
             raise ValueError(
                 "`views` must make at least the two global views. Received: "
@@ -254,6 +260,7 @@ class PAWSPretrainer(SSLModel):
             views.specs[:support_views],
             seed=None if views.seed is None else views.seed + 1,
             name="support_views",
+            dtype=views.dtype_policy,
         )
         self.prediction_head = prediction_head
         if prediction_head is not None and not prediction_head.built:
@@ -308,10 +315,10 @@ class PAWSPretrainer(SSLModel):
         unlabeled, support, support_labels = _unpack(data)
         views = _as_list(
             self.views,
-            self.views(to_float_images(unlabeled), training=training),
+            compiled_call(self.views, to_float_images(unlabeled), training),
         )
-        support_views = self.support_augment(
-            to_float_images(support), training=training
+        support_views = compiled_call(
+            self.support_augment, to_float_images(support), training
         )
         outputs = self._embed_views(list(support_views) + views, training)
         count = len(support_views)

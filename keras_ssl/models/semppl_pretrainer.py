@@ -21,6 +21,7 @@ from keras_ssl.losses.semppl import pseudo_labels
 from keras_ssl.losses.semppl import sample_negative_indices
 from keras_ssl.losses.semppl import semantic_positives
 from keras_ssl.losses.semppl import semppl
+from keras_ssl.models._compiled import compiled_call
 from keras_ssl.models.image_utils import to_float_images
 from keras_ssl.models.image_utils import unpack_batch
 from keras_ssl.models.momentum import clone_layer
@@ -30,7 +31,7 @@ from keras_ssl.models.ssl_model import SSLModel
 from keras_ssl.ops.math import l2_normalize
 
 
-def _mlp(hidden_dim, output_dim, name):
+def _mlp(hidden_dim, output_dim, name, dtype=None):
     """SemPPL's projector / predictor (§2.1, Appendix D.1).
 
     "2 linear layers—the first one followed by batch normalization and
@@ -47,6 +48,7 @@ def _mlp(hidden_dim, output_dim, name):
         use_bias=True,
         batch_norm=[True, False],
         kernel_initializer="glorot_uniform",
+        dtype=dtype,
         name=name,
     )
 
@@ -314,11 +316,13 @@ class SemPPLPretrainer(SSLModel):
         # === Layers ===
         self.encoder = encoder
         if projector is None:
-            projector = _mlp(4096, 256, "projector")
+            projector = _mlp(4096, 256, "projector", self.dtype_policy)
         self.projector = _build(projector, feature_dim)
         projection_dim = _output_dim(self.projector, feature_dim)
         if predictor is None:
-            predictor = _mlp(4096, projection_dim, "predictor")
+            predictor = _mlp(
+                4096, projection_dim, "predictor", self.dtype_policy
+            )
         self.predictor = _build(predictor, projection_dim)
         if _output_dim(self.predictor, projection_dim) != projection_dim:
             raise ValueError(
@@ -329,7 +333,9 @@ class SemPPLPretrainer(SSLModel):
             )
         if views is None:
             size = encoder.input.shape[1] or 224
-            views = Views.from_preset("semppl_imagenet", size=size)
+            views = Views.from_preset(
+                "semppl_imagenet", size=size, dtype=self.dtype_policy
+            )
         self.views = views
         areas = [math.prod(normalize_size(s.size)) for s in views.specs]
         self.large_views = [i for i, a in enumerate(areas) if a == max(areas)]
@@ -489,7 +495,7 @@ class SemPPLPretrainer(SSLModel):
             to_float_images(x) for x in (unlabeled, labeled) if x is not None
         ]
         images = ops.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
-        views = self.views(images, training=training)
+        views = compiled_call(self.views, images, training)
         large = [views[i] for i in self.large_views]
         small = [views[i] for i in self.small_views]
         online_large = self._online(large, training)

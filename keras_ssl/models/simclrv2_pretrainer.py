@@ -12,6 +12,7 @@ from keras_ssl.layers.memory_queue import MemoryQueue
 from keras_ssl.layers.projection_head import ProjectionHead
 from keras_ssl.layers.views import Views
 from keras_ssl.losses.nt_xent import nt_xent
+from keras_ssl.models._compiled import compiled_call
 from keras_ssl.models.image_utils import to_float_images
 from keras_ssl.models.image_utils import unpack_batch
 from keras_ssl.models.momentum import clone_layer
@@ -155,15 +156,19 @@ class SimCLRv2Pretrainer(SSLModel):
             temperature, memory_size, momentum, memory_views, num_classes
         )
         super().__init__(**kwargs)
+        # The layers made here follow the model's dtype policy.
+        dtype = self.dtype_policy
         feature_shape = tuple(encoder.output.shape)
         image_size = encoder.input.shape[1] or 224
         # === Layers ===
         self.encoder = encoder
-        self.head = head if head is not None else ProjectionHead()
+        self.head = head if head is not None else ProjectionHead(dtype=dtype)
         if not self.head.built:
             self.head.build(feature_shape)
         if views is None:
-            views = Views.from_preset("simclr_imagenet", size=image_size)
+            views = Views.from_preset(
+                "simclr_imagenet", size=image_size, dtype=dtype
+            )
         if len(views.specs) != 2:
             raise ValueError(
                 "`views` must make exactly two views for NT-Xent. Received: "
@@ -184,7 +189,9 @@ class SimCLRv2Pretrainer(SSLModel):
             self.queue.build(None)
         self.probe = None
         if num_classes is not None:
-            self.probe = keras.layers.Dense(num_classes, name="probe")
+            self.probe = keras.layers.Dense(
+                num_classes, name="probe", dtype=dtype
+            )
             self.probe.build(feature_shape)
         # === Config ===
         self.temperature = temperature
@@ -199,9 +206,12 @@ class SimCLRv2Pretrainer(SSLModel):
     def compile(self, optimizer="rmsprop", **kwargs):
         super().compile(optimizer=optimizer, **kwargs)
         self._probe_l2 = 0.0
-        if self.probe is not None and isinstance(self.optimizer, LARS):
-            self.optimizer.exclude_variables(self.probe.trainable_weights)
-            self._probe_l2 = self.optimizer.weight_decay_rate
+        # Under mixed_float16 Keras wraps the optimizer in a
+        # `LossScaleOptimizer`; LARS is the one inside.
+        optimizer = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        if self.probe is not None and isinstance(optimizer, LARS):
+            optimizer.exclude_variables(self.probe.trainable_weights)
+            self._probe_l2 = optimizer.weight_decay_rate
 
     def _eval_images(self, images):
         x = to_float_images(images)
@@ -280,7 +290,7 @@ class SimCLRv2Pretrainer(SSLModel):
             to_float_images(x) for x in (unlabeled, labeled) if x is not None
         ]
         images = ops.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
-        view1, view2 = self.views(images, training=training)
+        view1, view2 = compiled_call(self.views, images, training)
         batch = ops.shape(view1)[0]
         h = self.encoder(ops.concatenate([view1, view2], 0), training=training)
         z = self.head(h, training=training)[-1]
@@ -315,7 +325,8 @@ class SimCLRv2Pretrainer(SSLModel):
         num_labeled = ops.shape(labels)[0]
         # The labeled images are the last rows of the first view.
         features = ops.stop_gradient(h[batch - num_labeled : batch])
-        logits = self.probe(features)
+        # The loss and accuracy in float32 under a mixed policy too.
+        logits = ops.cast(self.probe(features), "float32")
         loss = ops.mean(
             keras.losses.sparse_categorical_crossentropy(
                 labels, logits, from_logits=True

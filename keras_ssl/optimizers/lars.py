@@ -34,6 +34,11 @@ def _matches(patterns, path):
     return any(re.search(pattern, path) for pattern in patterns or ())
 
 
+def _norm_dtype(dtype):
+    dtype = keras.backend.standardize_dtype(dtype)
+    return "float64" if dtype == "float64" else "float32"
+
+
 def _sum_of_squares(x, folds=3):
     """`sum(x**2)`, first adding halves of the tensor `folds` times.
 
@@ -254,8 +259,11 @@ class LARS(keras.optimizers.Optimizer):
                 gradient, ops.multiply(variable, self.weight_decay_rate)
             )
         if self._adapted[index]:
-            w_squared = _sum_of_squares(variable)
-            g_squared = _sum_of_squares(gradient)
+            # Norms and trust ratio in at least float32, whatever the
+            # variables' dtype.
+            norm_dtype = _norm_dtype(variable.dtype)
+            w_squared = _sum_of_squares(ops.cast(variable, norm_dtype))
+            g_squared = _sum_of_squares(ops.cast(gradient, norm_dtype))
             # trust = eeta * ||w|| / ||g'||. A zero-initialised variable or
             # a zero gradient gets the plain learning rate; `where` also
             # discards the 0/0 of the unused branch.
@@ -267,7 +275,7 @@ class LARS(keras.optimizers.Optimizer):
                 ),
                 1.0,
             )
-            lr = ops.multiply(lr, trust)
+            lr = ops.multiply(lr, ops.cast(trust, variable.dtype))
         step = ops.multiply(gradient, lr)
         velocity = self._momentums[index]
         new_velocity = ops.add(ops.multiply(velocity, self.momentum), step)

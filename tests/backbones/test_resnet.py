@@ -438,6 +438,26 @@ class TestSerialization(TestCase):
         assert isinstance(reloaded, ResNet)
         assert reloaded.get_config() == model.get_config()
 
+    def test_dtype_policy_reaches_every_layer(self):
+        model = ResNet(
+            depth=18,
+            width_multiplier=0.25,
+            stem="cifar",
+            input_shape=(16, 16, 3),
+            dtype="mixed_bfloat16",
+        )
+        assert keras.config.dtype_policy().name == "float32"
+        assert {layer.dtype_policy.name for layer in model.layers} == {
+            "mixed_bfloat16"
+        }
+        assert all(v.dtype == "float32" for v in model.weights)
+        self.assertDType(model(images(2, 16)), "bfloat16")
+        rebuilt = ResNet.from_config(model.get_config())
+        assert rebuilt.get_config()["dtype"] == "mixed_bfloat16"
+        assert {layer.dtype_policy.name for layer in rebuilt.layers} == {
+            "mixed_bfloat16"
+        }
+
 
 class TestValidation(TestCase):
     @pytest.mark.parametrize(
