@@ -38,7 +38,9 @@ def config(data_dir, dataset="folder", **overrides):
     return SimpleNamespace(**{**values, **overrides})
 
 
-def tiny_encoder(size=16, width=8):
+def shrunk_encoder(size=16, width=8):
+    """The presets' ResNet shrunk to one strided convolution: the data
+    path is what these tests run end to end."""
     inputs = keras.Input((size, size, 3))
     x = keras.layers.Conv2D(width, 3, strides=2, padding="same")(inputs)
     x = keras.layers.BatchNormalization()(x)
@@ -143,13 +145,14 @@ class TestPresetsEndToEnd(TestCase):
 
     def test_simclrv2(self, folder):
         from keras_ssl.layers import ProjectionHead
+        from keras_ssl.models import Distiller
         from keras_ssl.models import SimCLRv2Pretrainer
         from keras_ssl.recipes.simclrv2 import SimCLRv2Config
 
         preset = SimCLRv2Config.imagenet()
         data = RecipeStreams(config(folder, seed=preset.seed))
         model = SimCLRv2Pretrainer(
-            tiny_encoder(),
+            shrunk_encoder(),
             head=ProjectionHead(num_layers=preset.head_layers, output_dim=8),
             views=_views(preset),
             temperature=preset.temperature,
@@ -158,7 +161,18 @@ class TestPresetsEndToEnd(TestCase):
         )
         model.compile(optimizer=keras.optimizers.SGD(0.01), run_eagerly=True)
         _fit(model, data.pretrain_stream(8, 4, image_ids=True))
-        self._finetune_and_evaluate(model.encoder, data)
+        teacher = self._finetune(model.encoder, data)
+        student = self._finetune(shrunk_encoder(), data, steps=0)
+        distiller = Distiller(
+            teacher, student, temperature=preset.distill_temperature
+        )
+        distiller.compile(
+            optimizer=keras.optimizers.SGD(0.01), run_eagerly=True
+        )
+        _fit(distiller, data.pretrain_stream(8, seed_offset=1))
+        self._evaluate(student, data)
+        knn = data.evaluate_knn(model.encoder, batch_size=6, k=3)
+        self._check(knn)
 
     def test_paws(self, folder):
         from keras_ssl.models import PAWSPretrainer
@@ -167,7 +181,7 @@ class TestPresetsEndToEnd(TestCase):
         preset = PAWSConfig.imagenet()
         data = RecipeStreams(config(folder, labels="1pct"))
         model = PAWSPretrainer(
-            tiny_encoder(size=None),
+            shrunk_encoder(size=None),
             num_classes=data.num_classes,
             views=_views(preset),
             support_views=preset.support_views,
@@ -176,7 +190,7 @@ class TestPresetsEndToEnd(TestCase):
         )
         model.compile(optimizer=keras.optimizers.SGD(0.01), run_eagerly=True)
         _fit(model, data.pretrain_stream(8, support=(4, 2)))
-        self._finetune_and_evaluate(model.encoder, data)
+        self._evaluate(self._finetune(model.encoder, data), data)
 
     def test_semppl(self, folder):
         from keras_ssl.models import SemPPLPretrainer
@@ -185,7 +199,7 @@ class TestPresetsEndToEnd(TestCase):
         preset = SemPPLConfig.imagenet()
         data = RecipeStreams(config(folder))
         model = SemPPLPretrainer(
-            tiny_encoder(size=None),
+            shrunk_encoder(size=None),
             num_classes=data.num_classes,
             views=_views(preset),
             queue_size=24,
@@ -195,9 +209,9 @@ class TestPresetsEndToEnd(TestCase):
         )
         model.compile(optimizer=keras.optimizers.SGD(0.01), run_eagerly=True)
         _fit(model, data.pretrain_stream(8, 4, monitor_labels=True))
-        self._finetune_and_evaluate(model.encoder, data)
+        self._evaluate(self._finetune(model.encoder, data), data)
 
-    def _finetune_and_evaluate(self, encoder, data):
+    def _finetune(self, encoder, data, steps=2):
         from keras_ssl.models import FineTuner
 
         classifier = FineTuner(
@@ -206,14 +220,18 @@ class TestPresetsEndToEnd(TestCase):
         classifier.compile(
             optimizer=keras.optimizers.SGD(0.01), run_eagerly=True
         )
-        _fit(classifier, data.labeled_stream(4))
-        accuracy = data.evaluate_classifier(classifier, batch_size=6)
-        knn = data.evaluate_knn(encoder, batch_size=6, k=3)
-        for result in (accuracy, knn):
-            assert result["examples"] == 16
-            assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
-            # 4 classes: the label is always among the top 5.
-            assert result["top5"] == 1.0
+        if steps:
+            _fit(classifier, data.labeled_stream(4), steps)
+        return classifier
+
+    def _evaluate(self, classifier, data):
+        self._check(data.evaluate_classifier(classifier, batch_size=6))
+
+    def _check(self, result):
+        assert result["examples"] == 16
+        assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
+        # 4 classes: the label is always among the top 5.
+        assert result["top5"] == 1.0
 
 
 def test_config_dataclass_is_read_by_attribute(folder):
