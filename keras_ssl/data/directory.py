@@ -120,7 +120,9 @@ def from_directory(
     host, in parallel, before the pipeline is built: a corrupt file raises
     a `ValueError` naming it, or with `skip_corrupt=True` is dropped with
     a warning listing the files. That costs one decoding pass over the
-    data. With `validate=False` nothing is checked up front: a corrupt
+    data (for data sets too large for that, such as ImageNet, stream them
+    with `keras_ssl.data.streaming`, which reads no file up front). With
+    `validate=False` nothing is checked up front: a corrupt
     file fails the pipeline when it is reached (with TensorFlow's error,
     which does not name the file), or with `skip_corrupt=True` is dropped
     silently.

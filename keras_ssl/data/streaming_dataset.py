@@ -72,6 +72,9 @@ class SupportStream:
             seed=self.seed,
             salt=2,
             shuffle=False,
+            # Only its decoding is used: with `replacement` a batch may
+            # hold more rows than the table.
+            repeat=False,
         )
 
     def to_tf_dataset(self, input_context=None, start_step: int = 0):

@@ -113,3 +113,12 @@ def test_distribute_under_a_strategy(image_folder):
     batch = next(iter(stream.distribute(strategy, start_step=2)))
     for key, value in expected.items():
         np.testing.assert_array_equal(batch[key].numpy(), value)
+
+
+def test_support_with_replacement_beyond_the_table(image_folder):
+    table, _ = _tables(image_folder[0])
+    few = streaming.select_balanced(table, per_class=1)
+    support = streaming.SupportStream(few, 4, 3, 16, replacement=True)
+    images, labels = next(support.to_tf_dataset().as_numpy_iterator())
+    assert images.shape == (12, 16, 16, 3)
+    assert sorted(np.bincount(labels)) == [3, 3, 3, 3]
