@@ -29,9 +29,19 @@ LABELED = {0.01: 12_811, 0.1: 128_116}
 
 TABLE = (
     # SimCLRv2 pretraining.
-    ("simclrv2", "encoder", ("resnet", 50, 1, 0.0), "§3.1 / Table 1: ResNet-50 (1x)"),
+    (
+        "simclrv2",
+        "encoder",
+        ("resnet", 50, 1, 0.0),
+        "§3.1 / Table 1: ResNet-50 (1x)",
+    ),
     ("simclrv2", "pretrain.peak_lr", 6.4, "§3.1: 6.4 = 0.1·√4096"),
-    ("simclrv2", "pretrain.warmup_epochs", 40.0, "§3.1: first 5% of 800 epochs"),
+    (
+        "simclrv2",
+        "pretrain.warmup_epochs",
+        40.0,
+        "§3.1: first 5% of 800 epochs",
+    ),
     ("simclrv2", "pretrain.end_lr", 0.0, "§3.1: cosine decay"),
     ("simclrv2", "pretrain.weight_decay", 1e-4, "§3.1: weight decay 1e-4"),
     ("simclrv2", "pretrain.momentum", 0.9, "§3: LARS with momentum 0.9"),
@@ -110,9 +120,7 @@ class _ImageNetImages:
 
 def _run(config):
     labeled = types.SimpleNamespace(y=range(LABELED[config.labeled_fraction]))
-    splits = types.SimpleNamespace(
-        x_train=_ImageNetImages(), num_classes=1000
-    )
+    splits = types.SimpleNamespace(x_train=_ImageNetImages(), num_classes=1000)
     return stages.Run(config, splits, labeled, sync=True, result=None)
 
 
