@@ -4,6 +4,7 @@ Every file a stage writes goes to a temporary name first and is renamed
 into place, so an interrupted write leaves the previous file whole.
 """
 
+import inspect
 import json
 import os
 import shutil
@@ -330,6 +331,9 @@ def resume_stream(data, offset):
     if getattr(data, "num_batches", 0) is not None:
         return data
     if keras.backend.backend() == "tensorflow":
+        if "start_step" in inspect.signature(data.to_tf_dataset).parameters:
+            # Streamed images: start at the batch, reading none before it.
+            return data.to_tf_dataset(start_step=offset)
         dataset = data.to_tf_dataset()
         return dataset.skip(offset) if offset else dataset
     return _Offset(data, offset) if offset else data

@@ -19,6 +19,8 @@ from dataclasses import field
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 RESNET_STEMS = ("imagenet", "cifar")
 PRESETS = ("digits", "cifar10", "imagenet")
+# Data sets the recipes stream instead of holding (`recipes/streams.py`).
+STREAMED = ("imagenet2012", "folder")
 # Fields that say where and how loudly a run goes, not what it computes:
 # they are left out of the stages' fingerprints.
 RUN_FIELDS = ("data_dir", "stages", "output_dir", "export", "overwrite")
@@ -42,9 +44,15 @@ class RecipeConfig:
     `digits()`. Every field is checked when the config is made.
 
     Attributes:
-        dataset: str. `"digits"`, `"cifar10"`, `"npz"` or `"tfds:NAME"`;
-            `"arrays"` when `fit()` is given the images (`x=...`).
+        dataset: str. `"digits"`, `"cifar10"`, `"npz"` or `"tfds:NAME"`
+            (held in memory); `"imagenet2012"` (a prepared tfds split) or
+            `"folder"` (`data_dir/train/<class>/*`, `data_dir/val/...`),
+            streamed; `"arrays"` when `fit()` is given the images.
         data_dir: str or `None`. Where the data set is (or is prepared).
+        labels: str or `None`. The labeled subset of a streamed data set
+            by name: `"1pct"` / `"10pct"` (SimCLR's ImageNet subsets) or
+            the path of a file of training file names; `None` picks the
+            subset from `labeled_fraction` / `labeled_per_class`.
         image_size: int. Side of the images, in pixels.
         labeled_per_class: int or `None`. Labeled training images per
             class; set this or `labeled_fraction`.
@@ -109,8 +117,9 @@ class RecipeConfig:
     STAGE_NAMES: typing.ClassVar[tuple] = ("pretrain", "finetune")
 
     # Data.
-    dataset: str = "tfds:imagenet2012"
+    dataset: str = "imagenet2012"
     data_dir: str | None = None
+    labels: str | None = None
     image_size: int = 224
     labeled_per_class: int | None = None
     labeled_fraction: float | None = 0.1
@@ -190,6 +199,13 @@ class RecipeConfig:
         check_choice("verbose", self.verbose, (0, 1, 2))
         check_choice("precision", self.precision, tuple(PRECISIONS))
         _check_dataset(self.dataset)
+        if self.labels is not None and self.dataset not in STREAMED:
+            raise ValueError(
+                "`labels` selects the subset of a streamed data set "
+                f"({', '.join(STREAMED)}); set `labeled_per_class` or "
+                f"`labeled_fraction` for dataset={self.dataset!r}. "
+                f"Received: labels={self.labels!r}"
+            )
         if (self.labeled_per_class is None) == (self.labeled_fraction is None):
             raise ValueError(
                 "Set exactly one of `labeled_per_class` and "
@@ -266,13 +282,14 @@ def check_choice(name, value, choices):
 
 
 def _check_dataset(name):
-    if name in ("digits", "cifar10", "npz", "arrays") or (
+    if name in ("digits", "cifar10", "npz", "arrays") + STREAMED or (
         isinstance(name, str) and name.startswith("tfds:") and name[5:]
     ):
         return
     raise ValueError(
         "Unknown `dataset`. Expected 'digits', 'cifar10', 'npz', "
-        f"'arrays' or 'tfds:NAME'. Received: dataset={name!r}"
+        "'imagenet2012', 'folder', 'arrays' or 'tfds:NAME'. Received: "
+        f"dataset={name!r}"
     )
 
 

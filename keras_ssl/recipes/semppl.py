@@ -181,6 +181,12 @@ def pretrain_stream(config, splits, labeled):
     """
     from keras_ssl import data as ssl_data
 
+    if stages.is_streamed(splits):
+        return splits.pretrain_stream(
+            config.batch_size,
+            config.labeled_batch_size,
+            monitor_labels=config.monitor_pseudo_labels,
+        )
     monitor = config.monitor_pseudo_labels and splits.y_train is not None
     return ssl_data.semi_supervised(
         (splits.x_train, splits.y_train) if monitor else splits.x_train,
@@ -207,6 +213,11 @@ def _nearest(run, model):
     from keras_ssl.evaluation import KNNClassifier
     from keras_ssl.evaluation import embed
 
+    if stages.is_streamed(run.splits):
+        accuracy = run.splits.evaluate_knn(
+            model, k=run.config.k, temperature=None, output="embedding"
+        )
+        return {"semppl_nn_accuracy": accuracy["top1"]}
     labeled = embed(model, run.labeled.x, output="embedding")
     test = embed(model, run.splits.x_test, output="embedding")
     knn = KNNClassifier(

@@ -255,6 +255,13 @@ def _unlabeled_stream(seed_offset, with_labels):
 
         config = run.config
         labels = with_labels(config)
+        if stages.is_streamed(run.splits):
+            return run.splits.pretrain_stream(
+                config.batch_size,
+                config.labeled_batch_size if labels else 0,
+                image_ids=True,
+                seed_offset=seed_offset,
+            )
         return ssl_data.semi_supervised(
             run.splits.x_train,
             (run.labeled.x, run.labeled.y) if labels else None,

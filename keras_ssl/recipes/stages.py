@@ -19,6 +19,7 @@ import numpy as np
 
 from keras_ssl.recipes.config import PRECISIONS
 from keras_ssl.recipes.config import RUN_FIELDS
+from keras_ssl.recipes.config import STREAMED
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def run(
         )
     finally:
         keras.config.set_dtype_policy(previous)
-    if config.baselines:
+    if config.baselines and not is_streamed(splits):
         result.baselines = reports.pixel_baselines(labeled, splits)
     if config.export:
         _export(stages, state, result)
@@ -384,6 +385,8 @@ def _train(stage, state, model, data, epochs, steps, fingerprint):
 def data_identity(config, splits, labeled):
     """The data set's name, sizes and a hash of a sample of its contents
     and of every label, for the stages' fingerprints."""
+    if is_streamed(splits):
+        return {"dataset": config.dataset, **splits.identity()}
     digest = hashlib.sha256()
     for array in (splits.x_train, splits.y_train, labeled.x, labeled.y):
         if array is None:
@@ -455,7 +458,10 @@ def load_data(config, data=None):
 
     Returns:
         `(splits, labeled)`: a `datasets.ArraySplits` and the
-        `keras_ssl.data.LabeledSubset` of its training images.
+        `keras_ssl.data.LabeledSubset` of its training images; for a
+        streamed data set (`"imagenet2012"`, `"folder"`) a
+        `streams.RecipeStreams`, which lists the images without reading
+        them, and `None`.
     """
     import keras
 
@@ -463,6 +469,10 @@ def load_data(config, data=None):
     from keras_ssl.recipes import datasets
 
     keras.utils.set_random_seed(config.seed)
+    if data is None and config.dataset in STREAMED:
+        from keras_ssl.recipes.streams import RecipeStreams
+
+        return RecipeStreams(config), None
     if data is not None:
         indices = data.labeled_indices
         labeled = ssl_data.LabeledSubset(
@@ -561,8 +571,23 @@ def pretrain_optimizer(batch, scaling, end_fraction=0.0):
     return optimizer
 
 
+def is_streamed(splits):
+    """Whether a run's data is streamed (`streams.RecipeStreams`) rather
+    than held in memory."""
+    return hasattr(splits, "pretrain_stream")
+
+
 def train_images(run):
+    if is_streamed(run.splits):
+        return run.splits.num_train
     return len(run.splits.x_train)
+
+
+def labeled_images(run):
+    """The number of labeled training images."""
+    if is_streamed(run.splits):
+        return run.splits.num_labeled
+    return len(run.labeled.y)
 
 
 def classifier_stage(name, build, learning_rate, batch, **kwargs):
@@ -574,11 +599,14 @@ def classifier_stage(name, build, learning_rate, batch, **kwargs):
     """
 
     def size(run):
-        return min(batch(run), len(run.labeled.y))
+        return min(batch(run), labeled_images(run))
 
     def stream(run):
         from keras_ssl import data as ssl_data
 
+        if is_streamed(run.splits):
+            offset = 0 if name == "finetune" else 1
+            return run.splits.labeled_stream(size(run), seed_offset=offset)
         return ssl_data.from_arrays(
             run.labeled.x,
             run.labeled.y,
@@ -598,7 +626,7 @@ def classifier_stage(name, build, learning_rate, batch, **kwargs):
         epochs=kwargs.pop("epochs", f"{name}_epochs"),
         steps=kwargs.pop("steps", f"{name}_steps"),
         batch=size,
-        examples=lambda run: len(run.labeled.y),
+        examples=labeled_images,
         report=(test_accuracy, *kwargs.pop("report", ())),
         **kwargs,
     )
@@ -636,7 +664,14 @@ def linear_head_first(run, model):
     fitted to the frozen features of the labeled images, so fine-tuning
     (with the BatchNorm statistics kept, see `fine_tuner`) starts at the
     linear probe's accuracy instead of from zero."""
-    if run.config.linear_probe_first:
+    if run.config.linear_probe_first and is_streamed(run.splits):
+        # The labeled subset is streamed, not held: its features would
+        # take a pass of their own; the head starts at zero (SimCLRv2).
+        print(
+            f"Stage '{run.stage}': the classifier starts at zero; the "
+            "linear probe's first step needs the labeled images in memory."
+        )
+    elif run.config.linear_probe_first:
         model.fit_linear_head(run.labeled.x, run.labeled.y)
 
 
@@ -700,7 +735,14 @@ def finetune_and_baseline(build, batch_size=256):
 
 
 def test_accuracy(run, model):
-    """Top-1 test accuracy of a classifier's logits."""
+    """Top-1 test accuracy of a classifier's logits (and top-5 on a
+    streamed validation split)."""
+    if is_streamed(run.splits):
+        accuracy = run.splits.evaluate_classifier(model)
+        return {
+            "test_accuracy": accuracy["top1"],
+            "test_top5_accuracy": accuracy["top5"],
+        }
     logits = model.predict(run.splits.x_test, batch_size=256, verbose=0)
     correct = np.argmax(logits, -1) == run.splits.y_test
     return {"test_accuracy": float(np.mean(correct))}
@@ -712,6 +754,14 @@ def representation(run, model):
     """
     from keras_ssl.recipes import reports
 
+    if is_streamed(run.splits):
+        # k-NN on features computed batch by batch (no linear probe: it
+        # would need every labeled feature and a solver pass of its own).
+        accuracy = run.splits.evaluate_knn(model, output="embedding")
+        return {
+            "knn_accuracy": accuracy["top1"],
+            "knn_top5_accuracy": accuracy["top5"],
+        }
     return reports.probe_accuracies(model, run.labeled, run.splits)
 
 

@@ -13,17 +13,6 @@ import pytest
 from keras_ssl.recipes.streams import RecipeStreams
 from keras_ssl.testing import TestCase
 from tests.data.streaming_fixtures import prepare_tfds
-from tests.data.streaming_fixtures import write_folder
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("imagenet_folder")
-    names = write_folder(str(root))
-    # A generated subset file: 3 images of each class.
-    chosen = [n for n in names if n.split("_")[1][:2] in ("1.", "2.", "3.")]
-    (root / "1percent.txt").write_text("\n".join(chosen) + "\n")
-    return str(root)
 
 
 @pytest.fixture(scope="module")
