@@ -332,11 +332,27 @@ def resume_stream(data, offset):
         return data
     if keras.backend.backend() == "tensorflow":
         if "start_step" in inspect.signature(data.to_tf_dataset).parameters:
-            # Streamed images: start at the batch, reading none before it.
-            return data.to_tf_dataset(start_step=offset)
+            return _streamed(data, offset)
         dataset = data.to_tf_dataset()
         return dataset.skip(offset) if offset else dataset
     return _Offset(data, offset) if offset else data
+
+
+def _streamed(data, offset):
+    """Streamed images from batch `offset` on, reading none before it;
+    under several workers or a TPU each input pipeline reads only its
+    replicas' share of every global batch."""
+    import tensorflow as tf
+
+    from keras_ssl.distribute import in_multi_worker_mode
+
+    strategy = tf.distribute.get_strategy()
+    tpu = "TPU" in type(strategy).__name__
+    if not (in_multi_worker_mode() or tpu):
+        return data.to_tf_dataset(start_step=offset)
+    return strategy.distribute_datasets_from_function(
+        lambda context: data.to_tf_dataset(context, start_step=offset)
+    )
 
 
 class _Offset(keras.utils.PyDataset):

@@ -21,9 +21,11 @@ RESNET_STEMS = ("imagenet", "cifar")
 PRESETS = ("digits", "cifar10", "imagenet")
 # Data sets the recipes stream instead of holding (`recipes/streams.py`).
 STREAMED = ("imagenet2012", "folder")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # Fields that say where and how loudly a run goes, not what it computes:
 # they are left out of the stages' fingerprints.
 RUN_FIELDS = ("data_dir", "stages", "output_dir", "export", "overwrite")
+RUN_FIELDS += ("strategy",)
 RUN_FIELDS += ("verbose", "extra", "baselines")
 # `precision` values and the Keras dtype policy each sets for a run.
 PRECISIONS = {
@@ -49,6 +51,10 @@ class RecipeConfig:
             `"folder"` (`data_dir/train/<class>/*`, `data_dir/val/...`),
             streamed; `"arrays"` when `fit()` is given the images.
         data_dir: str or `None`. Where the data set is (or is prepared).
+        strategy: str. Where `fit()` runs when it is given no strategy:
+            `"default"` (one device), `"mirrored"` (every local GPU),
+            `"multi_worker"` (the workers of `TF_CONFIG`) or `"tpu"` (the
+            TPU of `TPU_NAME`, or the local one).
         labels: str or `None`. The labeled subset of a streamed data set
             by name: `"1pct"` / `"10pct"` (SimCLR's ImageNet subsets) or
             the path of a file of training file names; `None` picks the
@@ -120,6 +126,7 @@ class RecipeConfig:
     dataset: str = "imagenet2012"
     data_dir: str | None = None
     labels: str | None = None
+    strategy: str = "default"
     image_size: int = 224
     labeled_per_class: int | None = None
     labeled_fraction: float | None = 0.1
@@ -199,6 +206,7 @@ class RecipeConfig:
         check_choice("verbose", self.verbose, (0, 1, 2))
         check_choice("precision", self.precision, tuple(PRECISIONS))
         _check_dataset(self.dataset)
+        check_choice("strategy", self.strategy, STRATEGIES)
         if self.labels is not None and self.dataset not in STREAMED:
             raise ValueError(
                 "`labels` selects the subset of a streamed data set "

@@ -160,6 +160,8 @@ def run(
     from keras_ssl.recipes import reports
 
     result = (result_cls or reports.RecipeResult)(config=config)
+    if strategy is None:
+        strategy = make_strategy(config.strategy)
     strategy = resolve_strategy(strategy, config.global_batch_sizes())
     splits, labeled = load_data(config, data)
     previous = keras.config.dtype_policy()
@@ -401,6 +403,25 @@ def data_identity(config, splits, labeled):
         "labeled": int(len(labeled.y)),
         "hash": digest.hexdigest()[:16],
     }
+
+
+def make_strategy(name):
+    """The `tf.distribute.Strategy` a config's `strategy` names, or `None`
+    for `"default"`."""
+    if name == "default":
+        return None
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+        tpu=os.environ.get("TPU_NAME", "")
+    )
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
 
 
 def resolve_strategy(strategy, global_batch_sizes):

@@ -7,10 +7,12 @@ import json
 import os
 
 import pytest
+import tensorflow as tf
 
 from keras_ssl.recipes import paws
 from keras_ssl.recipes import semppl
 from keras_ssl.recipes import simclrv2
+from keras_ssl.recipes import stages
 from keras_ssl.recipes.config import config_from_command_line
 
 pytestmark = pytest.mark.slow
@@ -109,9 +111,16 @@ def test_streamed_data_sets_on_the_command_line(folder):
         simclrv2.SimCLRv2Config,
         "simclrv2",
         ["--preset", "imagenet", "--dataset", "folder", "--data_dir", folder]
-        + ["--labels", "10pct"],
+        + ["--labels", "10pct", "--strategy", "mirrored"],
     )
     assert (config.dataset, config.labels) == ("folder", "10pct")
+    assert config.strategy == "mirrored"
+    assert isinstance(
+        stages.make_strategy(config.strategy), tf.distribute.MirroredStrategy
+    )
+    assert stages.make_strategy("default") is None
+    with pytest.raises(ValueError, match="strategy"):
+        simclrv2.SimCLRv2Config.digits(strategy="gpus")
     with pytest.raises(ValueError, match="labels"):
         simclrv2.SimCLRv2Config.digits(labels="1pct")
     # A missing subset file is named before anything trains.
