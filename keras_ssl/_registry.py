@@ -26,6 +26,9 @@ CLASSES = {
     "keras_ssl>Distillation": "keras_ssl.losses.distillation",
     "keras_ssl>Distiller": "keras_ssl.models.distiller",
     "keras_ssl>FineTuner": "keras_ssl.models.fine_tuner",
+    "keras_ssl>FusedBatchNormalization": (
+        "keras_ssl.layers.fused_batch_normalization"
+    ),
     "keras_ssl>LARS": "keras_ssl.optimizers.lars",
     "keras_ssl>MemoryQueue": "keras_ssl.layers.memory_queue",
     "keras_ssl>NTXent": "keras_ssl.losses.nt_xent",
