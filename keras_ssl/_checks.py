@@ -42,3 +42,27 @@ def check_positive_int(name: str, value) -> int:
             f"`{name}` must be an int >= 1. Received: {name}={value!r}"
         )
     return int(value)
+
+
+def check_crop_scale(name: str, value) -> tuple:
+    """Returns `value` as `(min, max)` floats with `0 < min <= max <= 1`
+    (an area range of a random crop), or raises."""
+    scale = tuple(float(v) for v in value)
+    if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
+        raise ValueError(
+            f"`{name}` must be two floats with 0 < min <= max <= 1. "
+            f"Received: {name}={value!r}"
+        )
+    return scale
+
+
+def check_aspect_ratio(name: str, value) -> tuple:
+    """Returns `value` as `(min, max)` floats with `0 < min <= max` (an
+    aspect-ratio range of a random crop), or raises."""
+    ratio = tuple(float(v) for v in value)
+    if len(ratio) != 2 or not 0.0 < ratio[0] <= ratio[1]:
+        raise ValueError(
+            f"`{name}` must be two floats with 0 < min <= max. Received: "
+            f"{name}={value!r}"
+        )
+    return ratio

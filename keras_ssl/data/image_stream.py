@@ -16,6 +16,8 @@ import dataclasses
 
 import numpy as np
 
+from keras_ssl._checks import check_aspect_ratio
+from keras_ssl._checks import check_crop_scale
 from keras_ssl._checks import check_positive_int
 from keras_ssl.data._checks import check_seed
 
@@ -27,18 +29,8 @@ def _check_crop(crop, crop_scale, ratio, proportion):
         raise ValueError(
             f"`crop` must be one of {CROPS}. Received: crop={crop!r}"
         )
-    scale = tuple(float(v) for v in crop_scale)
-    if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
-        raise ValueError(
-            "`crop_scale` must be two floats with 0 < min <= max <= 1. "
-            f"Received: crop_scale={crop_scale!r}"
-        )
-    ratio = tuple(float(v) for v in ratio)
-    if len(ratio) != 2 or not 0.0 < ratio[0] <= ratio[1]:
-        raise ValueError(
-            "`ratio` must be two floats with 0 < min <= max. Received: "
-            f"ratio={ratio!r}"
-        )
+    scale = check_crop_scale("crop_scale", crop_scale)
+    ratio = check_aspect_ratio("ratio", ratio)
     if not 0.0 < proportion <= 1.0:
         raise ValueError(
             "`center_proportion` must be in (0, 1]. Received: "

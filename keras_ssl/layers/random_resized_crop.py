@@ -5,6 +5,9 @@ import math
 import keras
 from keras import ops
 
+from keras_ssl._checks import check_aspect_ratio
+from keras_ssl._checks import check_crop_scale
+
 # torchvision's RandomResizedCrop also tries 10 windows before falling back.
 _NUM_CANDIDATES = 10
 
@@ -247,18 +250,8 @@ class RandomResizedCrop(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.size = normalize_size(size)
-        scale = tuple(float(s) for s in scale)
-        if len(scale) != 2 or not 0.0 < scale[0] <= scale[1] <= 1.0:
-            raise ValueError(
-                "`scale` must be two floats with 0 < min <= max <= 1. "
-                f"Received: scale={scale}"
-            )
-        ratio = tuple(float(r) for r in ratio)
-        if len(ratio) != 2 or not 0.0 < ratio[0] <= ratio[1]:
-            raise ValueError(
-                "`ratio` must be two floats with 0 < min <= max. "
-                f"Received: ratio={ratio}"
-            )
+        scale = check_crop_scale("scale", scale)
+        ratio = check_aspect_ratio("ratio", ratio)
         if not 0.0 < eval_crop_proportion <= 1.0:
             raise ValueError(
                 "`eval_crop_proportion` must be in (0, 1]. "
