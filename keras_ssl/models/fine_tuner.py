@@ -4,6 +4,7 @@ import keras
 
 from keras_ssl.layers.projection_head import ProjectionHead
 from keras_ssl.models._compile import RecompileOnLoad
+from keras_ssl.models._compiled import compiled_call
 from keras_ssl.models._input_checks import check_fit_input
 from keras_ssl.models.image_utils import to_float_images
 
@@ -262,7 +263,13 @@ class FineTuner(RecompileOnLoad, keras.Model):
         return self.network(x, training=training)
 
     def call(self, images, training=None):
-        x = self.augment(to_float_images(images), training=training)
+        x = to_float_images(images)
+        if training:
+            # The training crop runs as one compiled function inside any
+            # step, as the pretrainers' views do.
+            x = compiled_call(self.augment, x, training=True)
+        else:
+            x = self.augment(x, training=training)
         return self.classify(x, training=training)
 
     def serving_outputs(self, images):

@@ -145,3 +145,46 @@ def test_lp_ft_starts_at_the_probe_and_does_not_fall_below_it():
         np.testing.assert_array_equal(
             before, keras.ops.convert_to_numpy(variable)
         )
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="compares with tf.function(jit_compile=True)",
+)
+def test_fit_step_uses_the_compiled_crop():
+    """The loss `train_on_batch` reports is that of the compiled crops."""
+    import tensorflow as tf
+
+    x = np.random.default_rng(4).integers(0, 256, (8, 16, 16, 3))
+    x = x.astype("uint8")
+    y = np.arange(8) % 3
+    model = FineTuner(tiny_encoder(), num_classes=3, ft_layer=0, seed=6)
+    # A classifier that is not zero, so that the loss depends on the crops.
+    kernel = np.random.default_rng(5).normal(size=(8, 3)).astype("float32")
+    model.classifier.kernel.assign(kernel)
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    images = x.astype("float32") / 255.0
+
+    def loss_of(crops):
+        logits = model.classify(crops, training=True)
+        return keras.ops.mean(
+            keras.losses.sparse_categorical_crossentropy(
+                y, logits, from_logits=True
+            )
+        )
+
+    def twin():
+        """A crop layer with the same config and seed, in the same state."""
+        return model.augment.__class__.from_config(model.augment.get_config())
+
+    reference = twin()
+    compiled = tf.function(
+        lambda v: reference(v, training=True), jit_compile=True, autograph=False
+    )
+    expected = loss_of(compiled(images))
+    # XLA draws other numbers than the uncompiled ops: the plain layer's
+    # crops give another loss, so equality below tells the two apart.
+    plain = loss_of(twin()(images, training=True))
+    assert not np.isclose(float(plain), float(expected), atol=1e-3)
+    logs = model.train_on_batch(x, y, return_dict=True)
+    np.testing.assert_allclose(logs["loss"], expected, atol=1e-5, rtol=1e-5)
