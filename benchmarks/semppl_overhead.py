@@ -9,14 +9,20 @@ batch `B` (default 256) with queues of `C = 20·B`:
 1. **Whole-step difference.** The compiled `train_step` of the full model
    and of the same model with the SemPPL parts switched off (no enqueue,
    no k-NN, no semantic positives: RELICv2 with SemPPL's views and
-   negatives) are timed in alternating rounds;
-   `overhead = (t_full - t_base) / t_full`.
+   negatives); `overhead = (t_full - t_base) / t_full`.
 2. **Components**, each its own `tf.function` at the step's shapes, as a
    share of `t_full`: enqueueing the labeled target projections into the
    `L` queues; view voting (`L^2` k-NN lookups) and the majority vote;
    drawing the semantic positives and gathering them from the queues; and
    the semantic-positive terms of the loss, forward and backward (the loss
    with them minus the loss without them).
+
+Everything is timed in alternation (`benchmarks/alternate.py`): each
+cycle (`--rounds` of them, after `--warmup` untimed ones) runs the full
+step, the base step and every component `--steps` times each, in that
+order, so each share is taken within a cycle; the tables give the median
+share and its range over the cycles, in wall time and in CPU time (the
+process's time over all threads).
 
 The share depends on everything else in the step: a small encoder on a CPU
 (the default, so that it runs here in minutes) makes the encoder cheap and
@@ -36,10 +42,8 @@ Prints a markdown table and, with `--json PATH`, writes the numbers.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
-import time
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -51,6 +55,11 @@ from keras import ops  # noqa: E402
 
 # Run as a script from a checkout: make the package importable.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from alternate import alternate  # noqa: E402
+from alternate import machine  # noqa: E402
+from alternate import report  # noqa: E402
 
 from keras_ssl.backbones import ResNet  # noqa: E402
 from keras_ssl.layers import Views  # noqa: E402
@@ -147,14 +156,16 @@ def make_batch(args):
     }
 
 
-def timed(fn, steps):
-    """Mean seconds per call; each call waits for its result."""
-    start = time.perf_counter()
-    for _ in range(steps):
-        keras.tree.map_structure(
-            lambda x: x.numpy() if hasattr(x, "numpy") else x, fn()
-        )
-    return (time.perf_counter() - start) / steps
+def repeated(fn, steps):
+    """A contender running `fn` `steps` times, each waiting for its result."""
+
+    def run():
+        for _ in range(steps):
+            keras.tree.map_structure(
+                lambda x: x.numpy() if hasattr(x, "numpy") else x, fn()
+            )
+
+    return run
 
 
 def component_fns(model, args):
@@ -244,15 +255,39 @@ def component_fns(model, args):
     }
 
 
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+# What each share is: a contender, or a difference of two, over `full`.
+SHARES = {
+    "whole-step difference (full - RELICv2 base)": ("full", "base"),
+    "queue: enqueue into L queues": ("enqueue",),
+    "k-NN: view voting + majority vote": ("knn",),
+    "semantic positives: draw + gather": ("sample",),
+    "semantic loss terms (fwd + bwd)": ("loss_with", "loss_without"),
+}
+PARTS = [name for name in SHARES if not name.startswith("whole")]
+
+
+def shares(results, kind):
+    """Per-cycle shares of the full step, by `SHARES` entry."""
+    cycles = range(len(results["full"][kind]))
+    out = {}
+    for label, names in SHARES.items():
+        out[label] = []
+        for i in cycles:
+            seconds = results[names[0]][kind][i]
+            if len(names) == 2:
+                seconds -= results[names[1]][kind][i]
+            out[label].append(seconds / results["full"][kind][i])
+    out["sum of the four parts"] = [
+        sum(values) for values in zip(*(out[label] for label in PARTS))
+    ]
+    return out
+
+
+def _spread(values):
+    return (
+        f"{100 * statistics.median(values):.1f}% "
+        f"({100 * min(values):.1f}% to {100 * max(values):.1f}%)"
+    )
 
 
 def main():
@@ -271,77 +306,60 @@ def main():
     parser.add_argument("--hidden-dim", type=int, default=4096)
     parser.add_argument("--projection-dim", type=int, default=256)
     parser.add_argument("--jit", action="store_true", help="XLA-compile")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--steps", type=int, default=3, help="calls per contender per cycle"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="cycles")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
     batch = make_batch(args)
-    steps = {}
+    contenders = {}
     for name, cls in (("full", SemPPLPretrainer), ("base", RELICv2Baseline)):
         model = make_model(cls, args)
-        steps[name] = (
-            model,
-            tf.function(model.train_step, jit_compile=args.jit),
+        if name == "full":
+            components = component_fns(model, args)
+        step = tf.function(model.train_step, jit_compile=args.jit)
+        contenders[name] = repeated(
+            lambda step=step: step(batch)["loss"], args.steps
         )
-    components = component_fns(steps["full"][0], args)
-    # Warm up once everything exists: the first call of a function traces,
-    # and a step first run after another model was built ran seconds
-    # slower once more (seen here), so every function runs `--warmup`
-    # times, in the order of the timed rounds.
-    for _ in range(max(args.warmup, 1)):
-        for _, step in steps.values():
-            timed(lambda: step(batch)["loss"], 1)
-        for fn in components.values():
-            timed(fn, 1)
+    for name, fn in components.items():
+        contenders[name] = repeated(fn, args.steps)
+    # Every function runs at least once untimed, once everything exists:
+    # the first call traces, and a step first run after another model was
+    # built ran seconds slower once more (seen here).
+    results = alternate(
+        contenders, cycles=args.rounds, warmup=max(args.warmup, 1)
+    )
+    for times in results.values():
+        for kind in ("wall", "cpu"):
+            times[kind] = [t / args.steps for t in times[kind]]
+    share = {kind: shares(results, kind) for kind in ("wall", "cpu")}
 
-    times = {name: [] for name in list(steps) + list(components)}
-    for _ in range(args.rounds):
-        # Alternate, so that load changes on a shared machine hit both.
-        for name, (_, step) in steps.items():
-            times[name].append(timed(lambda: step(batch)["loss"], args.steps))
-        for name, fn in components.items():
-            times[name].append(timed(fn, args.steps))
-    median = {name: statistics.median(t) for name, t in times.items()}
-    full = median["full"]
-    shares = {
-        "whole-step difference (full - RELICv2 base)": median["full"]
-        - median["base"],
-        "queue: enqueue into L queues": median["enqueue"],
-        "k-NN: view voting + majority vote": median["knn"],
-        "semantic positives: draw + gather": median["sample"],
-        "semantic loss terms (fwd + bwd)": median["loss_with"]
-        - median["loss_without"],
-    }
-    parts = [k for k in shares if not k.startswith("whole")]
-    shares["sum of the four parts"] = sum(shares[k] for k in parts)
-
-    config = (
+    print(machine())
+    print(
         f"B={args.batch_size} ({args.labeled} labeled), "
         f"C={args.queue_multiplier}·B={args.queue_multiplier * args.batch_size}"
         f", K={args.num_classes}, backbone={args.backbone}, "
         f"{args.image_size}px, MLP {args.hidden_dim}/{args.projection_dim}, "
-        f"views 4 large + 2 small, jit={args.jit}; "
-        f"{os.cpu_count()} CPU cores ({cpu_model()}), "
-        f"TF {tf.__version__}, Keras {keras.__version__}"
+        f"views 4 large + 2 small, jit={args.jit}; {args.rounds} cycles of "
+        f"{args.steps} calls each; TF {tf.__version__}, "
+        f"Keras {keras.__version__}"
     )
-    print(config)
-    print(f"full step {1e3 * full:.1f} ms, base {1e3 * median['base']:.1f} ms")
-    print("| part | ms / step | share of the full step |")
+    print(report(results, baseline="full", title="function (s per call)"))
+    print()
+    print("| part | share of the full step (wall) | share (CPU) |")
     print("| --- | ---: | ---: |")
-    for name, seconds in shares.items():
-        print(f"| {name} | {1e3 * seconds:.2f} | {100 * seconds / full:.1f}% |")
+    for label in share["wall"]:
+        print(
+            f"| {label} | {_spread(share['wall'][label])} | "
+            f"{_spread(share['cpu'][label])} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
-                {
-                    "config": config,
-                    "args": vars(args),
-                    "times_s": times,
-                    "median_s": median,
-                    "shares": {k: v / full for k, v in shares.items()},
-                },
+                {"args": vars(args), "times_s": results, "shares": share},
                 f,
                 indent=2,
             )
