@@ -90,6 +90,12 @@ class RecipeConfig:
             the whole network from there with BatchNorm's pretrained
             statistics kept; otherwise the classifier starts at zero and
             BatchNorm normalises by batch statistics.
+        finetune_interpolation: float in [0, 1]. With
+            `linear_probe_first`, the share of the fine-tuned weights in
+            the fine-tuned model: every weight becomes
+            `(1 - a)·start + a·fine-tuned`, where the start is the
+            pretrained network with the linear probe's head (WiSE-FT,
+            Wortsman et al., 2022). 1 keeps the fine-tuned weights.
         pretrain_steps: int or `None`. Pretraining's total steps, instead
             of `epochs` (0 skips the stage).
         finetune_steps: int or `None`. Fine-tuning's total steps, instead
@@ -100,7 +106,11 @@ class RecipeConfig:
             trained from scratch with fine-tuning's augmentation and
             step budget.
         baseline_learning_rate: float or `None`. The from-scratch
-            network's base LARS rate (`None`: fine-tuning's).
+            network's base LARS rate, scaled by the square root of the
+            batch size (`None`: fine-tuning's). The default 0.05 is ten
+            times SimCLRv2's fine-tuning rate: a network from scratch
+            needs to move far more than a pretrained one (on the digits,
+            54.6% at 0.05 against 23.1% at 0.005, 43.7% at 0.3).
         precision: str. `"float32"`, `"bfloat16"` or `"float16"`: the
             Keras dtype policy of the run (`"mixed_bfloat16"`,
             `"mixed_float16"`), restored afterwards.
@@ -150,12 +160,13 @@ class RecipeConfig:
     finetune_learning_rate: float = 0.05
     finetune_crop_scale: tuple | None = None
     linear_probe_first: bool = True
+    finetune_interpolation: float = 0.5
     # Step budgets (`None`: the epochs decide).
     pretrain_steps: int | None = None
     finetune_steps: int | None = None
     # Baselines and precision.
     baselines: bool = True
-    baseline_learning_rate: float | None = None
+    baseline_learning_rate: float | None = 0.05
     precision: str = "float32"
     # Run.
     stages: tuple = ("pretrain", "finetune")
@@ -188,6 +199,7 @@ class RecipeConfig:
             ("finetune_epochs", "int>=0"),
             ("finetune_learning_rate", ">0|None"),
             ("linear_probe_first", "bool"),
+            ("finetune_interpolation", "[0,1]"),
             ("pretrain_steps", "int>=0|None"),
             ("finetune_steps", "int>=0|None"),
             ("baselines", "bool"),
@@ -375,6 +387,8 @@ def build_parser(config_cls, prog):
         else:
             shown = ", ".join(f"{p} {_show(v)}" for p, v in values.items())
             text += f" Default: {shown}."
+        # argparse formats help with `%`: a literal one is written `%%`.
+        text = text.replace("%", "%%")
         parser.add_argument(f"--{f.name}", help=text, **_flag(config_cls, f))
     return parser
 

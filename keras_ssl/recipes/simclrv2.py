@@ -347,6 +347,7 @@ STAGES = (
         batch=_finetune_batch,
         start="pretrain",
         init=stages.linear_head_first,
+        finish=stages.interpolate_with_start,
         role="teacher",
         title="fine-tuned (teacher)",
         exports="teacher",

@@ -40,6 +40,9 @@ class Stage:
         start: str or `None`. The stage whose trained models it uses.
         init: `(run, model) -> None` or `None`. Prepares the compiled
             model before training (e.g. LP-FT's linear head).
+        finish: `(run, model) -> None` or `None`. Changes the trained (or
+            restored) model before its report and export (e.g. WiSE-FT's
+            weight averaging).
         report: tuple of `(run, model) -> dict` metrics after training.
         role: str. The model's key in `RecipeResult.models`.
         title: str. What the report calls its `test_accuracy`.
@@ -60,6 +63,7 @@ class Stage:
     steps: str | None = None
     start: str | None = None
     init: Callable | None = None
+    finish: Callable | None = None
     report: tuple = ()
     role: str = ""
     title: str = ""
@@ -102,6 +106,8 @@ class Run:
         result: the `RecipeResult` being built.
         callbacks: extra Keras callbacks for every stage.
         stage: str. The stage being built or run.
+        start_weights: dict of stage name to the weights its model
+            started training from, where a `finish` needs them.
     """
 
     config: object
@@ -112,6 +118,7 @@ class Run:
     callbacks: tuple = ()
     models: dict = field(default_factory=dict)
     stage: str = ""
+    start_weights: dict = field(default_factory=dict)
 
 
 class _Reads:
@@ -212,6 +219,8 @@ def _run_stages(config, stages, strategy, splits, labeled, result, callbacks):
                 stage.init(state, model)
             prints[stage.name] = _fingerprint(stage, reads, identity, prints)
             _train(stage, state, model, data, epochs, steps, prints[stage.name])
+            if stage.finish is not None:
+                stage.finish(state, model)
             for report in stage.report:
                 result.stages[stage.name].metrics.update(report(state, model))
     result.models.update(state.models)
@@ -694,13 +703,41 @@ def linear_head_first(run, model):
         )
     elif run.config.linear_probe_first:
         model.fit_linear_head(run.labeled.x, run.labeled.y)
+        if run.config.finetune_interpolation < 1:
+            import keras
+
+            run.start_weights[run.stage] = [
+                keras.ops.convert_to_numpy(v) for v in model.weights
+            ]
+
+
+def interpolate_with_start(run, model):
+    """WiSE-FT (Wortsman et al., 2022): every weight of the fine-tuned
+    model becomes `(1 - a)·start + a·fine-tuned`, `a` the config's
+    `finetune_interpolation`, the start being LP-FT's (the pretrained
+    network with the linear probe's head; BatchNorm's statistics are the
+    same in both). With few labels fine-tuning alone can end below the
+    probe it started from; the average keeps the probe's accuracy where
+    fine-tuning loses it and most of fine-tuning's gain where it helps
+    (docs/benchmarks.md). Nothing happens without a linear-probe start."""
+    start = run.start_weights.get(run.stage)
+    share = run.config.finetune_interpolation
+    if start is None or share >= 1:
+        return
+    import keras
+
+    for variable, first in zip(model.weights, start):
+        if not keras.backend.is_float_dtype(variable.dtype):
+            continue
+        trained = keras.ops.convert_to_numpy(variable)
+        variable.assign((1.0 - share) * first + share * trained)
 
 
 def baseline_stage(finetune_learning_rate, batch):
     """The same network trained from scratch on the same labels, with the
-    fine-tuning stage's augmentation, optimizer, batch and step budget, so
-    that only the initialisation differs; it runs with fine-tuning when
-    `config.baselines`."""
+    fine-tuning stage's augmentation, optimizer, batch and step budget at
+    its own rate (`config.baseline_learning_rate`, a from-scratch rate);
+    it runs with fine-tuning when `config.baselines`."""
 
     def build(run):
         from keras_ssl.models import FineTuner
@@ -748,6 +785,7 @@ def finetune_and_baseline(build, batch_size=256):
         batch=batch,
         start="pretrain",
         init=linear_head_first,
+        finish=interpolate_with_start,
         role="finetuner",
         title="fine-tuned",
         exports="finetuner",

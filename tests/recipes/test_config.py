@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -160,7 +159,9 @@ def test_command_line_keeps_preset_values_not_given():
 
 
 @pytest.mark.parametrize("recipe", ["simclrv2", "paws", "semppl"])
-def test_help_is_fast_documented_and_imports_no_tensorflow(recipe):
+def test_help_is_documented_and_imports_no_tensorflow(recipe):
+    # Fast because it imports no TensorFlow: that is what is checked, not
+    # a time, which a loaded machine would make fail at random.
     code = (
         "import runpy, sys\n"
         f"sys.argv = ['x', '--help']\n"
@@ -171,11 +172,9 @@ def test_help_is_fast_documented_and_imports_no_tensorflow(recipe):
         "    pass\n"
         "print('TF-LOADED' if 'tensorflow' in sys.modules else 'NO-TF')\n"
     )
-    started = time.time()
     output = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True
     ).stdout
-    assert time.time() - started < 2.0
     assert output.strip().endswith("NO-TF")
     assert "--batch_size" in output
     assert "Global batch of unlabeled images" in output
