@@ -5,8 +5,9 @@
 # scikit-learn's bundled 8×8 digits, so it needs no download. PAWS
 # classifies each unlabeled view by soft nearest neighbours among a small
 # labeled *support* batch, sharpens the prediction of one view into the
-# target of the other, and keeps the mean prediction spread over the
-# classes with the ME-MAX regulariser. We pretrain on 10 labels per class,
+# target of the other, and can keep the mean prediction spread over the
+# classes with the ME-MAX regulariser (the paper's presets do; this short
+# digits run does not, see below). We pretrain on 10 labels per class,
 # measure PAWS-NN (soft nearest-neighbour) accuracy before and after
 # pretraining, fine-tune, and export a SavedModel for serving. Switch to
 # the CIFAR-10 preset for a real run on a GPU.
@@ -88,11 +89,15 @@ print(f"PAWS-NN accuracy: {before:.3f} before, {after:.3f} after pretraining")
 # ## Training curves
 #
 # The loss is the cross-entropy between the sharpened targets and the
-# predictions minus the ME-MAX term `H(p̄)`, the entropy of the mean
-# prediction: it stays near its maximum `log K` while the predictions use
-# every class. The target confidence (the mean of the largest class
-# probability of the sharpened targets) rises as the views' nearest
-# neighbours in the support batch agree on a class.
+# predictions, minus the ME-MAX term `H(p̄)`, the entropy of the mean
+# prediction, when `me_max=True`. The digits preset leaves ME-MAX out: a
+# network at initialisation maps every image to nearly the same
+# projection, and in a run of a few hundred steps ME-MAX holds it there
+# (docs/benchmarks.md, "PAWS and ME-MAX in short runs"). `H(p̄)` is
+# reported either way; it stays near its maximum `log K` while the
+# predictions use every class. The target confidence (the mean of the
+# largest class probability of the sharpened targets) rises as the
+# views' nearest neighbours in the support batch agree on a class.
 
 # %%
 pretrain = result.stages["pretrain"].history

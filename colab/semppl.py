@@ -43,7 +43,10 @@ TINY = os.environ.get("KERAS_SSL_NOTEBOOK_TINY") == "1"
 # paper's "SimCLR base"): at the paper's λ = 5 a run this short stays
 # where every candidate scores alike and the pseudo-labels stay at chance
 # (`docs/benchmarks.md`). The target network normalises each batch by its
-# own statistics, as BYOL's does. Every stage is checkpointed under
+# own statistics, as BYOL's does, and here follows the online network
+# without averaging (`momentum=0`): the paper's 0.996 averages over about
+# 250 steps, nearly the whole of this run, and a target that far behind
+# held it at a 64% linear probe (`docs/benchmarks.md`). Every stage is checkpointed under
 # `output_dir`, so a rerun after an interruption resumes where it stopped.
 #
 # `monitor_pseudo_labels=True` (the default) also feeds the true labels

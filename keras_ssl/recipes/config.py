@@ -18,7 +18,7 @@ from dataclasses import field
 # keeps these in step with it without importing Keras here).
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 RESNET_STEMS = ("imagenet", "cifar")
-PRESETS = ("digits", "cifar10", "imagenet")
+PRESETS = ("digits", "cifar10", "cifar10_cpu", "imagenet")
 # Data sets the recipes stream instead of holding (`recipes/streams.py`).
 STREAMED = ("imagenet2012", "folder")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")

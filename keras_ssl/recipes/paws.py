@@ -100,6 +100,33 @@ class PAWSConfig(RecipeConfig):
         return dataclasses.replace(config, **overrides)
 
     @classmethod
+    def cifar10_cpu(cls, **overrides):
+        """CIFAR-10 with 250 labels (25 per class) in under half an hour
+        on two CPU cores.
+
+        What it trades for that: a CIFAR-stem ResNet-18 at a quarter of
+        the width, 600 pretraining steps of batch 128 (1.5 epochs) at
+        the digits' rate, support batches of 10 images per class, no
+        ME-MAX (see `digits()`), and LP-FT from the encoder's output on
+        crops of at least 80% of the image (docs/benchmarks.md).
+        """
+        config = cls.cifar10(
+            labeled_per_class=25,
+            width_multiplier=0.25,
+            batch_size=128,
+            images_per_class=10,
+            me_max=False,
+            learning_rate=8.0,
+            pretrain_steps=600,
+            finetune_epochs=30,
+            finetune_learning_rate=0.005,
+            finetune_crop_scale=(0.8, 1.0),
+            ft_layer=0,
+            output_dir="runs/paws_cifar10_cpu",
+        )
+        return dataclasses.replace(config, **overrides)
+
+    @classmethod
     def digits(cls, **overrides):
         """scikit-learn's 8×8 digits at 16 px with 10 labels per class.
 

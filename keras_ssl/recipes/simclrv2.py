@@ -128,6 +128,35 @@ class SimCLRv2Config(RecipeConfig):
         return dataclasses.replace(config, **overrides)
 
     @classmethod
+    def cifar10_cpu(cls, **overrides):
+        """CIFAR-10 with 250 labels (25 per class) in under half an hour
+        on two CPU cores.
+
+        What it trades for that: a CIFAR-stem ResNet-18 at a quarter of
+        the width, 1,500 pretraining steps of batch 256 (7.7 epochs) at
+        the digits' rate, no MoCo memory (see `digits()`), LP-FT from the
+        encoder's output on crops of at least 80% of the image, and no
+        distillation, which would cost as much as the pretraining
+        (docs/benchmarks.md).
+        """
+        config = cls.cifar10(
+            labeled_per_class=25,
+            width_multiplier=0.25,
+            batch_size=256,
+            labeled_batch_size=0,
+            memory_size=0,
+            learning_rate=8.0,
+            pretrain_steps=1500,
+            ft_layer=0,
+            finetune_learning_rate=0.005,
+            finetune_crop_scale=(0.8, 1.0),
+            finetune_epochs=30,
+            stages=("pretrain", "finetune"),
+            output_dir="runs/simclrv2_cifar10_cpu",
+        )
+        return dataclasses.replace(config, **overrides)
+
+    @classmethod
     def digits(cls, **overrides):
         """scikit-learn's 8×8 digits at 16 px, 10 labels per class.
 

@@ -86,7 +86,7 @@ def test_presets_are_valid():
         paws.PAWSConfig,
         semppl.SemPPLConfig,
     ):
-        for preset in ("digits", "cifar10", "imagenet"):
+        for preset in ("digits", "cifar10", "cifar10_cpu", "imagenet"):
             getattr(cls, preset)()
 
 
