@@ -133,7 +133,7 @@ class SimCLRv2Config(RecipeConfig):
         on two CPU cores.
 
         What it trades for that: a CIFAR-stem ResNet-18 at a quarter of
-        the width, 1,500 pretraining steps of batch 256 (7.7 epochs) at
+        the width, 1,000 pretraining steps of batch 256 (5 epochs) at
         the digits' rate, no MoCo memory (see `digits()`), LP-FT from the
         encoder's output on crops of at least 80% of the image, and no
         distillation, which would cost as much as the pretraining
@@ -146,7 +146,7 @@ class SimCLRv2Config(RecipeConfig):
             labeled_batch_size=0,
             memory_size=0,
             learning_rate=8.0,
-            pretrain_steps=1500,
+            pretrain_steps=1000,
             ft_layer=0,
             finetune_learning_rate=0.005,
             finetune_crop_scale=(0.8, 1.0),
