@@ -46,8 +46,9 @@ TINY = os.environ.get("KERAS_SSL_NOTEBOOK_TINY") == "1"
 # own statistics, as BYOL's does, and here follows the online network
 # without averaging (`momentum=0`): the paper's 0.996 averages over about
 # 250 steps, nearly the whole of this run, and a target that far behind
-# held it at a 64% linear probe (`docs/benchmarks.md`). Every stage is checkpointed under
-# `output_dir`, so a rerun after an interruption resumes where it stopped.
+# held it at a 64% linear probe (`docs/benchmarks.md`). Every stage is
+# checkpointed under `output_dir`, so a rerun after an interruption
+# resumes where it stopped.
 #
 # `monitor_pseudo_labels=True` (the default) also feeds the true labels
 # of the unlabeled images to the pretrainer. They are used for the
