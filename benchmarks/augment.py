@@ -7,8 +7,9 @@ order, grayscale, blur with p = 0.5) made by
 - `keras_ssl.layers.Views.from_preset("simclr_imagenet")` on a batch of uint8
   images, under `tf.function(jit_compile=True)`, inside an uncompiled
   `tf.function` as the models' training steps call it in `fit()` on a CPU
-  (`views_in_step`: the layer runs as its own compiled function), and once
-  without XLA, and
+  (`views_in_step`: the layer runs as its own compiled functions, one XLA
+  launch per view; `views_in_step_one_launch`: the whole layer in one
+  launch, as before), and once without XLA, and
 - a per-image `tf.data.Dataset.map(num_parallel_calls=AUTOTUNE)` pipeline
   written with `tf.image` the way SimCLR's `data_util.py` does it
   (`sample_distorted_bounding_box` + crop + bicubic resize, random flip,
@@ -35,8 +36,12 @@ on JAX's default device (a GPU where there is one), for every preset.
 `--batches`, `--rounds` and `--batch-size` trade time for precision; the
 defaults take about 2 minutes on 2 CPU cores. Besides images/s it reports CPU
 milliseconds per image (process time over all threads), which stays
-comparable when other processes share the machine, and the per-round
-speed-ups, whose spread shows how noisy the machine was.
+comparable when other processes share the machine, the cores each pipeline
+kept busy (CPU time / wall time), and the per-round speed-ups, whose spread
+shows how noisy the machine was. `--runnable-threads` (Linux) also samples,
+in an extra untimed round, how many of the process's threads are running or
+waiting for a core while each 224-px pipeline works: what it would use of
+an idle machine.
 """
 
 import argparse
@@ -177,6 +182,8 @@ def _rates(n_images, n_views, wall, cpu):
         # CPU time per image, summed over threads: comparable even when
         # other processes share the cores.
         "cpu_ms_per_image": 1e3 * cpu / n_images,
+        # Cores kept busy on average.
+        "cores": cpu / wall,
     }
 
 
@@ -187,11 +194,20 @@ def batched_window(preset, images, jit_compile, warmup=0):
     `warmup` untimed calls, as the `tf.data` windows do. With
     `jit_compile="in_step"` the views are made as the models' training
     steps make them inside `fit()` on a CPU: an uncompiled `tf.function`
-    that calls the layer's own compiled function (`compiled_call`).
+    that calls the layer's own compiled functions (`compiled_call`, one
+    per view); with `"in_step_one_launch"`, the uncompiled function calls
+    one compiled function of the whole layer.
     """
     views = Views.from_preset(preset, seed=0)
     if jit_compile == "in_step":
         fn = tf.function(lambda x: compiled_call(views, x, training=True))
+    elif jit_compile == "in_step_one_launch":
+        inner = tf.function(
+            lambda x: views(x, training=True),
+            jit_compile=True,
+            autograph=False,
+        )
+        fn = tf.function(lambda x: inner(x))
     else:
         fn = tf.function(
             lambda x: views(x, training=True), jit_compile=jit_compile
@@ -211,6 +227,7 @@ def batched_window(preset, images, jit_compile, warmup=0):
                 fn(x)
         return batches * images.shape[0], n_views, timer
 
+    window.work = lambda: lambda: fn(x)
     return window
 
 
@@ -235,7 +252,59 @@ def tf_data_window(images, batch_size, size, strength, blur_p, warmup):
         gc.collect()
         return batches * batch_size, 2, timer
 
+    def work():
+        # A fresh iterator after the untimed batches; it lives as long as
+        # the returned function.
+        iterator = iter(ds)
+        for _ in range(warmup):
+            next(iterator)
+        return lambda: next(iterator)
+
+    window.work = work
     return window
+
+
+def runnable_threads(windows, batches, interval=0.005):
+    """Mean number of this process's threads running or runnable.
+
+    Samples `/proc/self/task/*/stat` every `interval` s from a thread of
+    its own (left out of the count) while each window makes `batches`
+    batches, untimed: on a loaded machine the threads a pipeline keeps
+    runnable show what it would use of an idle one.
+    """
+    import threading
+
+    def sample(stop, counts):
+        me = str(threading.get_native_id())
+        while not stop.is_set():
+            n = 0
+            for tid in os.listdir("/proc/self/task"):
+                if tid == me:
+                    continue
+                try:
+                    with open(f"/proc/self/task/{tid}/stat") as f:
+                        stat = f.read()
+                except OSError:
+                    continue
+                n += stat.rsplit(")", 1)[1].split()[0] == "R"
+            counts.append(n)
+            time.sleep(interval)
+
+    results = {}
+    for name, window in windows.items():
+        work = window.work()
+        work()
+        stop, counts = threading.Event(), []
+        sampler = threading.Thread(target=sample, args=(stop, counts))
+        sampler.start()
+        for _ in range(batches):
+            work()
+        stop.set()
+        sampler.join()
+        del work
+        gc.collect()
+        results[name] = float(np.mean(counts))
+    return results
 
 
 def interleaved(windows, rounds, batches):
@@ -335,6 +404,11 @@ def main():
     parser.add_argument(
         "--jax-batches", type=int, default=20, help="timed batches on JAX"
     )
+    parser.add_argument(
+        "--runnable-threads",
+        action="store_true",
+        help="also sample the threads each 224-px pipeline keeps runnable",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -363,22 +437,20 @@ def main():
         f"load average {load:.1f}"
     )
     size = args.batch_size
-    comparisons = {
-        "simclr_imagenet": interleaved(
-            {
-                "tf_data": tf_data_window(
-                    images, size, 224, 1.0, 0.5, args.warmup
-                ),
-                "views_jit=True": batched_window(
-                    "simclr_imagenet", images, True, args.warmup
-                ),
-                "views_in_step": batched_window(
-                    "simclr_imagenet", images, "in_step", args.warmup
-                ),
-            },
-            args.rounds,
-            args.batches,
+    imagenet = {
+        "tf_data": tf_data_window(images, size, 224, 1.0, 0.5, args.warmup),
+        "views_jit=True": batched_window(
+            "simclr_imagenet", images, True, args.warmup
         ),
+        "views_in_step": batched_window(
+            "simclr_imagenet", images, "in_step", args.warmup
+        ),
+        "views_in_step_one_launch": batched_window(
+            "simclr_imagenet", images, "in_step_one_launch", args.warmup
+        ),
+    }
+    comparisons = {
+        "simclr_imagenet": interleaved(imagenet, args.rounds, args.batches),
         "simclr_cifar": interleaved(
             {
                 "tf_data": tf_data_window(cifar, size, 32, 0.5, 0, args.warmup),
@@ -404,8 +476,13 @@ def main():
                 n_images, n_views, timer.wall, timer.cpu
             )
 
+    if args.runnable_threads:
+        results["simclr_imagenet_runnable_threads"] = runnable_threads(
+            imagenet, args.batches
+        )
     print(
-        f"{'pipeline':46s} {'images/s':>9s} {'views/s':>9s} {'cpu ms/img':>10s}"
+        f"{'pipeline':46s} {'images/s':>9s} {'views/s':>9s} "
+        f"{'cpu ms/img':>10s} {'cores':>5s}"
     )
     for dataset, rows in comparisons.items():
         for name, r in rows.items():
@@ -415,11 +492,16 @@ def main():
             results[key] = r
             print(
                 f"{key:46s} {r['images_per_s']:9.1f} {r['views_per_s']:9.1f} "
-                f"{r['cpu_ms_per_image']:10.2f}"
+                f"{r['cpu_ms_per_image']:10.2f} {r['cores']:5.2f}"
             )
     for dataset, rows in comparisons.items():
         base = rows["tf_data"]
-        for name in ("views_jit=True", "views_in_step", "views_jit=False"):
+        for name in (
+            "views_jit=True",
+            "views_in_step",
+            "views_in_step_one_launch",
+            "views_jit=False",
+        ):
             if name not in rows:
                 continue
             ours = rows[name]
@@ -447,6 +529,16 @@ def main():
                 )
             results[f"{dataset}_speedup_{name}"] = speedup
             print(line)
+    if args.runnable_threads:
+        print(
+            "simclr_imagenet runnable threads (mean): "
+            + ", ".join(
+                f"{name} {n:.2f}"
+                for name, n in results[
+                    "simclr_imagenet_runnable_threads"
+                ].items()
+            )
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -10,7 +10,7 @@ _COMPILED = weakref.WeakKeyDictionary()
 
 
 def compiled_call(layer, images, training=True):
-    """`layer(images, training=training)` as one XLA-compiled function.
+    """`layer(images, training=training)`, XLA-compiled on its own.
 
     The on-device augmentation layers (`Views`, `RandomResizedCrop`) are
     many small element-wise and gather ops; XLA fuses them into a few
@@ -21,7 +21,14 @@ def compiled_call(layer, images, training=True):
     layer's `stateless_call` on JAX. Both carry the layer's random state
     (its `SeedGenerator`s) through the call, so the views equal those of
     the layer compiled by itself from the same state. Inside a step that
-    is compiled already, the inner function is inlined.
+    is compiled already, the inner functions are inlined.
+
+    On TensorFlow, a `Views` layer runs as one compiled function per view,
+    called from an uncompiled one. Each view has its own sub-layers and
+    random streams, so the views are the same as the whole layer's; but
+    one XLA launch keeps the CPU's cores busy only part of the time, and
+    separate launches let the runtime run the views on its inter-op
+    threads at the same time.
 
     Args:
         layer: a built `keras.layers.Layer` that creates no variables in
@@ -50,15 +57,37 @@ def _cached(layer, training, make):
 def _tensorflow_function(layer, training):
     import tensorflow as tf
 
-    def make():
+    from keras_ssl.layers.views import Views
+
+    def compiled(fn):
         return tf.function(
-            lambda x: layer(x, training=training),
-            jit_compile=True,
-            reduce_retracing=True,
-            autograph=False,
+            fn, jit_compile=True, reduce_retracing=True, autograph=False
         )
 
+    def make():
+        if not isinstance(layer, Views) or len(layer.view_layers) < 2:
+            return compiled(lambda x: layer(x, training=training))
+        # One XLA launch per view: the views share no random state, so
+        # they are the whole layer's, and the TF runtime runs the launches
+        # on its inter-op threads at the same time.
+        chains = [
+            compiled(lambda x, layers=layers: _chain(layers, x, training))
+            for layers in layer.view_layers
+        ]
+
+        def views(x):
+            outputs = [chain(x) for chain in chains]
+            return layer.group(outputs) if layer.group_by_size else outputs
+
+        return tf.function(views, reduce_retracing=True, autograph=False)
+
     return _cached(layer, training, make)
+
+
+def _chain(layers, x, training):
+    for layer in layers:
+        x = layer(x, training=training)
+    return x
 
 
 def _jax_call(layer, images, training):

@@ -40,9 +40,13 @@ class TestCompiledCall(TestCase):
         "layer",
         [
             Views.from_preset("simclr_cifar", size=16, seed=3),
+            # Views of two sizes, grouped: one XLA launch per view.
+            Views.from_preset(
+                "paws_cifar", size=16, group_by_size=True, seed=7
+            ),
             RandomResizedCrop(12, flip=True, seed=4),
         ],
-        ids=["views", "crop"],
+        ids=["views", "grouped_views", "crop"],
     )
     def test_inside_a_step_equals_the_compiled_layer(self, layer):
         import tensorflow as tf
@@ -62,17 +66,24 @@ class TestCompiledCall(TestCase):
         plain = keras.tree.flatten(uncompiled(x, training=True))
         assert not np.allclose(plain[0], expected[0], atol=1e-3)
 
-    def test_eager_call_and_eval_mode(self):
-        layer = RandomResizedCrop(12, flip=True, seed=4)
+    @pytest.mark.parametrize(
+        "layer",
+        [
+            Views.from_preset("simclr_cifar", size=16, seed=3),
+            RandomResizedCrop(12, flip=True, seed=4),
+        ],
+        ids=["views", "crop"],
+    )
+    def test_eager_call_and_eval_mode(self, layer):
         x = images().astype("float32") / 255.0
-        expected = jit_compiled(twin(layer))(x)
-        got = compiled_call(layer, x, training=True)
-        self.assertAllClose(got, expected, atol=0, rtol=0)
-        self.assertAllClose(
-            compiled_call(layer, x, training=False),
-            layer(x, training=False),
-            atol=1e-6,
-        )
+        expected = keras.tree.flatten(jit_compiled(twin(layer))(x))
+        got = keras.tree.flatten(compiled_call(layer, x, training=True))
+        for a, b in zip(got, expected):
+            self.assertAllClose(a, b, atol=0, rtol=0)
+        got = keras.tree.flatten(compiled_call(layer, x, training=False))
+        expected = keras.tree.flatten(layer(x, training=False))
+        for a, b in zip(got, expected):
+            self.assertAllClose(a, b, atol=1e-6)
 
 
 class TestTrainingStepViews(TestCase):
