@@ -27,6 +27,16 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 RUN_FIELDS = ("data_dir", "stages", "output_dir", "export", "overwrite")
 RUN_FIELDS += ("strategy",)
 RUN_FIELDS += ("verbose", "extra", "baselines")
+# The small presets' fine-tuning (`digits()`, `cifar10_cpu()`): LP-FT at
+# SimCLRv2's 0.005·√B on crops of at least 80% of the image, 30 epochs of
+# the labeled images; chosen on a validation split of the digits'
+# training images (docs/benchmarks.md, "How the fine-tuning settings were
+# chosen").
+SMALL_FINETUNING = {
+    "finetune_epochs": 30,
+    "finetune_learning_rate": 0.005,
+    "finetune_crop_scale": (0.8, 1.0),
+}
 # `precision` values and the Keras dtype policy each sets for a run.
 PRECISIONS = {
     "float32": "float32",

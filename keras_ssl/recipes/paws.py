@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 
 from keras_ssl.recipes import stages
+from keras_ssl.recipes.config import SMALL_FINETUNING
 from keras_ssl.recipes.config import RecipeConfig
 from keras_ssl.recipes.config import main as config_main
 
@@ -118,9 +119,7 @@ class PAWSConfig(RecipeConfig):
             me_max=False,
             learning_rate=8.0,
             pretrain_steps=600,
-            finetune_epochs=30,
-            finetune_learning_rate=0.005,
-            finetune_crop_scale=(0.8, 1.0),
+            **SMALL_FINETUNING,
             ft_layer=0,
             output_dir="runs/paws_cifar10_cpu",
         )
@@ -149,9 +148,7 @@ class PAWSConfig(RecipeConfig):
             epochs=20,
             learning_rate=8.0,
             me_max=False,
-            finetune_epochs=30,
-            finetune_learning_rate=0.005,
-            finetune_crop_scale=(0.8, 1.0),
+            **SMALL_FINETUNING,
             # From the encoder: on a validation split of the training
             # images, 72.1% vs 64.2% from the head's first layer.
             ft_layer=0,

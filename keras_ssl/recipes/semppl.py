@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass
 
 from keras_ssl.recipes import stages
+from keras_ssl.recipes.config import SMALL_FINETUNING
 from keras_ssl.recipes.config import RecipeConfig
 from keras_ssl.recipes.config import main as config_main
 
@@ -129,9 +130,7 @@ class SemPPLConfig(RecipeConfig):
             momentum=0.0,
             learning_rate=8.0,
             pretrain_steps=600,
-            finetune_epochs=30,
-            finetune_learning_rate=0.005,
-            finetune_crop_scale=(0.8, 1.0),
+            **SMALL_FINETUNING,
             output_dir="runs/semppl_cifar10_cpu",
         )
         return dataclasses.replace(config, **overrides)
@@ -158,9 +157,7 @@ class SemPPLConfig(RecipeConfig):
             epochs=60,
             learning_rate=8.0,
             momentum=0.0,
-            finetune_epochs=30,
-            finetune_learning_rate=0.005,
-            finetune_crop_scale=(0.8, 1.0),
+            **SMALL_FINETUNING,
             output_dir="runs/semppl_digits",
         )
         return dataclasses.replace(config, **overrides)

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass
 
 from keras_ssl.recipes import stages
+from keras_ssl.recipes.config import SMALL_FINETUNING
 from keras_ssl.recipes.config import RecipeConfig
 from keras_ssl.recipes.config import check
 from keras_ssl.recipes.config import check_choice
@@ -148,9 +149,7 @@ class SimCLRv2Config(RecipeConfig):
             learning_rate=8.0,
             pretrain_steps=1000,
             ft_layer=0,
-            finetune_learning_rate=0.005,
-            finetune_crop_scale=(0.8, 1.0),
-            finetune_epochs=30,
+            **SMALL_FINETUNING,
             stages=("pretrain", "finetune"),
             output_dir="runs/simclrv2_cifar10_cpu",
         )
@@ -191,10 +190,8 @@ class SimCLRv2Config(RecipeConfig):
             temperature=0.5,
             memory_size=0,
             ft_layer=0,
-            finetune_learning_rate=0.005,
-            finetune_crop_scale=(0.8, 1.0),
             finetune_batch_size=50,
-            finetune_epochs=30,
+            **SMALL_FINETUNING,
             distill_epochs=10,
             distill_temperature=1.0,
             output_dir="runs/simclrv2_digits",
