@@ -272,6 +272,14 @@ def _pretrainer(run):
     )
 
 
+def _pretrain_labels(config):
+    return config.labeled_batch_size > 0
+
+
+def _distill_labels(config):
+    return config.distill_alpha < 1.0 and config.labeled_batch_size > 0
+
+
 def _unlabeled_stream(seed_offset, with_labels):
     """The pretraining (and distillation) stream: all training images,
     with `labeled_batch_size` labeled ones when `with_labels(config)`."""
@@ -353,7 +361,7 @@ STAGES = (
     stages.Stage(
         "pretrain",
         build=_pretrainer,
-        data=_unlabeled_stream(0, lambda c: c.labeled_batch_size > 0),
+        data=_unlabeled_stream(0, _pretrain_labels),
         optimizer=stages.pretrain_optimizer(_batch, _scaling),
         epochs="epochs",
         batch=_batch,
@@ -365,6 +373,7 @@ STAGES = (
         ),
         role="pretrainer",
         exports="pretrainer",
+        labels=_pretrain_labels,
     ),
     stages.classifier_stage(
         "finetune",
@@ -381,9 +390,7 @@ STAGES = (
     stages.Stage(
         "distill",
         build=_distiller,
-        data=_unlabeled_stream(
-            1, lambda c: c.distill_alpha < 1.0 and c.labeled_batch_size > 0
-        ),
+        data=_unlabeled_stream(1, _distill_labels),
         optimizer=stages.pretrain_optimizer(_batch, _scaling),
         epochs="distill_epochs",
         batch=_batch,
@@ -394,6 +401,7 @@ STAGES = (
         role="distiller",
         title="distilled (student)",
         exports="student",
+        labels=_distill_labels,
     ),
     stages.baseline_stage(_finetune_learning_rate, _finetune_batch),
 )

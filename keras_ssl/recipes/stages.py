@@ -51,6 +51,10 @@ class Stage:
         selectable: bool. Whether `config.stages` chooses it; otherwise it
             runs whenever `when(config)` and its budget is > 0.
         when: `(config) -> bool` or `None`. A further condition to run.
+        labels: `(config) -> bool` or `None`. Whether its training reads
+            labels (`None`: always). A stage that reads none is
+            fingerprinted without them, so one pretraining serves every
+            labeled subset of the same images.
     """
 
     name: str
@@ -70,6 +74,10 @@ class Stage:
     exports: str = ""
     selectable: bool = True
     when: Callable | None = None
+    labels: Callable | None = None
+
+    def reads_labels(self, config):
+        return self.labels is None or bool(self.labels(config))
 
     def budget(self, config):
         """The stage's total steps if it has a step budget, else its
@@ -193,6 +201,7 @@ def _run_stages(config, stages, strategy, splits, labeled, result, callbacks):
     sync = strategy.num_replicas_in_sync > 1
     state = Run(reads, splits, labeled, sync, result, tuple(callbacks))
     identity = data_identity(config, splits, labeled)
+    unlabeled = data_identity(config, splits, None)
     result.data = identity
     prints = {}
     with strategy.scope():
@@ -217,7 +226,8 @@ def _run_stages(config, stages, strategy, splits, labeled, result, callbacks):
             model.compile(optimizer=stage.optimizer(state, steps * epochs))
             if stage.init is not None:
                 stage.init(state, model)
-            prints[stage.name] = _fingerprint(stage, reads, identity, prints)
+            seen = identity if stage.reads_labels(config) else unlabeled
+            prints[stage.name] = _fingerprint(stage, reads, seen, prints)
             _train(stage, state, model, data, epochs, steps, prints[stage.name])
             if stage.finish is not None:
                 stage.finish(state, model)
@@ -395,23 +405,31 @@ def _train(stage, state, model, data, epochs, steps, fingerprint):
 
 def data_identity(config, splits, labeled):
     """The data set's name, sizes and a hash of a sample of its contents
-    and of every label, for the stages' fingerprints."""
+    and of every label, for the stages' fingerprints; with `labeled=None`,
+    of the training images alone (for stages that read no labels)."""
     if is_streamed(splits):
-        return {"dataset": config.dataset, **splits.identity()}
+        return {
+            "dataset": config.dataset,
+            **splits.identity(labeled is not None),
+        }
     digest = hashlib.sha256()
-    for array in (splits.x_train, splits.y_train, labeled.x, labeled.y):
+    arrays = (splits.x_train,)
+    if labeled is not None:
+        arrays += (splits.y_train, labeled.x, labeled.y)
+    for array in arrays:
         if array is None:
             continue
         step = max(1, len(array) // 512)
         digest.update(np.ascontiguousarray(array[::step]).tobytes())
-    digest.update(np.ascontiguousarray(labeled.y).tobytes())
-    return {
+    identity = {
         "dataset": config.dataset,
         "train": int(len(splits.x_train)),
         "test": int(len(splits.x_test)),
-        "labeled": int(len(labeled.y)),
-        "hash": digest.hexdigest()[:16],
     }
+    if labeled is not None:
+        digest.update(np.ascontiguousarray(labeled.y).tobytes())
+        identity["labeled"] = int(len(labeled.y))
+    return {**identity, "hash": digest.hexdigest()[:16]}
 
 
 def make_strategy(name):

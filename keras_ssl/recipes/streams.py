@@ -175,17 +175,23 @@ class RecipeStreams:
     def num_labeled(self) -> int:
         return len(self.labeled)
 
-    def identity(self) -> dict:
+    def identity(self, labels=True) -> dict:
         """The data's name, sizes and a hash of the labeled subset, for
-        the stages' fingerprints."""
+        the stages' fingerprints; with `labels=False`, the names and sizes
+        alone (for stages that read no labels)."""
+        identity = {
+            "dataset": self.config.dataset,
+            "train": self.num_train,
+            "test": len(self.validation),
+        }
+        if not labels:
+            return identity
         digest = hashlib.sha256()
         for array in (self.labeled.names, self.labeled.labels):
             if array is not None:
                 digest.update(np.ascontiguousarray(array).tobytes())
         return {
-            "dataset": self.config.dataset,
-            "train": self.num_train,
-            "test": len(self.validation),
+            **identity,
             "labeled": self.num_labeled,
             "hash": digest.hexdigest()[:16],
         }

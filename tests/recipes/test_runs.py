@@ -34,10 +34,37 @@ def test_stage_is_reused_only_with_the_same_settings(tmp_path, capsys):
             simclrv2.fit(output_dir=str(tmp_path), **dict(TINY, **{name: new}))
         assert f"{name}: {old!r} then, {new!r} now" in str(error.value)
         assert "--overwrite" in str(error.value)
+    # With a labeled batch the pretraining reads labels: other labels make
+    # it stale (without one it is reused, see the next test).
+    with pytest.raises(StaleStageError) as error:
+        simclrv2.fit(
+            output_dir=str(tmp_path), **dict(TINY, labeled_per_class=3)
+        )
+    assert "pretrain" in str(error.value)
+    assert "then, 30 now" in str(error.value)
     longer = simclrv2.fit(
         output_dir=str(tmp_path), overwrite=True, **dict(TINY, epochs=2)
     )
     assert len(longer.stages["pretrain"].history["loss"]) == 2
+
+
+@pytest.mark.slow
+def test_a_pretraining_without_labels_serves_every_labeled_subset(tmp_path):
+    """SimCLRv2's pretraining with no labeled batch reads no labels: a run
+    on other labels reuses it and retrains what does read them."""
+    tiny = dict(TINY, labeled_batch_size=0, stages=("pretrain", "finetune"))
+    tiny.update(finetune_epochs=1, baselines=False)
+    first = simclrv2.fit(output_dir=str(tmp_path), labeled_per_class=2, **tiny)
+    with pytest.raises(StaleStageError) as error:
+        simclrv2.fit(output_dir=str(tmp_path), labeled_per_class=4, **tiny)
+    assert "finetune" in str(error.value)
+    assert "data labeled: 20 then, 40 now" in str(error.value)
+    other = simclrv2.fit(
+        output_dir=str(tmp_path), labeled_per_class=4, overwrite=True, **tiny
+    )
+    assert other.stages["pretrain"].reused
+    assert not other.stages["finetune"].reused
+    assert other.stages["pretrain"].history == first.stages["pretrain"].history
 
 
 @pytest.mark.faults
