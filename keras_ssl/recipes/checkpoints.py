@@ -85,13 +85,14 @@ def check_finite(model, where):
             )
 
 
-def prepare(stage_dir, fingerprint, overwrite):
+def prepare(stage_dir, fingerprint, overwrite, advice=None):
     """Checks `stage_dir` against `fingerprint` before a stage runs.
 
     Returns `"new"` (nothing saved: the fingerprint is written now),
     `"resume"` (same settings, unfinished) or `"finished"`. A directory
     made with other settings or data raises `StaleStageError` naming the
-    differences, unless `overwrite`, which empties it.
+    differences and `advice` (by default: a new `output_dir` or
+    `overwrite`), unless `overwrite`, which empties it.
     """
     fingerprint = json.loads(json.dumps(fingerprint))
     saved_path = os.path.join(stage_dir, FINGERPRINT)
@@ -104,14 +105,16 @@ def prepare(stage_dir, fingerprint, overwrite):
             )
             return "finished" if done else "resume"
         if not overwrite:
-            raise StaleStageError(_stale_message(stage_dir, saved, fingerprint))
+            raise StaleStageError(
+                _stale_message(stage_dir, saved, fingerprint, advice)
+            )
         shutil.rmtree(stage_dir)
     os.makedirs(stage_dir, exist_ok=True)
     write_json(saved_path, fingerprint)
     return "new"
 
 
-def _stale_message(stage_dir, saved, now):
+def _stale_message(stage_dir, saved, now, advice=None):
     if saved is None:
         differences = ["no record of the settings it was made with"]
     else:
@@ -128,10 +131,13 @@ def _stale_message(stage_dir, saved, now):
             differences.append(
                 f"the stage it starts from ({now.get('start_stage')}) changed"
             )
+    advice = advice or (
+        "Use a new `output_dir`, or pass `overwrite=True` "
+        "(`--overwrite true`) to retrain it there."
+    )
     return (
         f"{stage_dir} holds a stage made with other settings or data "
-        f"({'; '.join(differences)}). Use a new `output_dir`, or pass "
-        "`overwrite=True` (`--overwrite true`) to retrain it there."
+        f"({'; '.join(differences)}). {advice}"
     )
 
 

@@ -124,7 +124,9 @@ class RecipeConfig:
         precision: str. `"float32"`, `"bfloat16"` or `"float16"`: the
             Keras dtype policy of the run (`"mixed_bfloat16"`,
             `"mixed_float16"`), restored afterwards.
-        stages: tuple of str. The stages to run.
+        stages: tuple of str. The stages to run. A chosen stage that
+            starts from one left out loads that one's finished run from
+            `output_dir` (and stops before training when there is none).
         steps_per_epoch: int or `None`. Steps per epoch of every stage;
             `None` for one pass over the stage's examples. A stage with a
             step budget (`pretrain_steps`, ...) splits it into epochs of

@@ -201,16 +201,18 @@ def _run_stages(config, stages, strategy, splits, labeled, result, callbacks):
     sync = strategy.num_replicas_in_sync > 1
     state = Run(reads, splits, labeled, sync, result, tuple(callbacks))
     identity = data_identity(config, splits, labeled)
-    unlabeled = data_identity(config, splits, None)
+    unlabeled = data_identity(config, splits, labeled, labels=False)
     result.data = identity
     prints = {}
+    needed, loaded = _needed(stages, config)
+    _check_loadable(loaded, config)
     with strategy.scope():
-        for stage in _needed(stages, config):
+        for stage in needed:
             reads.names.clear()
             state.stage = stage.name
             model = stage.build(state)
             state.models[stage.role or stage.name] = model
-            if not stage.runs(config):
+            if not stage.runs(config) and stage.name not in loaded:
                 built = {n: getattr(config, n) for n in sorted(reads.names)}
                 prints[stage.name] = {"built": built}
                 continue
@@ -228,7 +230,14 @@ def _run_stages(config, stages, strategy, splits, labeled, result, callbacks):
                 stage.init(state, model)
             seen = identity if stage.reads_labels(config) else unlabeled
             prints[stage.name] = _fingerprint(stage, reads, seen, prints)
-            _train(stage, state, model, data, epochs, steps, prints[stage.name])
+            _train(
+                stage,
+                state,
+                model,
+                (data, epochs, steps),
+                prints[stage.name],
+                reuse_only=stage.name in loaded,
+            )
             if stage.finish is not None:
                 stage.finish(state, model)
             for report in stage.report:
@@ -349,15 +358,40 @@ Returns:
 
 
 def _needed(stages, config):
-    """The stages that run and those whose models a running one uses; the
-    first stage is always built (so `stages=()` gives its network)."""
+    """The stages to build, in order, and the names of those among them
+    that do not run but whose trained models a running stage starts from
+    (they are loaded from `output_dir`). The first stage is always built
+    (so `stages=()` gives its network)."""
     needed = {stages[0].name} if stages else set()
+    starts = set()
     for stage in reversed(stages):
-        if stage.runs(config) or stage.name in needed:
+        if stage.runs(config) or stage.name in starts:
             needed.add(stage.name)
             if stage.start:
                 needed.add(stage.start)
-    return [s for s in stages if s.name in needed]
+                starts.add(stage.start)
+    loaded = {s.name for s in stages if s.name in starts and not s.runs(config)}
+    return [s for s in stages if s.name in needed], loaded
+
+
+def _check_loadable(loaded, config):
+    """Raises before any training when a stage that a chosen one starts
+    from is neither chosen nor finished in `output_dir`."""
+    from keras_ssl.recipes import checkpoints
+
+    for name in sorted(loaded):
+        stage_dir = os.path.join(config.output_dir, name)
+        finished = all(
+            os.path.exists(os.path.join(stage_dir, file))
+            for file in (checkpoints.FINAL, checkpoints.HISTORY)
+        )
+        if not finished:
+            raise ValueError(
+                f"A chosen stage starts from stage '{name}', which is not "
+                f"in `stages` and has not finished in {stage_dir}. Received: "
+                f"stages={config.stages}. Add '{name}' to `stages`, or set "
+                "`output_dir` to the run where it finished."
+            )
 
 
 def _fingerprint(stage, reads, identity, prints):
@@ -374,12 +408,25 @@ def _fingerprint(stage, reads, identity, prints):
     }
 
 
-def _train(stage, state, model, data, epochs, steps, fingerprint):
+def _train(stage, state, model, schedule, fingerprint, reuse_only=False):
+    """Trains the stage, resumes it or reuses its finished run; with
+    `reuse_only` (a stage that was not chosen), only the last, and never
+    over a stage made with other settings, `overwrite` or not."""
     from keras_ssl.recipes import checkpoints
 
     config = state.config
+    data, epochs, steps = schedule
     stage_dir = os.path.join(config.output_dir, stage.name)
-    status = checkpoints.prepare(stage_dir, fingerprint, config.overwrite)
+    advice = None
+    if reuse_only:
+        advice = (
+            f"Stage '{stage.name}' is not in `stages` (received: "
+            f"stages={config.stages}), so it is loaded, never retrained: "
+            f"add '{stage.name}' to `stages` to retrain it."
+        )
+    status = checkpoints.prepare(
+        stage_dir, fingerprint, config.overwrite and not reuse_only, advice
+    )
     if status == "finished":
         print(
             f"Stage '{stage.name}': reusing the finished stage in {stage_dir} "
@@ -403,18 +450,15 @@ def _train(stage, state, model, data, epochs, steps, fingerprint):
     state.result.stages[stage.name] = result
 
 
-def data_identity(config, splits, labeled):
+def data_identity(config, splits, labeled, labels=True):
     """The data set's name, sizes and a hash of a sample of its contents
-    and of every label, for the stages' fingerprints; with `labeled=None`,
+    and of every label, for the stages' fingerprints; with `labels=False`,
     of the training images alone (for stages that read no labels)."""
     if is_streamed(splits):
-        return {
-            "dataset": config.dataset,
-            **splits.identity(labeled is not None),
-        }
+        return {"dataset": config.dataset, **splits.identity(labels)}
     digest = hashlib.sha256()
     arrays = (splits.x_train,)
-    if labeled is not None:
+    if labels:
         arrays += (splits.y_train, labeled.x, labeled.y)
     for array in arrays:
         if array is None:
@@ -426,7 +470,7 @@ def data_identity(config, splits, labeled):
         "train": int(len(splits.x_train)),
         "test": int(len(splits.x_test)),
     }
-    if labeled is not None:
+    if labels:
         digest.update(np.ascontiguousarray(labeled.y).tobytes())
         identity["labeled"] = int(len(labeled.y))
     return {**identity, "hash": digest.hexdigest()[:16]}

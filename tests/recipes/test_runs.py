@@ -3,6 +3,7 @@ stops, on a tiny SimCLRv2 pretraining."""
 
 import os
 
+import keras
 import numpy as np
 import pytest
 
@@ -48,23 +49,68 @@ def test_stage_is_reused_only_with_the_same_settings(tmp_path, capsys):
     assert len(longer.stages["pretrain"].history["loss"]) == 2
 
 
+class _ConvKernelsAtStart(keras.callbacks.Callback):
+    """Notes the convolution kernels of each stage's model as it starts
+    training."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def on_train_begin(self, logs=None):
+        kernels = [w for w in self.model.weights if len(w.shape) == 4]
+        self.seen.append([np.array(w) for w in kernels])
+
+
 @pytest.mark.slow
-def test_a_pretraining_without_labels_serves_every_labeled_subset(tmp_path):
-    """SimCLRv2's pretraining with no labeled batch reads no labels: a run
-    on other labels reuses it and retrains what does read them."""
+def test_a_stage_not_chosen_is_loaded_and_pretraining_serves_any_labels(
+    tmp_path,
+):
+    """A chosen stage starts from the finished run of one not chosen,
+    never from fresh weights; SimCLRv2's pretraining with no labeled batch
+    reads no labels, so a run on other labels reuses it."""
+    path = str(tmp_path)
     tiny = dict(TINY, labeled_batch_size=0, stages=("pretrain", "finetune"))
     tiny.update(finetune_epochs=1, baselines=False)
-    first = simclrv2.fit(output_dir=str(tmp_path), labeled_per_class=2, **tiny)
+    only_finetune = dict(tiny, stages=("finetune",))
+    with pytest.raises(ValueError, match="stage 'pretrain', which is not in"):
+        simclrv2.fit(output_dir=path, **only_finetune)
+    assert not os.listdir(path)
+
+    seen = _ConvKernelsAtStart()
+    first = simclrv2.fit(
+        output_dir=path, labeled_per_class=2, callbacks=[seen], **tiny
+    )
     with pytest.raises(StaleStageError) as error:
-        simclrv2.fit(output_dir=str(tmp_path), labeled_per_class=4, **tiny)
+        simclrv2.fit(output_dir=path, labeled_per_class=4, **tiny)
     assert "finetune" in str(error.value)
     assert "data labeled: 20 then, 40 now" in str(error.value)
     other = simclrv2.fit(
-        output_dir=str(tmp_path), labeled_per_class=4, overwrite=True, **tiny
+        output_dir=path,
+        labeled_per_class=4,
+        overwrite=True,
+        callbacks=[seen],
+        **only_finetune,
     )
     assert other.stages["pretrain"].reused
     assert not other.stages["finetune"].reused
     assert other.stages["pretrain"].history == first.stages["pretrain"].history
+    # Pretraining, then fine-tuning (first run); fine-tuning (second run)
+    # starts from the same pretrained kernels, not from fresh ones.
+    pretrain_start, finetune_start, loaded_start = seen.seen
+    for a, b in zip(finetune_start, loaded_start, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(pretrain_start[0], finetune_start[0])
+
+    # A stage that is not chosen is never retrained, `overwrite` or not.
+    with pytest.raises(StaleStageError, match="loaded, never retrained"):
+        simclrv2.fit(
+            output_dir=path,
+            labeled_per_class=4,
+            overwrite=True,
+            **dict(only_finetune, temperature=0.2),
+        )
+    assert os.path.exists(os.path.join(path, "pretrain", "final.weights.h5"))
 
 
 @pytest.mark.faults
