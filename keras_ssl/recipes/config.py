@@ -106,6 +106,12 @@ class RecipeConfig:
             `(1 - a)·start + a·fine-tuned`, where the start is the
             pretrained network with the linear probe's head (WiSE-FT,
             Wortsman et al., 2022). 1 keeps the fine-tuned weights.
+        interpolation_folds: int. With `linear_probe_first`, 0 uses
+            `finetune_interpolation` as it is; K >= 2 chooses the share
+            from 0, 0.25, 0.5, 0.75 and 1 by K-fold cross-validation on
+            the labeled images (LP-FT on K-1 folds, every share scored on
+            the fold left out; ties go to the smaller share), never on the
+            test images. Costs K more fine-tunings.
         pretrain_steps: int or `None`. Pretraining's total steps, instead
             of `epochs` (0 skips the stage).
         finetune_steps: int or `None`. Fine-tuning's total steps, instead
@@ -173,6 +179,7 @@ class RecipeConfig:
     finetune_crop_scale: tuple | None = None
     linear_probe_first: bool = True
     finetune_interpolation: float = 0.5
+    interpolation_folds: int = 0
     # Step budgets (`None`: the epochs decide).
     pretrain_steps: int | None = None
     finetune_steps: int | None = None
@@ -212,6 +219,7 @@ class RecipeConfig:
             ("finetune_learning_rate", ">0|None"),
             ("linear_probe_first", "bool"),
             ("finetune_interpolation", "[0,1]"),
+            ("interpolation_folds", "int>=0"),
             ("pretrain_steps", "int>=0|None"),
             ("finetune_steps", "int>=0|None"),
             ("baselines", "bool"),
@@ -228,6 +236,11 @@ class RecipeConfig:
         check_choice("depth", self.depth, RESNET_DEPTHS)
         check_choice("stem", self.stem, RESNET_STEMS)
         check_choice("verbose", self.verbose, (0, 1, 2))
+        if self.interpolation_folds == 1:
+            raise ValueError(
+                "`interpolation_folds` must be 0 (off) or >= 2. Received: "
+                "interpolation_folds=1"
+            )
         check_choice("precision", self.precision, tuple(PRECISIONS))
         _check_dataset(self.dataset)
         check_choice("strategy", self.strategy, STRATEGIES)

@@ -116,6 +116,7 @@ class Run:
         stage: str. The stage being built or run.
         start_weights: dict of stage name to the weights its model
             started training from, where a `finish` needs them.
+        current: the `Stage` being run, and `total_steps` its budget.
     """
 
     config: object
@@ -127,6 +128,8 @@ class Run:
     models: dict = field(default_factory=dict)
     stage: str = ""
     start_weights: dict = field(default_factory=dict)
+    current: object = None
+    total_steps: int = 0
 
 
 class _Reads:
@@ -225,6 +228,7 @@ def _run_stages(config, stages, strategy, splits, labeled, result, callbacks):
             else:
                 epochs, steps = schedule(budget, per_epoch)
             data = stage.data(state)
+            state.current, state.total_steps = stage, steps * epochs
             model.compile(optimizer=stage.optimizer(state, steps * epochs))
             if stage.init is not None:
                 stage.init(state, model)
@@ -764,35 +768,129 @@ def linear_head_first(run, model):
             "linear probe's first step needs the labeled images in memory."
         )
     elif run.config.linear_probe_first:
+        config = run.config
+        if 0 < len(run.labeled.y) < 2 * config.interpolation_folds:
+            raise ValueError(
+                f"`interpolation_folds` needs at least 2 labeled images per "
+                f"fold: {len(run.labeled.y)} labeled images. Received: "
+                f"interpolation_folds={config.interpolation_folds}"
+            )
         model.fit_linear_head(run.labeled.x, run.labeled.y)
-        if run.config.finetune_interpolation < 1:
-            import keras
+        if config.finetune_interpolation < 1 or config.interpolation_folds:
+            run.start_weights[run.stage] = _numpy_weights(model)
 
-            run.start_weights[run.stage] = [
-                keras.ops.convert_to_numpy(v) for v in model.weights
-            ]
+
+def _numpy_weights(model):
+    import keras
+
+    return [keras.ops.convert_to_numpy(v) for v in model.weights]
+
+
+def _assign_interpolated(model, start, end, share):
+    """Sets every float weight to `(1 - share)·start + share·end`."""
+    import keras
+
+    for variable, first, last in zip(model.weights, start, end):
+        if not keras.backend.is_float_dtype(variable.dtype) or share == 1:
+            variable.assign(last)
+        elif share == 0:
+            variable.assign(first)
+        else:
+            variable.assign((1.0 - share) * first + share * last)
 
 
 def interpolate_with_start(run, model):
     """WiSE-FT (Wortsman et al., 2022): every weight of the fine-tuned
-    model becomes `(1 - a)·start + a·fine-tuned`, `a` the config's
-    `finetune_interpolation`, the start being LP-FT's (the pretrained
-    network with the linear probe's head; BatchNorm's statistics are the
-    same in both). With few labels fine-tuning alone can end below the
-    probe it started from; the average keeps the probe's accuracy where
-    fine-tuning loses it and most of fine-tuning's gain where it helps
-    (docs/benchmarks.md). Nothing happens without a linear-probe start."""
+    model becomes `(1 - a)·start + a·fine-tuned`, the start being LP-FT's
+    (the pretrained network with the linear probe's head; BatchNorm's
+    statistics are the same in both). `a` is the config's
+    `finetune_interpolation`, or with `interpolation_folds` the share that
+    scores best in cross-validation on the labeled images
+    (`cross_validated_share`), reported as the stage's
+    `finetune_interpolation` metric. With few labels fine-tuning alone can
+    end below the probe it started from (docs/benchmarks.md). Nothing
+    happens without a linear-probe start."""
     start = run.start_weights.get(run.stage)
-    share = run.config.finetune_interpolation
-    if start is None or share >= 1:
+    if start is None:
         return
-    import keras
+    share = run.config.finetune_interpolation
+    if run.config.interpolation_folds:
+        share, scores = cross_validated_share(run, model)
+        metrics = run.result.stages[run.stage].metrics
+        metrics["finetune_interpolation"] = share
+        print(
+            f"Stage '{run.stage}': {run.config.interpolation_folds}-fold "
+            "cross-validated accuracy of the labeled images by share of "
+            "the fine-tuned weights: "
+            + ", ".join(f"{a:g}: {v:.1%}" for a, v in scores.items())
+            + f"; the model takes {share:g}."
+        )
+    if share < 1:
+        _assign_interpolated(model, start, _numpy_weights(model), share)
 
-    for variable, first in zip(model.weights, start):
-        if not keras.backend.is_float_dtype(variable.dtype):
+
+SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def cross_validated_share(run, model):
+    """The WiSE-FT share that K-fold cross-validation on the labeled
+    images scores best, and each share's accuracy.
+
+    For each fold, the model goes back to the pretrained network, its
+    head is fitted to the other folds' images (LP) and it is fine-tuned
+    on them with the stage's optimizer for the stage's epochs (its steps
+    scaled to the folds' share of the images); every share in `SHARES` is
+    then scored on the fold left out. Folds are drawn per class with the
+    config's seed. The model's fine-tuned weights and optimizer are put
+    back afterwards. Ties go to the smaller share (the nearer the probe).
+    """
+    from keras_ssl import data as ssl_data
+
+    config = run.config
+    x, y = run.labeled.x, np.asarray(run.labeled.y)
+    folds = config.interpolation_folds
+    fold = np.empty(len(y), "int64")
+    rng = np.random.default_rng(config.seed)
+    for label in np.unique(y):
+        where = np.flatnonzero(y == label)
+        fold[rng.permutation(where)] = np.arange(len(where)) % folds
+    pretrained = run.start_weights[run.stage]
+    trained = _numpy_weights(model)
+    optimizer = model.optimizer
+    correct = {share: 0 for share in SHARES}
+    for k in range(folds):
+        train, held = fold != k, fold == k
+        if not held.any():
             continue
-        trained = keras.ops.convert_to_numpy(variable)
-        variable.assign((1.0 - share) * first + share * trained)
+        _assign_interpolated(model, pretrained, pretrained, 1.0)
+        model.fit_linear_head(x[train], y[train])
+        start = _numpy_weights(model)
+        batch = min(run.current.batch(run), int(train.sum()))
+        steps = max(1, round(run.total_steps * train.sum() / len(y)))
+        model.compile(optimizer=run.current.optimizer(run, steps))
+        model.fit(
+            ssl_data.from_arrays(
+                x[train],
+                y[train],
+                batch_size=batch,
+                seed=config.seed + 1 + k,
+                repeat=True,
+            ),
+            epochs=1,
+            steps_per_epoch=steps,
+            verbose=0,
+            shuffle=False,
+        )
+        end = _numpy_weights(model)
+        for share in SHARES:
+            _assign_interpolated(model, start, end, share)
+            logits = model.predict(x[held], batch_size=256, verbose=0)
+            correct[share] += int(np.sum(np.argmax(logits, -1) == y[held]))
+    _assign_interpolated(model, trained, trained, 1.0)
+    model.compile(optimizer=optimizer)
+    scores = {share: correct[share] / len(y) for share in SHARES}
+    best = max(scores.values())
+    return min(s for s in SHARES if scores[s] == best), scores
 
 
 def baseline_stage(finetune_learning_rate, batch):

@@ -5,16 +5,19 @@ import types
 
 import keras
 import numpy as np
+import pytest
 
 from keras_ssl.models import FineTuner
 from keras_ssl.recipes import stages
 from tests.models.conftest import tiny_encoder
 
 
-def _run(share, linear_probe_first=True):
+def _run(share, linear_probe_first=True, folds=0):
     config = types.SimpleNamespace(
         finetune_interpolation=share,
         linear_probe_first=linear_probe_first,
+        interpolation_folds=folds,
+        seed=0,
     )
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (12, 16, 16, 3)).astype("uint8")
@@ -71,3 +74,67 @@ def test_share_one_or_no_probe_keeps_the_fine_tuned_weights():
         stages.interpolate_with_start(run, model)
         for value, last in zip(_values(model), trained):
             np.testing.assert_array_equal(value, last)
+
+
+def _separable_run(folds, learning_rate):
+    """Three classes of flat colours, 8 images each: the probe on frozen
+    random features already classifies every held-out image."""
+    run = _run(0.5, folds=folds)
+    rng = np.random.default_rng(1)
+    y = np.arange(24) % 3
+    colours = np.array([[230, 20, 20], [20, 230, 20], [20, 20, 230]])
+    noise = rng.integers(-10, 10, (24, 16, 16, 3))
+    x = np.clip(colours[y][:, None, None, :] + noise, 0, 255).astype("uint8")
+    run.labeled = types.SimpleNamespace(x=x, y=y)
+    run.current = types.SimpleNamespace(
+        batch=lambda run: 8,
+        optimizer=lambda run, steps: keras.optimizers.SGD(learning_rate),
+    )
+    run.total_steps = 6
+    run.result = types.SimpleNamespace(
+        stages={"finetune": types.SimpleNamespace(metrics={})}
+    )
+    keras.utils.set_random_seed(0)
+    model = FineTuner(
+        tiny_encoder(), num_classes=3, ft_layer=0, frozen_batch_norm=True
+    )
+    stages.linear_head_first(run, model)
+    optimizer = keras.optimizers.SGD(learning_rate)
+    model.compile(optimizer=optimizer)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    return run, model, optimizer
+
+
+def test_cross_validation_keeps_the_probe_when_fine_tuning_wrecks_it():
+    run, model, optimizer = _separable_run(folds=3, learning_rate=1e4)
+    start = run.start_weights["finetune"]
+    share, scores = stages.cross_validated_share(run, model)
+    # Every image is held out once: the scores are counts over all 24.
+    assert all(round(v * 24) == v * 24 for v in scores.values())
+    assert scores[0.0] == 1.0
+    assert scores[1.0] < 1.0
+    assert share == 0.0
+    # The fine-tuned weights and the optimizer are put back.
+    assert model.optimizer is optimizer
+    stages.interpolate_with_start(run, model)
+    assert run.result.stages["finetune"].metrics["finetune_interpolation"] == 0
+    for variable, first in zip(model.weights, start):
+        if keras.backend.is_float_dtype(variable.dtype):
+            np.testing.assert_array_equal(
+                keras.ops.convert_to_numpy(variable), first
+            )
+
+
+def test_cross_validation_ties_go_to_the_smaller_share():
+    # A rate too small to change any prediction: every share ties.
+    run, model, _ = _separable_run(folds=2, learning_rate=1e-9)
+    share, scores = stages.cross_validated_share(run, model)
+    assert len(set(scores.values())) == 1
+    assert share == 0.0
+
+
+def test_too_few_labeled_images_for_the_folds_fail_before_training():
+    run = _run(0.5, folds=7)
+    model = FineTuner(tiny_encoder(), num_classes=3, ft_layer=0)
+    with pytest.raises(ValueError, match="interpolation_folds=7"):
+        stages.linear_head_first(run, model)
