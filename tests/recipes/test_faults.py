@@ -36,7 +36,8 @@ SCRIPT = textwrap.dedent(
         output_dir=output_dir, callbacks=[Kill()], epochs=2,
         steps_per_epoch=2, batch_size=16, labeled_batch_size=8,
         memory_size=40, finetune_batch_size=20, finetune_epochs=2,
-        distill_epochs=2, baselines=False, export=False, verbose=0,
+        distill_epochs=2, interpolation_folds=0, baselines=False,
+        export=False, verbose=0,
     )
     """
 )

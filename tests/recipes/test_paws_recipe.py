@@ -11,6 +11,7 @@ TINY = dict(
     batch_size=16,
     images_per_class=2,
     finetune_epochs=1,
+    interpolation_folds=0,
     baselines=False,
     verbose=0,
 )

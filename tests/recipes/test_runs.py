@@ -16,6 +16,7 @@ TINY = dict(
     steps_per_epoch=1,
     batch_size=16,
     labeled_batch_size=8,
+    interpolation_folds=0,
     stages=("pretrain",),
     export=False,
     verbose=0,

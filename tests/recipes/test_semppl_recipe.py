@@ -12,6 +12,7 @@ TINY = dict(
     batch_size=16,
     labeled_batch_size=8,
     finetune_epochs=1,
+    interpolation_folds=0,
     baselines=False,
     verbose=0,
 )

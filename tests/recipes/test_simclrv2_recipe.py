@@ -16,6 +16,7 @@ TINY = dict(
     finetune_batch_size=20,
     finetune_epochs=1,
     distill_epochs=1,
+    interpolation_folds=0,
     baselines=False,
     verbose=0,
 )

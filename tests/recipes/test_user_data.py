@@ -19,6 +19,7 @@ TINY = dict(
     batch_size=16,
     labeled_batch_size=8,
     finetune_batch_size=10,
+    interpolation_folds=0,
     verbose=0,
     export=False,
 )
@@ -77,7 +78,7 @@ def test_arrays_run_with_budgets_and_an_honest_report(tmp_path):
         memory_size=0,
         output_dir=str(tmp_path),
         callbacks=[counter],
-        **TINY,
+        **dict(TINY, interpolation_folds=2),
     )
     assert result.config.dataset == "arrays"
     assert result.data["train"] == 280
@@ -91,6 +92,9 @@ def test_arrays_run_with_budgets_and_an_honest_report(tmp_path):
         "Distiller": 1,
     }
     assert len(result.stages["pretrain"].history["loss"]) == 1
+    # WiSE-FT's share, chosen by 2-fold cross-validation on the 20 labels.
+    share = result.stages["finetune"].metrics["finetune_interpolation"]
+    assert share in (0.0, 0.25, 0.5, 0.75, 1.0)
     report = result.report
     with open(tmp_path / "report.json") as f:
         assert json.load(f) == report
