@@ -114,8 +114,9 @@ class RecipeConfig:
             `finetune_interpolation` as it is; K >= 2 chooses the share
             from 0, 0.25, 0.5, 0.75 and 1 by K-fold cross-validation on
             the labeled images (LP-FT on K-1 folds, every share scored on
-            the fold left out; ties go to the smaller share), never on the
-            test images. Costs K more fine-tunings.
+            the fold left out; the smallest share within one standard
+            error of the best), never on the test images. Costs K more
+            fine-tunings.
         pretrain_steps: int or `None`. Pretraining's total steps, instead
             of `epochs` (0 skips the stage).
         finetune_steps: int or `None`. Fine-tuning's total steps, instead

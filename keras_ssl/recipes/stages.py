@@ -786,7 +786,7 @@ def _numpy_weights(model):
     return [keras.ops.convert_to_numpy(v) for v in model.weights]
 
 
-def _assign_interpolated(model, start, end, share):
+def assign_interpolated(model, start, end, share):
     """Sets every float weight to `(1 - share)·start + share·end`."""
     import keras
 
@@ -826,7 +826,7 @@ def interpolate_with_start(run, model):
             + f"; the model takes {share:g}."
         )
     if share < 1:
-        _assign_interpolated(model, start, _numpy_weights(model), share)
+        assign_interpolated(model, start, _numpy_weights(model), share)
 
 
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -834,7 +834,7 @@ SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 def cross_validated_share(run, model):
     """The WiSE-FT share that K-fold cross-validation on the labeled
-    images scores best, and each share's accuracy.
+    images chooses (`choose_share`), and each share's accuracy.
 
     For each fold, the model goes back to the pretrained network, its
     head is fitted to the other folds' images (LP) and it is fine-tuned
@@ -842,7 +842,11 @@ def cross_validated_share(run, model):
     scaled to the folds' share of the images); every share in `SHARES` is
     then scored on the fold left out. Folds are drawn per class with the
     config's seed. The model's fine-tuned weights and optimizer are put
-    back afterwards. Ties go to the smaller share (the nearer the probe).
+    back afterwards.
+
+    With PAWS and SemPPL the pretraining has seen the labeled images with
+    their labels, so their held-out accuracy is higher than on new
+    images; the shares are still compared on the same images.
     """
     from keras_ssl import data as ssl_data
 
@@ -862,7 +866,7 @@ def cross_validated_share(run, model):
         train, held = fold != k, fold == k
         if not held.any():
             continue
-        _assign_interpolated(model, pretrained, pretrained, 1.0)
+        assign_interpolated(model, pretrained, pretrained, 1.0)
         model.fit_linear_head(x[train], y[train])
         start = _numpy_weights(model)
         batch = min(run.current.batch(run), int(train.sum()))
@@ -883,14 +887,28 @@ def cross_validated_share(run, model):
         )
         end = _numpy_weights(model)
         for share in SHARES:
-            _assign_interpolated(model, start, end, share)
+            assign_interpolated(model, start, end, share)
             logits = model.predict(x[held], batch_size=256, verbose=0)
             correct[share] += int(np.sum(np.argmax(logits, -1) == y[held]))
-    _assign_interpolated(model, trained, trained, 1.0)
+    assign_interpolated(model, trained, trained, 1.0)
     model.compile(optimizer=optimizer)
     scores = {share: correct[share] / len(y) for share in SHARES}
+    return choose_share(scores, len(y)), scores
+
+
+def choose_share(scores, count):
+    """The one-standard-error rule (Hastie et al., The Elements of
+    Statistical Learning, §7.10): the smallest share (the nearest the
+    linear probe) whose cross-validated accuracy is within one standard
+    error, √(p(1-p)/count), of the best one's `p`.
+
+    Args:
+        scores: dict of share to cross-validated accuracy.
+        count: int. The images scored (every labeled image, once).
+    """
     best = max(scores.values())
-    return min(s for s in SHARES if scores[s] == best), scores
+    error = np.sqrt(best * (1.0 - best) / max(1, count))
+    return min(s for s, v in scores.items() if v >= best - error - 1e-12)
 
 
 def baseline_stage(finetune_learning_rate, batch):

@@ -138,3 +138,16 @@ def test_too_few_labeled_images_for_the_folds_fail_before_training():
     model = FineTuner(tiny_encoder(), num_classes=3, ft_layer=0)
     with pytest.raises(ValueError, match="interpolation_folds=7"):
         stages.linear_head_first(run, model)
+
+
+def test_the_share_is_the_smallest_within_one_standard_error():
+    # 250 labels: one image's difference (0.4 points) is far below one
+    # standard error (3 points); the probe's share is kept.
+    near = {0.0: 0.668, 0.25: 0.668, 0.5: 0.672, 0.75: 0.640, 1.0: 0.624}
+    assert stages.choose_share(near, 250) == 0.0
+    # 4,000 labels: a gain of 2 points is over two standard errors.
+    gain = {0.0: 0.50, 0.25: 0.51, 0.5: 0.515, 0.75: 0.52, 1.0: 0.50}
+    error = np.sqrt(0.52 * 0.48 / 4000)
+    assert 0.52 - 0.515 < error < 0.52 - 0.51
+    assert stages.choose_share(gain, 4000) == 0.5
+    assert stages.choose_share({0.0: 0.9, 1.0: 0.9}, 10) == 0.0
