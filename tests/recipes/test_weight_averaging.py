@@ -151,3 +151,23 @@ def test_the_share_is_the_smallest_within_one_standard_error():
     assert 0.52 - 0.515 < error < 0.52 - 0.51
     assert stages.choose_share(gain, 4000) == 0.5
     assert stages.choose_share({0.0: 0.9, 1.0: 0.9}, 10) == 0.0
+
+
+def test_lp_ft_scales_every_step_by_its_trust_ratio():
+    """With BatchNorm's statistics kept (LP-FT), BatchNorm's scale and
+    offset and the biases take trust-ratio steps too; the from-scratch
+    baseline (batch statistics) keeps SimCLR's exclusion."""
+    from keras_ssl.recipes import paws
+
+    by_name = {stage.name: stage for stage in paws.STAGES}
+    for lp_ft, adapted in ((True, True), (False, False)):
+        config = paws.PAWSConfig.digits(linear_probe_first=lp_ft)
+        run = types.SimpleNamespace(
+            config=config,
+            labeled=types.SimpleNamespace(y=np.zeros(20, "int32")),
+            splits=types.SimpleNamespace(),
+        )
+        finetune = by_name["finetune"].optimizer(run, 10)
+        baseline = by_name["baseline"].optimizer(run, 10)
+        assert finetune.exclude_rank_1 is not adapted
+        assert baseline.exclude_rank_1 is True
