@@ -20,7 +20,6 @@ docs/benchmarks.md has what it printed.
 
 import argparse
 
-import keras
 import numpy as np
 
 from keras_ssl import data as ssl_data
@@ -94,14 +93,14 @@ def main(argv=None):
             )
         )
         model.fit_linear_head(labeled.x, labeled.y)
-        start = _values(model)
+        start = model.get_weights()
         stream = ssl_data.from_arrays(
             labeled.x, labeled.y, batch_size=batch, seed=0, repeat=True
         )
         history = model.fit(
             stream.to_tf_dataset(), steps_per_epoch=args.steps, verbose=0
         )
-        end = _values(model)
+        end = model.get_weights()
         shares = []
         for share in stages.SHARES:
             stages.assign_interpolated(model, start, end, share)
@@ -112,10 +111,6 @@ def main(argv=None):
             f"{history.history['accuracy'][-1]:.3f}; relative change "
             f"{_moved(model, start, end)}"
         )
-
-
-def _values(model):
-    return [keras.ops.convert_to_numpy(v) for v in model.weights]
 
 
 def _moved(model, start, end):

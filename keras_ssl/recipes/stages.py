@@ -794,13 +794,7 @@ def linear_head_first(run, model):
             )
         model.fit_linear_head(run.labeled.x, run.labeled.y)
         if config.finetune_interpolation < 1 or config.interpolation_folds:
-            run.start_weights[run.stage] = _numpy_weights(model)
-
-
-def _numpy_weights(model):
-    import keras
-
-    return [keras.ops.convert_to_numpy(v) for v in model.weights]
+            run.start_weights[run.stage] = model.get_weights()
 
 
 def assign_interpolated(model, start, end, share):
@@ -843,7 +837,7 @@ def interpolate_with_start(run, model):
             + f"; the model takes {share:g}."
         )
     if share < 1:
-        assign_interpolated(model, start, _numpy_weights(model), share)
+        assign_interpolated(model, start, model.get_weights(), share)
 
 
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -876,16 +870,16 @@ def cross_validated_share(run, model):
         where = np.flatnonzero(y == label)
         fold[rng.permutation(where)] = np.arange(len(where)) % folds
     pretrained = run.start_weights[run.stage]
-    trained = _numpy_weights(model)
+    trained = model.get_weights()
     optimizer = model.optimizer
     correct = {share: 0 for share in SHARES}
     for k in range(folds):
         train, held = fold != k, fold == k
         if not held.any():
             continue
-        assign_interpolated(model, pretrained, pretrained, 1.0)
+        model.set_weights(pretrained)
         model.fit_linear_head(x[train], y[train])
-        start = _numpy_weights(model)
+        start = model.get_weights()
         batch = min(run.current.batch(run), int(train.sum()))
         steps = max(1, round(run.total_steps * train.sum() / len(y)))
         model.compile(optimizer=run.current.optimizer(run, steps))
@@ -902,12 +896,12 @@ def cross_validated_share(run, model):
             verbose=0,
             shuffle=False,
         )
-        end = _numpy_weights(model)
+        end = model.get_weights()
         for share in SHARES:
             assign_interpolated(model, start, end, share)
             logits = model.predict(x[held], batch_size=256, verbose=0)
             correct[share] += int(np.sum(np.argmax(logits, -1) == y[held]))
-    assign_interpolated(model, trained, trained, 1.0)
+    model.set_weights(trained)
     model.compile(optimizer=optimizer)
     scores = {share: correct[share] / len(y) for share in SHARES}
     return choose_share(scores, len(y)), scores
