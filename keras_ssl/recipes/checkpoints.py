@@ -99,11 +99,7 @@ def prepare(stage_dir, fingerprint, overwrite, advice=None):
     if os.path.isdir(stage_dir) and os.listdir(stage_dir):
         saved = read_json(saved_path)
         if saved == fingerprint:
-            done = all(
-                os.path.exists(os.path.join(stage_dir, name))
-                for name in (FINAL, HISTORY)
-            )
-            return "finished" if done else "resume"
+            return "finished" if is_finished(stage_dir) else "resume"
         if not overwrite:
             raise StaleStageError(
                 _stale_message(stage_dir, saved, fingerprint, advice)
@@ -112,6 +108,15 @@ def prepare(stage_dir, fingerprint, overwrite, advice=None):
     os.makedirs(stage_dir, exist_ok=True)
     write_json(saved_path, fingerprint)
     return "new"
+
+
+def is_finished(stage_dir):
+    """Whether `stage_dir` holds a finished stage: its final weights and
+    its history."""
+    return all(
+        os.path.exists(os.path.join(stage_dir, name))
+        for name in (FINAL, HISTORY)
+    )
 
 
 def _stale_message(stage_dir, saved, now, advice=None):
@@ -296,7 +301,7 @@ def fit_stage(
     if model.optimizer is not None and not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     record = os.path.join(stage_dir, HISTORY)
-    if os.path.exists(record) and os.path.exists(result.weights_path):
+    if is_finished(stage_dir):
         model.load_weights(result.weights_path)
         result.history = read_json(record)
         result.reused = True

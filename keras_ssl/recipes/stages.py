@@ -385,11 +385,7 @@ def _check_loadable(loaded, config):
 
     for name in sorted(loaded):
         stage_dir = os.path.join(config.output_dir, name)
-        finished = all(
-            os.path.exists(os.path.join(stage_dir, file))
-            for file in (checkpoints.FINAL, checkpoints.HISTORY)
-        )
-        if not finished:
+        if not checkpoints.is_finished(stage_dir):
             raise ValueError(
                 f"A chosen stage starts from stage '{name}', which is not "
                 f"in `stages` and has not finished in {stage_dir}. Received: "
