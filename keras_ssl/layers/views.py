@@ -337,14 +337,24 @@ class Views(keras.layers.Layer):
             for size, tensors in grouped.items()
         }
 
-    def call(self, images, training=True):
-        views = []
-        for layers in self.view_layers:
-            x = images
-            for layer in layers:
-                x = layer(x, training=training)
-            views.append(x)
+    def apply_view(self, index, images, training=True):
+        """View `index` of `images`: its crop, flip, colour and blur."""
+        for layer in self.view_layers[index]:
+            images = layer(images, training=training)
+        return images
+
+    def arrange(self, views):
+        """The layer's output from the list of views: grouped by size
+        with `group_by_size`, else the list."""
         return self.group(views) if self.group_by_size else views
+
+    def call(self, images, training=True):
+        return self.arrange(
+            [
+                self.apply_view(i, images, training)
+                for i in range(len(self.view_layers))
+            ]
+        )
 
     def compute_output_shape(self, input_shape):
         shapes = [

@@ -71,23 +71,16 @@ def _tensorflow_function(layer, training):
         # they are the whole layer's, and the TF runtime runs the launches
         # on its inter-op threads at the same time.
         chains = [
-            compiled(lambda x, layers=layers: _chain(layers, x, training))
-            for layers in layer.view_layers
+            compiled(lambda x, i=i: layer.apply_view(i, x, training))
+            for i in range(len(layer.view_layers))
         ]
 
         def views(x):
-            outputs = [chain(x) for chain in chains]
-            return layer.group(outputs) if layer.group_by_size else outputs
+            return layer.arrange([chain(x) for chain in chains])
 
         return tf.function(views, reduce_retracing=True, autograph=False)
 
     return _cached(layer, training, make)
-
-
-def _chain(layers, x, training):
-    for layer in layers:
-        x = layer(x, training=training)
-    return x
 
 
 def _jax_call(layer, images, training):
