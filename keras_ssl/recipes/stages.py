@@ -695,10 +695,11 @@ def classifier_stage(name, build, learning_rate, batch, **kwargs):
     a shift upstream; LP-FT keeps the pretrained statistics, nothing undoes
     it, and those steps can diverge (SemPPL on CIFAR-10 with 4,000 labels:
     offsets moved 14x their norm in 12 steps, the loss went from 1.6 to 14
-    and the model to chance). So with LP-FT (`init=linear_head_first` and
-    `linear_probe_first`) every weight's step is scaled by its trust ratio.
+    and the model to chance). So when the stage's model keeps them
+    (`FineTuner.frozen_batch_norm`, LP-FT's) every weight's step is scaled
+    by its trust ratio.
     """
-    lp_ft = kwargs.get("init") is linear_head_first
+    role = kwargs.get("role") or name
 
     def size(run):
         return min(batch(run), labeled_images(run))
@@ -718,7 +719,7 @@ def classifier_stage(name, build, learning_rate, batch, **kwargs):
         )
 
     def optimizer(run, total_steps):
-        frozen = lp_ft and run.config.linear_probe_first
+        frozen = getattr(run.models.get(role), "frozen_batch_norm", False)
         return lars(
             learning_rate(run),
             size(run),

@@ -165,8 +165,15 @@ def test_lp_ft_scales_every_step_by_its_trust_ratio():
         run = types.SimpleNamespace(
             config=config,
             labeled=types.SimpleNamespace(y=np.zeros(20, "int32")),
-            splits=types.SimpleNamespace(),
+            splits=types.SimpleNamespace(num_classes=3),
+            models={"pretrainer": types.SimpleNamespace(encoder=None)},
+            sync=False,
         )
+        run.models["pretrainer"].encoder = stages.encoder(run)
+        # The stages' own models, as the runner keeps them by role.
+        run.models["finetuner"] = stages.fine_tuner(run)
+        run.models["baseline"] = by_name["baseline"].build(run)
+        assert run.models["finetuner"].frozen_batch_norm is lp_ft
         finetune = by_name["finetune"].optimizer(run, 10)
         baseline = by_name["baseline"].optimizer(run, 10)
         assert finetune.exclude_rank_1 is not adapted
