@@ -28,6 +28,8 @@ run.
 
 Prints a markdown table (medians and ranges over cycles, per-cycle
 ratios of wall and CPU time) with the command and the machine.
+`--profile` also traces 2 steps of each contender after the timed cycles
+and prints its self time by op type (`benchmarks/op_profile.py`).
 """
 
 import argparse
@@ -46,6 +48,8 @@ from alternate import alternate  # noqa: E402
 from alternate import machine  # noqa: E402
 from alternate import report  # noqa: E402
 from alternate import summary  # noqa: E402
+from op_profile import op_table  # noqa: E402
+from op_profile import op_times  # noqa: E402
 
 import keras_ssl  # noqa: E402
 from keras_ssl import distribute  # noqa: E402
@@ -172,6 +176,11 @@ def main():
         "--contenders",
         default="supervised,pretrain,memory,memory_one_view,key_forward",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print each contender's time by op type (2 traced steps)",
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.batch, args.size, args.size, 3))
@@ -201,6 +210,10 @@ def main():
             "memory / (pretrain + key_forward), its operation-count floor: "
             + summary(results, "memory", ("pretrain", "key_forward"))
         )
+    if args.profile:
+        for name, step in steps.items():
+            print(f"{name}, by op type (2 traced steps):")
+            print(op_table(op_times(step, steps=2), top=20))
 
 
 if __name__ == "__main__":

@@ -54,6 +54,16 @@ Contenders (`--contenders`, comma-separated):
 - `ours_bf16`: `ours` under Keras's `mixed_bfloat16` policy. The
   reference's TF2 code has no precision option: its best is float32.
 - `ours_views`: `ours` with its views made in the step (see above).
+- `convolutions`: a floor, not a step: only the convolutions the float32
+  step must run (each of the encoder's convolutions over the 2·B views:
+  forward, gradient of the kernel, and gradient of the input except the
+  stem's), on random tensors of the layers' shapes, in one `tf.function`
+  with nothing else. `reference / convolutions` is the most any
+  implementation built on TensorFlow's convolution kernels could gain
+  over the reference on this machine.
+
+`--profile` also traces 2 steps of each contender after the timed cycles
+and prints its self time by op type (`benchmarks/op_profile.py`).
 
 Prints the command, the machine, a markdown table and the speed-ups
 (reference time / our time, per cycle) against the target of 1.25.
@@ -73,7 +83,7 @@ from alternate import report  # noqa: E402
 from alternate import summary  # noqa: E402
 
 REFERENCE = ("reference", "reference_local_bn")
-OURS = ("ours", "ours_bf16", "ours_views")
+OURS = ("ours", "ours_bf16", "ours_views", "convolutions")
 REFERENCE_FILES = ("model.py", "resnet.py", "lars_optimizer.py", "objective.py")
 TARGET = 1.25
 
@@ -127,6 +137,11 @@ def parse_args(argv=None):
         "--reference-python",
         default=sys.executable,
         help="interpreter with TensorFlow and tf-keras for the reference",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print each contender's time by op type (2 traced steps)",
     )
     parser.add_argument("--worker", choices=("ours", "reference"))
     args = parser.parse_args(argv)
@@ -217,7 +232,9 @@ def _ours_contenders(args, names):
     for name in names:
         model = build("mixed_bfloat16" if name == "ours_bf16" else "float32")
         models[name] = model
-        if name == "ours_views":
+        if name == "convolutions":
+            steps[name] = _convolutions_only(model.encoder, 2 * args.batch)
+        elif name == "ours_views":
             steps[name] = lambda m=model: m.train_on_batch(uint8)
 
         else:
@@ -244,6 +261,45 @@ def _ours_contenders(args, names):
         }
 
     return steps, info
+
+
+def _convolutions_only(encoder, batch):
+    """A step of only the convolutions `encoder`'s training step runs.
+
+    For every `Conv2D` layer of the (functional) encoder: its forward
+    pass, and the gradients of its kernel and, except for the first layer
+    (whose input is the images), of its input, at the layer's shapes and
+    `batch` images, on fixed random tensors.
+    """
+    import keras
+    import tensorflow as tf
+
+    layers = [
+        layer
+        for layer in encoder._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.Conv2D)
+    ]
+    rng = tf.random.Generator.from_seed(0)
+    tensors = []
+    for i, layer in enumerate(layers):
+        x = rng.normal((batch, *layer.input.shape[1:]))
+        dy = rng.normal((batch, *layer.output.shape[1:])) * 0.01
+        tensors.append((layer, x, dy, i > 0))
+
+    @tf.function
+    def step():
+        outputs = []
+        for layer, x, dy, input_gradient in tensors:
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer.convolution_op(x, layer.kernel)
+            sources = [x, layer.kernel] if input_gradient else [layer.kernel]
+            grads = tape.gradient(y, sources, output_gradients=dy)
+            # One element of each result keeps every kernel in the graph.
+            outputs += [y[0, 0, 0, 0]] + [g[(0,) * g.shape.rank] for g in grads]
+        return tf.add_n(outputs)
+
+    return lambda: {"loss": step().numpy()}
 
 
 def _define_reference_flags(args):
@@ -399,6 +455,13 @@ def worker(args):
     for line in sys.stdin:
         request = json.loads(line)
         name = request["name"]
+        if request["command"] == "profile":
+            from op_profile import op_table
+            from op_profile import op_times
+
+            table = op_table(op_times(steps[name], steps=2))
+            channel.write(json.dumps({"table": table}) + "\n")
+            continue
         if request["command"] == "info":
             channel.write(json.dumps(info(name)) + "\n")
             continue
@@ -459,7 +522,7 @@ class Worker:
 def _speedups(results, names):
     """Lines of speed-ups (reference time / our time, per cycle)."""
     lines = []
-    for ours in ("ours", "ours_bf16", "ours_views"):
+    for ours in OURS:
         for reference in REFERENCE:
             if ours in names and reference in names:
                 lines.append(
@@ -491,6 +554,9 @@ def main(argv=None):
                 for key in ("wall", "cpu", "loss"):
                     results[name][key].append(timing[key])
         infos = {n: owner[n].ask("info", n) for n in order}
+        profiles = {}
+        if args.profile:
+            profiles = {n: owner[n].ask("profile", n)["table"] for n in order}
     finally:
         for w in workers.values():
             w.close()
@@ -515,6 +581,8 @@ def main(argv=None):
         print("Speed-up (reference time / our time, per cycle):")
         for line in lines:
             print("  " + line)
+    for name, table in profiles.items():
+        print(f"{name}, by op type (2 traced steps):\n{table}")
     return results
 
 

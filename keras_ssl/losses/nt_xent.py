@@ -67,14 +67,18 @@ def _compute_dtype(x):
 
 
 def _contrastive_logits(z1, z2, temperature, negatives, negatives_mask):
-    """Logits of every local anchor against every candidate, and targets.
+    """Logits of every local anchor against every candidate, targets, and
+    the positives' logits.
 
     Rows are the `2B` local anchors, view 1 first. Columns are
     `[other view (R*B) | same view (R*B) | negatives (Q)]`, with the keys
     gathered from all `R` replicas (replica 0's rows first). The positive
     of local anchor `i` sits in the first block at column
     `replica_id * B + i`; the anchor's own column in the second block is
-    masked.
+    masked. The positives' logits `(2B,)` are also computed directly, as
+    the dot product of each image's two local projections: picking them
+    out of the `(2B, 2RB + Q)` logits would cost a gradient as large as
+    the logits (with a 65,536-entry memory, a scatter into 34M entries).
     """
     dtype = _compute_dtype(z1)
     a1 = l2_normalize(ops.cast(z1, dtype))
@@ -118,12 +122,13 @@ def _contrastive_logits(z1, z2, temperature, negatives, negatives_mask):
         [anchor_rows(a1, k2, k1), anchor_rows(a2, k1, k2)], axis=0
     )
     labels = ops.concatenate([positives, positives], axis=0)
-    return logits, labels
+    # Column `positives[i]` of the first block: k2's local rows are a2.
+    positive = ops.sum(a1 * a2, axis=1) * scale
+    return logits, labels, ops.concatenate([positive, positive], axis=0)
 
 
-def _per_anchor_loss(logits, labels):
+def _per_anchor_loss(logits, positive):
     # Eq. (1): -log(exp(s_pos) / sum_{k != i} exp(s_k)), stably.
-    positive = ops.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
     return ops.logsumexp(logits, axis=1) - positive
 
 
@@ -220,8 +225,10 @@ def nt_xent(
         - [Chen et al., 2020. Big Self-Supervised Models are Strong
           Semi-Supervised Learners](https://arxiv.org/abs/2006.10029)
     """
-    logits, labels = _prepare(z1, z2, temperature, negatives, negatives_mask)
-    loss = ops.mean(_per_anchor_loss(logits, labels))
+    logits, labels, positive = _prepare(
+        z1, z2, temperature, negatives, negatives_mask
+    )
+    loss = ops.mean(_per_anchor_loss(logits, positive))
     if return_metrics:
         return loss, _contrastive_metrics(logits, labels)
     return loss
@@ -321,10 +328,10 @@ class NTXent(keras.losses.Loss):
                 )
             z1, z2 = ops.split(y_pred, 2, axis=0)
             negatives = negatives_mask = None
-        logits, labels = _prepare(
+        logits, _, positive = _prepare(
             z1, z2, self.temperature, negatives, negatives_mask
         )
-        return ops.cast(_per_anchor_loss(logits, labels), self.dtype)
+        return ops.cast(_per_anchor_loss(logits, positive), self.dtype)
 
     def get_config(self):
         config = super().get_config()
