@@ -233,7 +233,8 @@ def _ours_contenders(args, names):
         model = build("mixed_bfloat16" if name == "ours_bf16" else "float32")
         models[name] = model
         if name == "convolutions":
-            steps[name] = _convolutions_only(model.encoder, 2 * args.batch)
+            convolutions = _convolutions_only(model.encoder, 2 * args.batch)
+            steps[name] = lambda f=convolutions: {"loss": f().numpy()}
         elif name == "ours_views":
             steps[name] = lambda m=model: m.train_on_batch(uint8)
 
@@ -270,6 +271,9 @@ def _convolutions_only(encoder, batch):
     pass, and the gradients of its kernel and, except for the first layer
     (whose input is the images), of its input, at the layer's shapes and
     `batch` images, on fixed random tensors.
+
+    Returns:
+        A `tf.function` of no arguments running them.
     """
     import keras
     import tensorflow as tf
@@ -299,7 +303,7 @@ def _convolutions_only(encoder, batch):
             outputs += [y[0, 0, 0, 0]] + [g[(0,) * g.shape.rank] for g in grads]
         return tf.add_n(outputs)
 
-    return lambda: {"loss": step().numpy()}
+    return step
 
 
 def _define_reference_flags(args):

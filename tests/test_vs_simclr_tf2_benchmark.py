@@ -3,6 +3,7 @@
 import importlib.util
 import pathlib
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -52,3 +53,36 @@ def test_ours_alone_needs_no_reference():
 def test_bad_arguments(argv):
     with pytest.raises(ValueError):
         _benchmark().parse_args(argv)
+
+
+def test_the_convolutions_floor_runs_each_convolution_of_the_step():
+    import keras
+    import tensorflow as tf
+
+    from keras_ssl.backbones import ResNet
+
+    encoder = ResNet(
+        depth=18, width_multiplier=0.125, stem="cifar", input_shape=(8, 8, 3)
+    )
+    convolutions = [
+        layer
+        for layer in encoder._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.Conv2D)
+    ]
+    step = _benchmark()._convolutions_only(encoder, batch=4)
+    assert np.isfinite(step().numpy())
+    graph = step.get_concrete_function().graph
+    # Ops whose result is used: TensorFlow's gradient of a convolution
+    # builds both gradients, and the graph optimizer prunes the unused one.
+    kinds = [
+        op.type
+        for op in graph.get_operations()
+        if any(output.consumers() for output in op.outputs)
+    ]
+    # Forward and kernel gradient of every layer; no input gradient for
+    # the stem, whose input is the images.
+    assert kinds.count("Conv2D") == len(convolutions) > 10
+    assert kinds.count("Conv2DBackpropFilter") == len(convolutions)
+    assert kinds.count("Conv2DBackpropInput") == len(convolutions) - 1
+    assert not [k for k in kinds if "BatchNorm" in k or k == "Relu"]
+    assert tf.executing_eagerly()
