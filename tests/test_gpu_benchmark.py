@@ -1,12 +1,9 @@
 """`benchmarks/gpu_cifar10.py` runs end to end at a tiny size on a CPU."""
 
 import importlib.util
-import pathlib
 
 import keras
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "jax",
@@ -14,21 +11,17 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "gpu_cifar10", ROOT / "benchmarks" / "gpu_cifar10.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def script(load_benchmark):
+    return load_benchmark("gpu_cifar10")
 
 
 @pytest.mark.slow
-def test_tiny_run_reports_throughput_and_accuracy(capsys):
+def test_tiny_run_reports_throughput_and_accuracy(script, capsys):
     frameworks = ["keras"]
     if importlib.util.find_spec("lightly") is not None:
         frameworks.append("lightly")
-    reports = _benchmark().main(
+    reports = script.main(
         ["--tiny", "--epochs", "2", "--frameworks", ",".join(frameworks)]
     )
     assert sorted(reports) == sorted(frameworks)
@@ -40,12 +33,12 @@ def test_tiny_run_reports_throughput_and_accuracy(capsys):
     assert "k-NN test accuracy" in out
 
 
-def test_unknown_framework_is_rejected():
+def test_unknown_framework_is_rejected(script):
     with pytest.raises(ValueError, match="frameworks='keras,tensorflow'"):
-        _benchmark().main(["--tiny", "--frameworks", "keras,tensorflow"])
+        script.main(["--tiny", "--frameworks", "keras,tensorflow"])
 
 
-def test_missing_data_file_is_named(tmp_path):
+def test_missing_data_file_is_named(script, tmp_path):
     missing = str(tmp_path / "none.npz")
     with pytest.raises(ValueError, match="none.npz"):
-        _benchmark().main(["--data", missing, "--frameworks", "keras"])
+        script.main(["--data", missing, "--frameworks", "keras"])

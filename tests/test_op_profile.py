@@ -1,29 +1,20 @@
 """`benchmarks/op_profile.py`: self time by op type from a trace."""
 
-import importlib.util
-import pathlib
-
 import keras
 import numpy as np
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(
     keras.backend.backend() != "tensorflow", reason="TensorFlow's profiler"
 )
 
 
-def _op_profile():
-    spec = importlib.util.spec_from_file_location(
-        "op_profile", ROOT / "benchmarks" / "op_profile.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def script(load_benchmark):
+    return load_benchmark("op_profile")
 
 
-def test_self_time_leaves_out_nested_events():
+def test_self_time_leaves_out_nested_events(script):
     # (start, end, name): a parent with two children, one of them nested
     # twice, then a sibling after the parent.
     events = [
@@ -33,7 +24,7 @@ def test_self_time_leaves_out_nested_events():
         (50, 70, "c:AddV2"),
         (120, 130, "d:Relu"),
     ]
-    selfs = dict((name, t) for name, t in _op_profile()._self_times(events))
+    selfs = dict((name, t) for name, t in script._self_times(events))
     assert selfs == {
         "step": 50,
         "a:Conv2D": 20,
@@ -43,10 +34,10 @@ def test_self_time_leaves_out_nested_events():
     }
 
 
-def test_a_traced_convolution_is_found_and_timed():
+def test_a_traced_convolution_is_found_and_timed(script):
     import tensorflow as tf
 
-    profile = _op_profile()
+    profile = script
     x = tf.constant(np.random.default_rng(0).random((8, 16, 16, 8)), "float32")
     kernel = tf.constant(np.ones((3, 3, 8, 8)), "float32")
 
