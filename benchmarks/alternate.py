@@ -123,10 +123,11 @@ def machine():
     """The command line and the machine, as the benchmark tables give them."""
     cpu = "unknown"
     if os.path.exists("/proc/cpuinfo"):
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as lines:
+            for line in lines:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
         f"command: python {' '.join(sys.argv)}\n"

@@ -66,7 +66,10 @@ Contenders (`--contenders`, comma-separated):
 and prints its self time by op type (`benchmarks/op_profile.py`).
 
 Prints the command, the machine, a markdown table and the speed-ups
-(reference time / our time, per cycle) against the target of 1.25.
+(reference time / our time, per cycle) against the target of 1.25, and
+each contender's convolution throughput: the step's convolution FLOPs
+(`convolution_flops`, the same network on both sides) over its median
+wall time, next to the rate 1.25x the reference's would take.
 """
 
 import argparse
@@ -259,9 +262,40 @@ def _ours_contenders(args, names):
                 )
             ),
             "framework": f"Keras {keras.__version__}, TF {tf.__version__}",
+            "convolution_flops": convolution_flops(
+                model.encoder, 2 * args.batch
+            ),
         }
 
     return steps, info
+
+
+def _conv_layers(encoder):
+    import keras
+
+    return [
+        layer
+        for layer in encoder._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.Conv2D)
+    ]
+
+
+def convolution_flops(encoder, batch):
+    """Floating-point operations of the convolutions a training step runs.
+
+    Each `Conv2D` of `encoder` costs 2·H'·W'·k_h·k_w·C_in·C_out per image
+    (H' × W' its output; a multiply and an add per weight per output
+    position) in its forward pass, as much again for the gradient of its
+    kernel and, except for the first layer (whose input is the images),
+    for the gradient of its input: what `_convolutions_only` runs.
+    """
+    total = 0
+    for i, layer in enumerate(_conv_layers(encoder)):
+        _, height, width, channels_out = layer.output.shape
+        k_h, k_w, channels_in, _ = layer.kernel.shape
+        forward = 2 * batch * height * width * k_h * k_w * channels_in
+        total += forward * channels_out * (3 if i > 0 else 2)
+    return total
 
 
 def _convolutions_only(encoder, batch):
@@ -275,14 +309,9 @@ def _convolutions_only(encoder, batch):
     Returns:
         A `tf.function` of no arguments running them.
     """
-    import keras
     import tensorflow as tf
 
-    layers = [
-        layer
-        for layer in encoder._flatten_layers(include_self=False)
-        if isinstance(layer, keras.layers.Conv2D)
-    ]
+    layers = _conv_layers(encoder)
     rng = tf.random.Generator.from_seed(0)
     tensors = []
     for i, layer in enumerate(layers):
@@ -536,6 +565,36 @@ def _speedups(results, names):
     return lines
 
 
+def _rates(results, infos, names):
+    """Lines of convolution throughput at each contender's median wall time.
+
+    Both sides run the same network, so our worker's count of the step's
+    convolution FLOPs (`convolution_flops`) holds for the reference too.
+    """
+    import statistics
+
+    flops = next(
+        (infos[n]["convolution_flops"] for n in names if n in OURS), None
+    )
+    if not flops:
+        return []
+    lines = [
+        f"Convolutions per step: {flops / 1e9:,.1f} GFLOP (forward, kernel "
+        "and input gradients over the 2·B views); at each median wall time:"
+    ]
+    rates = {}
+    for name in names:
+        rates[name] = flops / statistics.median(results[name]["wall"]) / 1e9
+        lines.append(f"  {name}: {rates[name]:,.1f} GFLOP/s")
+    for reference in REFERENCE:
+        if reference in rates:
+            lines.append(
+                f"  1.25x {reference} needs {1.25 * rates[reference]:,.1f} "
+                "GFLOP/s"
+            )
+    return lines
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -585,6 +644,8 @@ def main(argv=None):
         print("Speed-up (reference time / our time, per cycle):")
         for line in lines:
             print("  " + line)
+    for line in _rates(results, infos, order):
+        print(line)
     for name, table in profiles.items():
         print(f"{name}, by op type (2 traced steps):\n{table}")
     return results

@@ -77,3 +77,62 @@ def test_the_convolutions_floor_runs_each_convolution_of_the_step(script):
     assert kinds.count("Conv2DBackpropInput") == len(convolutions) - 1
     assert not [k for k in kinds if "BatchNorm" in k or k == "Relu"]
     assert tf.executing_eagerly()
+
+
+def _cifar_resnet18_flops(width, size, batch):
+    """The step's convolution FLOPs, counted from the architecture by hand.
+
+    Stem: 3×3, 3 -> 64w channels at full size. Four stages of two basic
+    blocks (two 3×3 convolutions each); the first block of each stage has
+    a 1×1 projection shortcut, and stages 2-4 halve the size in its first
+    3×3 convolution and shortcut. Each convolution costs 2·H'·W'·k²·Cin·Cout
+    per image forward, as much for its kernel gradient, and as much for
+    its input gradient except the stem's.
+    """
+    channels = [int(64 * width * 2**i) for i in range(4)]
+    # (output size, kernel, input channels, output channels)
+    convs = [(size, 3, 3, channels[0])]
+    c_in = channels[0]
+    for stage, c_out in enumerate(channels):
+        if stage:
+            size //= 2
+        convs += [(size, 3, c_in, c_out), (size, 3, c_out, c_out)]
+        convs += [(size, 1, c_in, c_out)]
+        convs += [(size, 3, c_out, c_out)] * 2
+        c_in = c_out
+    forward = [2 * batch * s * s * k * k * ci * co for s, k, ci, co in convs]
+    return 3 * sum(forward) - forward[0]
+
+
+@pytest.mark.parametrize("width,size", [(0.125, 8), (0.25, 16)])
+def test_convolution_flops_counts_every_convolution_of_the_step(
+    script, width, size
+):
+    from keras_ssl.backbones import ResNet
+
+    encoder = ResNet(
+        depth=18,
+        width_multiplier=width,
+        stem="cifar",
+        input_shape=(size, size, 3),
+    )
+    assert script.convolution_flops(encoder, 6) == _cifar_resnet18_flops(
+        width, size, 6
+    )
+
+
+def test_rates_are_the_flops_over_each_median_wall_time(script):
+    results = {
+        "reference": {"wall": [3.0, 2.0, 9.0]},
+        "ours": {"wall": [1.0, 1.5, 2.0]},
+    }
+    infos = {"reference": {}, "ours": {"convolution_flops": 6e9}}
+    lines = script._rates(results, infos, ["reference", "ours"])
+    assert "6.0 GFLOP" in lines[0]
+    assert lines[1:] == [
+        "  reference: 2.0 GFLOP/s",
+        "  ours: 4.0 GFLOP/s",
+        "  1.25x reference needs 2.5 GFLOP/s",
+    ]
+    # Without one of our contenders there is no count.
+    assert script._rates(results, {"reference": {}}, ["reference"]) == []
