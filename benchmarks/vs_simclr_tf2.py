@@ -280,22 +280,30 @@ def _conv_layers(encoder):
     ]
 
 
+def layer_flops(layer, batch):
+    """FLOPs of one kernel of a `Conv2D` layer over `batch` images.
+
+    2·H'·W'·k_h·k_w·C_in·C_out per image (H' × W' its output; a multiply
+    and an add per weight per output position): its forward pass, and as
+    much for the gradient of its kernel or of its input.
+    """
+    _, height, width, channels_out = layer.output.shape
+    k_h, k_w, channels_in, _ = layer.kernel.shape
+    return 2 * batch * height * width * k_h * k_w * channels_in * channels_out
+
+
 def convolution_flops(encoder, batch):
     """Floating-point operations of the convolutions a training step runs.
 
-    Each `Conv2D` of `encoder` costs 2·H'·W'·k_h·k_w·C_in·C_out per image
-    (H' × W' its output; a multiply and an add per weight per output
-    position) in its forward pass, as much again for the gradient of its
-    kernel and, except for the first layer (whose input is the images),
-    for the gradient of its input: what `_convolutions_only` runs.
+    Each `Conv2D` of `encoder` runs its forward pass and the gradient of
+    its kernel and, except for the first layer (whose input is the
+    images), of its input (`layer_flops` each): what `_convolutions_only`
+    runs.
     """
-    total = 0
-    for i, layer in enumerate(_conv_layers(encoder)):
-        _, height, width, channels_out = layer.output.shape
-        k_h, k_w, channels_in, _ = layer.kernel.shape
-        forward = 2 * batch * height * width * k_h * k_w * channels_in
-        total += forward * channels_out * (3 if i > 0 else 2)
-    return total
+    return sum(
+        layer_flops(layer, batch) * (3 if i > 0 else 2)
+        for i, layer in enumerate(_conv_layers(encoder))
+    )
 
 
 def _convolutions_only(encoder, batch):
