@@ -119,18 +119,26 @@ def report(results, baseline, vs=None, title="step"):
     return "\n".join(lines)
 
 
-def machine():
-    """The command line and the machine, as the benchmark tables give them."""
-    cpu = "unknown"
+def cpu_model():
+    """The CPU's model name from `/proc/cpuinfo`, or `"unknown"`."""
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as lines:
             for line in lines:
                 if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                    return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def machine():
+    """The command line and the machine, as the benchmark tables give them:
+    the CPU's model and the instruction-set flags that decide its float32
+    and bfloat16 speed (`keras_ssl.recipes.precision.INSTRUCTION_FLAGS`)."""
+    from keras_ssl.recipes.precision import instruction_flags
+
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
         f"command: python {' '.join(sys.argv)}\n"
-        f"machine: {os.cpu_count()} cores, {cpu}, {platform.platform()}, "
+        f"machine: {os.cpu_count()} cores, {cpu_model()} "
+        f"({instruction_flags()}), {platform.platform()}, "
         f"load average {load:.1f} at the end"
     )

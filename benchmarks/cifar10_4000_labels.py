@@ -50,12 +50,14 @@ def evaluate(method, model, config, splits, labeled, train_limit):
 
 
 def machine():
-    cpu = "unknown"
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{os.cpu_count()} cores, {cpu}, {platform.platform()}"
+    from alternate import cpu_model
+
+    from keras_ssl.recipes.precision import instruction_flags
+
+    return (
+        f"{os.cpu_count()} cores, {cpu_model()} ({instruction_flags()}), "
+        f"{platform.platform()}"
+    )
 
 
 def main(argv=None):

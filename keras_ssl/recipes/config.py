@@ -47,6 +47,9 @@ PRECISIONS = {
     "bfloat16": "mixed_bfloat16",
     "float16": "mixed_float16",
 }
+# What the `precision` field accepts: `"auto"` picks one of `PRECISIONS`
+# for the hardware (`recipes/precision.py`).
+PRECISION_CHOICES = ("auto", *PRECISIONS)
 _TRUE = ("true", "yes", "1", "on")
 _FALSE = ("false", "no", "0", "off")
 
@@ -132,9 +135,16 @@ class RecipeConfig:
             times SimCLRv2's fine-tuning rate: a network from scratch
             needs to move far more than a pretrained one (on the digits,
             54.6% at 0.05 against 23.1% at 0.005, 43.7% at 0.3).
-        precision: str. `"float32"`, `"bfloat16"` or `"float16"`: the
-            Keras dtype policy of the run (`"mixed_bfloat16"`,
-            `"mixed_float16"`), restored afterwards.
+        precision: str. `"auto"`, `"float32"`, `"bfloat16"` or
+            `"float16"`: the Keras dtype policy of the run (`"float32"`,
+            `"mixed_bfloat16"`, `"mixed_float16"`), restored afterwards.
+            `"auto"` uses low precision only where the hardware computes
+            in it natively: bfloat16 on a TPU, on a GPU of compute
+            capability 8.0 or above and on a CPU with AVX512-BF16 or
+            AMX-BF16; float16 with loss scaling on a GPU of 7.x; float32
+            elsewhere (emulated bfloat16 made a CPU step 11.2x slower).
+            A precision set explicitly that the hardware only emulates
+            still runs, with a `SlowPrecisionWarning`.
         stages: tuple of str. The stages to run. A chosen stage that
             starts from one left out loads that one's finished run from
             `output_dir` (and stops before training when there is none).
@@ -191,7 +201,7 @@ class RecipeConfig:
     # Baselines and precision.
     baselines: bool = True
     baseline_learning_rate: float | None = 0.05
-    precision: str = "float32"
+    precision: str = "auto"
     # Run.
     stages: tuple = ("pretrain", "finetune")
     steps_per_epoch: int | None = None
@@ -246,7 +256,7 @@ class RecipeConfig:
                 "`interpolation_folds` must be 0 (off) or >= 2. Received: "
                 "interpolation_folds=1"
             )
-        check_choice("precision", self.precision, tuple(PRECISIONS))
+        check_choice("precision", self.precision, PRECISION_CHOICES)
         _check_dataset(self.dataset)
         check_choice("strategy", self.strategy, STRATEGIES)
         if self.labels is not None and self.dataset not in STREAMED:
@@ -440,7 +450,7 @@ def _flag(config_cls, f):
     if kind is bool:
         return dict(type=parse_bool, metavar="BOOL")
     if f.name == "precision":
-        return dict(choices=tuple(PRECISIONS))
+        return dict(choices=PRECISION_CHOICES)
     if kind in (int, float, str):
         return dict(type=_optional(kind) if optional else kind)
     return dict(type=str)

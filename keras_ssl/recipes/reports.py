@@ -9,6 +9,7 @@ import numpy as np
 
 from keras_ssl.evaluation import KNNClassifier
 from keras_ssl.evaluation import embed
+from keras_ssl.recipes.precision import describe as describe_precision
 
 
 @dataclass
@@ -49,6 +50,9 @@ class RecipeResult:
             the pipeline (SimCLRv2's student, the others' fine-tuned
             classifier), whatever its accuracy.
         data: dict. The data's sizes and identity.
+        precision: dict. The precision the run computed in and why
+            (`recipes.precision.PrecisionChoice.as_dict()`): `requested`,
+            `precision`, `policy`, `device`, `reason`, `native`.
         seconds: float. Wall time of the whole run.
         models: dict of the Keras models by role.
     """
@@ -60,6 +64,7 @@ class RecipeResult:
     exports: dict = field(default_factory=dict)
     export_path: str | None = None
     data: dict = field(default_factory=dict)
+    precision: dict = field(default_factory=dict)
     seconds: float = 0.0
     models: dict = field(default_factory=dict, repr=False)
     started: float = field(default_factory=time.time, repr=False)
@@ -202,6 +207,7 @@ def build_report(result, stages):
         "training_images": result.data.get("train"),
         "test_images": result.data.get("test"),
         "minutes": round(result.seconds / 60, 2),
+        "precision": dict(result.precision),
         "rows": rows,
     }
 
@@ -223,8 +229,10 @@ def report_table(report):
         f"{report['labeled_images']} labeled of {report['training_images']} "
         f"training images, {report['test_images']} test images, "
         f"{report['minutes']:.1f} min.",
-        f"{'group':<15} {'test acc.':>9}  {'model':<40} exported to",
     ]
+    if report.get("precision"):
+        lines.append(describe_precision(report["precision"]))
+    lines.append(f"{'group':<15} {'test acc.':>9}  {'model':<40} exported to")
     for row in report["rows"]:
         lines.append(
             f"{row['group']:<15} {row['test_accuracy']:>9.1%}  "

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from keras_ssl.recipes.config import PRECISIONS
+from keras_ssl.recipes import precision
 from keras_ssl.recipes.config import RUN_FIELDS
 from keras_ssl.recipes.config import STREAMED
 
@@ -162,7 +162,8 @@ def run(
     report (every model and the baselines on the same test images) is
     printed and saved, and with `config.export` every trained model is
     exported under its own name. The run uses `config.precision`'s Keras
-    dtype policy and restores the previous one afterwards.
+    dtype policy (`"auto"`: the hardware's, see `recipes/precision.py`),
+    says which at its start and restores the previous one afterwards.
 
     Args:
         config: the recipe's config.
@@ -181,12 +182,18 @@ def run(
     if strategy is None:
         strategy = make_strategy(config.strategy)
     strategy = resolve_strategy(strategy, config.global_batch_sizes())
+    choice = precision.detect(config.precision)
+    print(choice.message())
+    result.precision = choice.as_dict()
     splits, labeled = load_data(config, data)
     previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(PRECISIONS[config.precision])
+    keras.config.set_dtype_policy(choice.policy)
     try:
+        # The stages and their fingerprints see the precision used: `auto`
+        # that comes to float32 matches a run set to float32.
+        used = dataclasses.replace(config, precision=choice.precision)
         state = _run_stages(
-            config, stages, strategy, splits, labeled, result, callbacks
+            used, stages, strategy, splits, labeled, result, callbacks
         )
     finally:
         keras.config.set_dtype_policy(previous)
