@@ -20,10 +20,10 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     statistics.
 
     Everything else is Keras's layer unchanged: inference, other
-    backends, `synchronized=True` (the cross-replica moments come first,
-    and a fused kernel that takes given moments would not pass their
-    gradient), `renorm`, masks, and a normalised axis other than the last
-    of a 2-D to 4-D input.
+    backends, float64 inputs, `synchronized=True` (the cross-replica
+    moments come first, and a fused kernel that takes given moments would
+    not pass their gradient), `renorm`, masks, and a normalised axis
+    other than the last of a 2-D to 4-D input.
 
     Args:
         **kwargs: the `keras.layers.BatchNormalization` arguments.
@@ -48,11 +48,14 @@ def fusable(layer, inputs, mask=None):
 
     True on TensorFlow for a `FusedBatchNormalization` that is not
     synchronized and has no renorm, without a mask, normalising the last
-    axis of a 2-D to 4-D input of known channels.
+    axis of a 2-D to 4-D input of known channels in float16, bfloat16 or
+    float32 (the kernel has no float64: such inputs take Keras's ops).
     """
     rank = len(inputs.shape)
+    dtype = keras.backend.standardize_dtype(inputs.dtype)
     return (
         keras.backend.backend() == "tensorflow"
+        and dtype in ("float16", "bfloat16", "float32")
         and isinstance(layer, FusedBatchNormalization)
         and not layer.synchronized
         and not layer.renorm

@@ -101,6 +101,29 @@ class TestFusedBatchNormalization(TestCase):
             fused.moving_variance, 0.9 * var0 + 0.1 * var, atol=1e-6
         )
 
+    def test_float64_is_normalised_in_float64(self):
+        # The fused kernel has no float64; such a layer used to run it in
+        # float32 and then fail to add the float32 moments to its float64
+        # moving statistics.
+        shape = (5, 2, 3, 4)
+        _, fused = pair(shape, dtype="float64")
+        x = np.random.default_rng(4).normal(size=shape)
+        gamma = keras.ops.convert_to_numpy(fused.gamma)
+        beta = keras.ops.convert_to_numpy(fused.beta)
+        mean0 = keras.ops.convert_to_numpy(fused.moving_mean)
+        y = keras.ops.convert_to_numpy(fused(x, training=True))
+        rows = x.reshape(-1, shape[-1])
+        mean, var = rows.mean(0), rows.var(0)
+        expected = (x - mean) / np.sqrt(var + fused.epsilon) * gamma + beta
+        assert y.dtype == np.float64
+        np.testing.assert_allclose(y, expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(fused.moving_mean),
+            0.9 * mean0 + 0.1 * mean,
+            rtol=1e-12,
+            atol=1e-12,
+        )
+
     def test_inference_and_frozen_use_moving_statistics(self):
         shape = (4, 3, 3, 2)
         keras_bn, fused = pair(shape)
