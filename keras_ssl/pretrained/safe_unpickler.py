@@ -3,13 +3,16 @@
 A pickle names the functions to call while loading it, so `pickle.load`
 on a downloaded file runs whatever the file asks for. The published PAWS
 (`torch.save`, a zip holding a pickle) and SemPPL (`dill`) checkpoints are
-pickles of nothing more than dicts, lists, numbers and arrays; this
-unpickler rebuilds exactly those and refuses every other global by name.
-It needs neither PyTorch nor dill.
+pickles of nothing more than dicts, lists, tuples, named tuples, numbers
+and arrays; this unpickler rebuilds exactly those and refuses every other
+global by name. Each global it accepts maps to a function of this module
+that rebuilds a NumPy array, a dtype or a record, never to the library
+the file names: it needs neither PyTorch, nor dill, nor JAX.
 """
 
 import collections
 import io
+import operator
 import pickle
 import zipfile
 
@@ -37,6 +40,26 @@ class _StorageType:
         self.dtype = dtype
 
 
+# NumPy's scalar types, by name: the only classes a dtype class or a
+# `numpy.dtype(...)` call may name.
+NUMPY_SCALARS = (
+    "bool_",
+    "int8",
+    "int16",
+    "int32",
+    "int64",
+    "uint8",
+    "uint16",
+    "uint32",
+    "uint64",
+    "float16",
+    "float32",
+    "float64",
+    "complex64",
+    "complex128",
+)
+
+
 def _reconstruct_array(subtype, shape, dtype):
     # NumPy pickles arrays as `_reconstruct(ndarray, (0,), b"b")` followed
     # by `__setstate__`; only plain arrays are rebuilt.
@@ -45,6 +68,101 @@ def _reconstruct_array(subtype, shape, dtype):
             f"Refusing to rebuild an array of type {subtype!r}."
         )
     return np.ndarray(shape, dtype)
+
+
+def _array_from_reduce(function, args, state, source):
+    """An array from `ndarray.__reduce__`'s `(function, args, state)`.
+
+    `function` must be NumPy's `_reconstruct` as this unpickler maps it,
+    so nothing but `np.ndarray(shape, dtype)` and `__setstate__` runs.
+    """
+    if function is not _reconstruct_array or not isinstance(args, tuple):
+        raise pickle.UnpicklingError(
+            f"Refusing `{source}` with the reconstructor {function!r}: only "
+            "NumPy's `_reconstruct` is accepted."
+        )
+    array = _reconstruct_array(*args)
+    array.__setstate__(state)
+    return array
+
+
+def _dill_array(function, args, state, npdict=None):
+    """`dill._dill._create_array`: dill's form of every NumPy array."""
+    if npdict:
+        raise pickle.UnpicklingError(
+            "Refusing `dill._dill._create_array` with instance attributes "
+            f"{sorted(npdict)!r}: only plain arrays are read."
+        )
+    return _array_from_reduce(function, args, state, "dill._dill._create_array")
+
+
+def _jax_array(function, args, state, aval_state=None):
+    """`jax._src.array._reconstruct_array` (and JAX < 0.4's
+    `device_array.reconstruct_device_array`) as a NumPy array."""
+    if aval_state is not None and not isinstance(aval_state, dict):
+        raise pickle.UnpicklingError(
+            f"Refusing a JAX array with the abstract value {aval_state!r}."
+        )
+    return _array_from_reduce(function, args, state, "JAX's array")
+
+
+def _dill_dtype_class(scalar_type):
+    """`dill._dill._create_dtypemeta`: the class of a NumPy dtype."""
+    if scalar_type is None:
+        return np.dtype
+    if scalar_type not in {getattr(np, n) for n in NUMPY_SCALARS}:
+        raise pickle.UnpicklingError(
+            f"Refusing the dtype class of {scalar_type!r}."
+        )
+    return type(np.dtype(scalar_type))
+
+
+class Record(tuple):
+    """A named tuple read from a pickle (`dill` pickles each one's class).
+
+    Fields are read as attributes, as on the original class, or with
+    `_asdict()`; nothing of the original class is run or imported.
+    """
+
+    _fields = ()
+
+    def __new__(cls, *values):
+        if len(values) != len(cls._fields):
+            raise pickle.UnpicklingError(
+                f"{cls.__name__} has fields {cls._fields}; got "
+                f"{len(values)} values."
+            )
+        return super().__new__(cls, values)
+
+    def _asdict(self):
+        return dict(zip(self._fields, self))
+
+    def __repr__(self):
+        items = ", ".join(f"{k}=..." for k in self._fields)
+        return f"{type(self).__name__}({items})"
+
+
+def _dill_namedtuple(name, fieldnames, modulename, defaults=None):
+    """`dill._dill._create_namedtuple`: a `Record` class with those fields
+    (the module named is neither imported nor searched)."""
+    fields = fieldnames if isinstance(fieldnames, (tuple, list)) else [None]
+    # As `collections.namedtuple`: identifiers, no field starting with "_"
+    # (so that no field shadows a special method).
+    if (
+        not all(
+            isinstance(n, str) and n.isidentifier() for n in (name, *fields)
+        )
+        or any(n.startswith("_") for n in fields)
+        or not isinstance(modulename, str)
+    ):
+        raise pickle.UnpicklingError(
+            f"Refusing the named tuple {name!r} of {modulename!r} with "
+            f"fields {fieldnames!r}."
+        )
+    namespace = {"_fields": tuple(fields), "__module__": modulename}
+    for i, field in enumerate(fields):
+        namespace[field] = property(operator.itemgetter(i))
+    return type(name, (Record,), namespace)
 
 
 def _numpy_scalar(dtype, data=None):
@@ -94,6 +212,11 @@ def _safe_globals():
         ("_codecs", "encode"): _encode,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        ("dill._dill", "_create_array"): _dill_array,
+        ("dill._dill", "_create_dtypemeta"): _dill_dtype_class,
+        ("dill._dill", "_create_namedtuple"): _dill_namedtuple,
+        ("jax._src.array", "_reconstruct_array"): _jax_array,
+        ("jax._src.device_array", "reconstruct_device_array"): _jax_array,
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
         ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -103,6 +226,11 @@ def _safe_globals():
         allowed[(module, "scalar")] = _numpy_scalar
     for module in ("numpy.core.numeric", "numpy._core.numeric"):
         allowed[(module, "_frombuffer")] = _from_buffer
+    for name in NUMPY_SCALARS:
+        allowed[("numpy", name)] = getattr(np, name)
+        # NumPy >= 1.25 names dtype classes (`numpy.dtypes.Float32DType`).
+        dtype_class = type(np.dtype(name))
+        allowed[("numpy.dtypes", dtype_class.__name__)] = dtype_class
     for name, dtype in TORCH_STORAGES.items():
         allowed[("torch", name)] = _StorageType(dtype)
     return allowed
@@ -112,11 +240,19 @@ class SafeUnpickler(pickle.Unpickler):
     """A `pickle.Unpickler` that rebuilds only containers and arrays.
 
     Allowed: dicts (also `OrderedDict`), lists, tuples, strings, numbers,
-    NumPy arrays and scalars of non-object dtypes, and PyTorch tensors,
-    which become NumPy arrays (PyTorch's zip format refers to their bytes
-    by key; `storages` maps a key to them). Any other global in the
-    pickle raises `pickle.UnpicklingError` naming it, before anything is
-    called.
+    NumPy arrays and scalars of non-object dtypes, and the forms other
+    libraries give them: dill's arrays, dtype classes and named tuples
+    (`dill._dill._create_array`, `_create_dtypemeta`,
+    `_create_namedtuple`; a named tuple becomes a `Record`), JAX arrays
+    (`jax._src.array._reconstruct_array`, and JAX < 0.4's
+    `reconstruct_device_array`), which become NumPy arrays, and PyTorch
+    tensors, which become NumPy arrays too (PyTorch's zip format refers to
+    their bytes by key; `storages` maps a key to them). Each is rebuilt
+    by a function of this module: an array reconstructor must hand over
+    NumPy's own `_reconstruct`, as these libraries write it. Any other
+    global in the pickle (dill's `_get_attr`, which fetches an attribute
+    of any object, among them) raises `pickle.UnpicklingError` naming it,
+    before anything is called.
 
     Args:
         file: binary file object holding the pickle.

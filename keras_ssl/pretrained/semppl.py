@@ -1,12 +1,23 @@
 """SemPPL checkpoints (Haiku parameter and state trees) as keras_ssl models.
 
 google-deepmind/semppl pickles `{"experiment_state": ..., "step", "rng"}`
-with dill. The pretraining state holds `online_params` / `online_state`
-(the encoder, BYOL's `projector` and `predictor` MLPs); the linear-eval
-state holds `backbone_params` / `backbone_state` and `classif_params`.
-The encoder is Haiku's ResNet v1 (`res_net50/~/block_group_0/~/block_0/
-~/conv_0`...) with `"SAME"` padding everywhere; BatchNorm statistics are
-the `average` of the `mean_ema` / `var_ema` state.
+with dill (protocol 2). Two layouts:
+
+- pretraining (the released `.pkl` files; `eval_experiment.py` reads them
+  as `checkpoint_to_evaluate`): `experiment_state` maps `online_params` /
+  `online_state` (and `target_params` / `target_state`) to Haiku trees
+  whose every leaf carries a leading device axis (the replicated
+  `jax.pmap` state; SemPPL takes `helpers.get_first` of it);
+- linear evaluation (written by its `Checkpointer`): `experiment_state` is
+  the `_EvalExperimentState` named tuple, first device's copy, with
+  `backbone_params` / `backbone_state` and `classif_params` (`linear`).
+
+Haiku names the encoder's modules `res_net50/~/block_group_0/~/block_0/
+~/conv_0`... (modules made in `__init__` are joined with `/~/`); BYOL's
+`MLP` makes its layers inside `__call__`, so they are `projector/linear`,
+`projector/batch_norm`, `projector/linear_1` (and the same under
+`predictor`); the online classifier is `classifier`. BatchNorm statistics
+are the `average` of the `.../~/mean_ema` and `.../~/var_ema` state.
 """
 
 import keras
@@ -21,53 +32,90 @@ from keras_ssl.pretrained.pretrained_model import assign
 from keras_ssl.pretrained.safe_unpickler import load_pickle
 
 HAIKU_EPSILON = 1e-5
+NETWORKS = ("online", "target")
+LAYOUTS = (
+    "`online_params` / `online_state` (pretraining) or `backbone_params` "
+    "/ `backbone_state` (linear evaluation)"
+)
 
 
-def load_semppl(path):
+def load_semppl(path, network="online"):
     """Loads a SemPPL `.pkl` checkpoint as a `PretrainedModel`.
 
     Reads the pickle with `keras_ssl.pretrained.SafeUnpickler` (no dill,
-    Haiku or JAX needed; nothing in the file is run). Depth, width and the
-    heads come from the parameter tree; a leading replica axis (as
-    `jax.pmap` leaves it) is dropped. The encoder is a
-    `keras_ssl.backbones.ResNet` with Haiku's `"same"` padding that
-    normalises `[0, 1]` images with ImageNet statistics, as SemPPL's input
-    pipeline does.
+    Haiku or JAX needed; nothing in the file is run: dill's and JAX's
+    array reconstructors are rebuilt as NumPy arrays, any other callable
+    is refused). Depth, width and the heads come from the parameter tree;
+    a leading device axis (the replicated `jax.pmap` state of the
+    published files) is dropped, keeping the first device's copy as
+    SemPPL does. The encoder is a `keras_ssl.backbones.ResNet` with
+    Haiku's `"same"` padding that normalises `[0, 1]` images with ImageNet
+    statistics, as SemPPL's input pipeline does.
 
     The published SK variants use a network that the released code does
-    not define; their parameters are refused by name.
+    not define; modules that the reader does not know are refused, named.
 
     Args:
-        path: str. A SemPPL checkpoint, e.g. `resnet_50_1x_10pct.pkl`.
+        path: str. A SemPPL checkpoint, e.g. `resnet_50_1x_10_pct.pkl`.
+        network: str. `"online"` or `"target"`: which of a pretraining
+            checkpoint's networks to read. A linear-evaluation checkpoint
+            holds one network (`"online"`). Defaults to `"online"`.
 
     Returns:
         A `keras_ssl.pretrained.PretrainedModel` with `"projection"` and
-        `"prediction"` outputs (pretraining checkpoints) or `"logits"`
+        `"prediction"` outputs (pretraining checkpoints; `"logits"` too
+        where the online classifier was saved) or `"logits"`
         (linear-evaluation checkpoints).
 
     References:
         - [Bošnjak et al., 2023](https://arxiv.org/abs/2301.05158) (SemPPL).
     """
-    tree = load_pickle(path)
-    state = tree.get("experiment_state", tree)
-    if "online_params" in state:
-        params, bn_state = state["online_params"], state["online_state"]
-    elif "backbone_params" in state:
-        params = dict(state["backbone_params"])
-        params.update(state.get("classif_params", {}))
-        bn_state = state["backbone_state"]
-    else:
+    if network not in NETWORKS:
         raise ValueError(
-            f"{path} holds neither `online_params` (pretraining) nor "
-            f"`backbone_params` (linear evaluation): {sorted(state)[:8]}."
+            f"`network` must be one of {NETWORKS}. Received: "
+            f"network={network!r}"
+        )
+    tree = load_pickle(path)
+    state = (
+        tree.get("experiment_state", tree) if isinstance(tree, dict) else tree
+    )
+    if hasattr(state, "_asdict"):  # `_EvalExperimentState`
+        state = state._asdict()
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"{path} holds a {type(state).__name__}, not SemPPL's "
+            f"experiment state: expected {LAYOUTS}."
+        )
+    if f"{network}_params" in state:
+        params = state[f"{network}_params"]
+        bn_state = state.get(f"{network}_state")
+    elif "backbone_params" in state and network == "online":
+        params = dict(state["backbone_params"])
+        params.update(state.get("classif_params") or {})
+        bn_state = state.get("backbone_state")
+    else:
+        wanted = (
+            "`target_params` / `target_state`"
+            if network == "target"
+            else LAYOUTS
+        )
+        raise ValueError(
+            f"{path} holds no {network} network: expected {wanted}; its "
+            f"experiment state holds {sorted(state)}."
+        )
+    if not isinstance(params, dict) or not isinstance(bn_state, dict):
+        raise ValueError(
+            f"{path}: the {network} network's parameters and BatchNorm state "
+            f"must be Haiku trees (dicts); got {type(params).__name__} and "
+            f"{type(bn_state).__name__}. Experiment state: {sorted(state)}."
         )
     reader = _Tree(params, bn_state, f"SemPPL checkpoint {path}")
     encoder = _encoder(reader)
-    head = _mlp(reader, "projector") if "projector/~/linear" in params else None
-    predictor = None
-    if head is not None and "predictor/~/linear" in params:
-        predictor = _mlp(reader, "predictor")
-    classifier = None
+    head = predictor = classifier = None
+    if "projector/linear" in params:
+        head = _mlp(reader, "projector")
+        if "predictor/linear" in params:
+            predictor = _mlp(reader, "predictor")
     for name in ("classifier", "linear"):
         if name in params:
             classifier = _linear(reader, name, "classifier")
@@ -82,17 +130,42 @@ def load_semppl(path):
 
 
 class _Tree:
-    """Haiku `params` / `state` lookups that record what was read."""
+    """Haiku `params` / `state` lookups that record what was read.
+
+    `devices` is the length of the leading device axis every leaf carries
+    (`None` for a tree without one), found from the encoder's stem kernel.
+    """
 
     def __init__(self, params, state, source):
         self.params, self.state, self.source = params, state, source
         self.used = set()
+        self.devices = None
+
+    def _value(self, value, name, ndim):
+        value = np.asarray(value)
+        if self.devices is not None:
+            if value.ndim != ndim + 1 or value.shape[0] != self.devices:
+                raise ValueError(
+                    f"{self.source}: `{name}` has shape {value.shape}; "
+                    f"every leaf should have the leading device axis "
+                    f"({self.devices}) and {ndim} more dimensions."
+                )
+            return value[0]
+        if value.ndim != ndim:
+            raise ValueError(
+                f"{self.source}: `{name}` has shape {value.shape}, not "
+                f"{ndim} dimensions."
+            )
+        return value
 
     def param(self, module, name, ndim):
         self.used.add(module)
         if module not in self.params or name not in self.params[module]:
-            raise ValueError(f"{self.source} has no parameter {module}/{name}.")
-        return _drop_replica_axis(self.params[module][name], ndim)
+            raise ValueError(
+                f"{self.source} has no parameter {module}/{name}; "
+                f"{module} holds {sorted(self.params.get(module, {}))}."
+            )
+        return self._value(self.params[module][name], f"{module}/{name}", ndim)
 
     def bn(self, module, ndim):
         values = {
@@ -104,24 +177,25 @@ class _Tree:
             ("var_ema", "moving_variance"),
         ):
             key = f"{module}/~/{ema}"
-            if key not in self.state:
-                raise ValueError(f"{self.source} has no state {key}.")
-            average = self.state[key]["average"]
-            values[ours] = _drop_replica_axis(average, ndim)
+            if key not in self.state or "average" not in self.state[key]:
+                raise ValueError(
+                    f"{self.source} has no BatchNorm state {key}/average."
+                )
+            values[ours] = self._value(
+                self.state[key]["average"], f"{key}/average", ndim
+            )
         return {k: v.reshape(-1) for k, v in values.items()}
 
     def check_all_used(self):
         unused = sorted(set(self.params) - self.used)
         if unused:
             raise ValueError(
-                f"{self.source} has parameters that keras_ssl's ResNet and "
-                f"heads do not read (an SK network?): {unused[:6]}."
+                f"{self.source} has modules that keras_ssl's ResNet and "
+                f"SemPPL heads do not read: {unused[:8]}"
+                + (f" (and {len(unused) - 8} more)" if len(unused) > 8 else "")
+                + ". (The released code defines no other network; the SK "
+                "variants' are not read.)"
             )
-
-
-def _drop_replica_axis(value, ndim):
-    value = np.asarray(value)
-    return value[0] if value.ndim == ndim + 1 else value
 
 
 def _encoder(reader):
@@ -131,8 +205,15 @@ def _encoder(reader):
         if k.endswith("/~/initial_conv")
     ]
     if len(prefixes) != 1:
-        raise ValueError(f"{reader.source} holds no single Haiku ResNet.")
+        modules = sorted({k.split("/")[0] for k in reader.params})
+        raise ValueError(
+            f"{reader.source} holds no single Haiku ResNet (a module named "
+            f"`<name>/~/initial_conv`); its top-level modules are {modules}."
+        )
     prefix = prefixes[0]
+    stem = np.shape(reader.params[f"{prefix}/~/initial_conv"].get("w"))
+    if len(stem) == 5:
+        reader.devices = stem[0]
     blocks = []
     for group in range(4):
         count = 0
@@ -198,8 +279,8 @@ def _put_bn(values, layer, bn):
 
 def _mlp(reader, module):
     """BYOL's `MLP`: Linear (bias) -> BatchNorm -> ReLU -> Linear."""
-    w0 = reader.param(f"{module}/~/linear", "w", 2)
-    w1 = reader.param(f"{module}/~/linear_1", "w", 2)
+    w0 = reader.param(f"{module}/linear", "w", 2)
+    w1 = reader.param(f"{module}/linear_1", "w", 2)
     mlp = keras.Sequential(
         [
             keras.layers.Dense(w0.shape[1], name="linear"),
@@ -214,10 +295,10 @@ def _mlp(reader, module):
     mlp.build((None, w0.shape[0]))
     values = {
         "linear/kernel": w0,
-        "linear/bias": reader.param(f"{module}/~/linear", "b", 1),
+        "linear/bias": reader.param(f"{module}/linear", "b", 1),
         "linear_1/kernel": w1,
     }
-    _put_bn(values, "batch_norm", reader.bn(f"{module}/~/batch_norm", 2))
+    _put_bn(values, "batch_norm", reader.bn(f"{module}/batch_norm", 2))
     assign(mlp, values, f"{reader.source} ({module})")
     return mlp
 

@@ -1,9 +1,12 @@
+import _codecs
+import collections
 import fractions
 import io
 import os
 import pickle
 import zipfile
 
+import dill
 import numpy as np
 import pytest
 
@@ -126,3 +129,103 @@ def test_matches_torch_load(tmp_path):
             loaded["encoder"][key],
             tensor.float().numpy().astype(loaded["encoder"][key].dtype),
         )
+
+
+class Reduces:
+    """Pickles as `function(*args)`."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+def test_dill_tree(tmp_path):
+    # dill writes every array through `dill._dill._create_array` and each
+    # named tuple's class by value (`_create_namedtuple`).
+    state = collections.namedtuple("State", ["params", "count"], module="m")
+    tree = {
+        "w": np.arange(6, dtype="float32").reshape(2, 3),
+        "h": np.arange(3, dtype="float16"),
+        "counter": np.array(7, "int32"),
+        "rng": np.array([0, 3], "uint32"),
+        "state": state(params={"b": np.ones(2)}, count=3),
+        "scale": np.float32(0.5),
+        "dtype_class": type(np.dtype("float32")),
+    }
+    data = dill.dumps(tree, protocol=2)
+    assert b"_create_array" in data and b"_create_namedtuple" in data
+    loaded = SafeUnpickler(io.BytesIO(data)).load()
+    for key in ("w", "h", "counter", "rng"):
+        assert type(loaded[key]) is np.ndarray
+        assert loaded[key].dtype == tree[key].dtype
+        np.testing.assert_array_equal(loaded[key], tree[key])
+    assert loaded["state"].count == 3 and loaded["state"]._fields == (
+        "params",
+        "count",
+    )
+    np.testing.assert_array_equal(loaded["state"].params["b"], np.ones(2))
+    assert loaded["state"]._asdict()["count"] == 3
+    assert loaded["scale"] == np.float32(0.5)
+    # dill's dtype classes (`_create_dtypemeta`, as older NumPy needs).
+    data = pickle.dumps(Reduces(dill._dill._create_dtypemeta, np.float32))
+    assert SafeUnpickler(io.BytesIO(data)).load() is type(tree["w"].dtype)
+
+
+def test_jax_array_form_without_jax(tmp_path):
+    from tests.pretrained import semppl_files
+
+    path = semppl_files.write_pretraining(
+        tmp_path / "p.pkl", {"online": ({"m": {"w": np.eye(2)}}, {})}, 3
+    )
+    assert b"jax._src.array\n_reconstruct_array" in path.read_bytes()
+    loaded = load_pickle(path)
+    w = loaded["experiment_state"]["online_params"]["m"]["w"]
+    assert type(w) is np.ndarray and w.shape == (3, 2, 2)
+    np.testing.assert_array_equal(w[2], np.eye(2))
+    np.testing.assert_array_equal(loaded["rng"], [0, 3])
+
+
+@pytest.mark.parametrize(
+    "reduction",
+    [
+        # An array reconstructor handed anything but NumPy's `_reconstruct`.
+        (dill._dill._create_array, _codecs.encode, ("x", "latin1"), None),
+        (dill._dill._create_array, dict, (), {}, {"a": 1}),
+        # A named tuple whose field names are not identifiers.
+        (dill._dill._create_namedtuple, "T", ("a=1",), "m"),
+        (dill._dill._create_namedtuple, "T;", ("a",), "m"),
+        (dill._dill._create_namedtuple, "T", ("__setstate__",), "m"),
+        # dill's `_get_attr` fetches any attribute of any object.
+        (dill._dill._get_attr, {}, "pop"),
+        # A dtype class of anything but a NumPy number.
+        (dill._dill._create_dtypemeta, dict),
+    ],
+    ids=[
+        "array",
+        "array_dict",
+        "fields",
+        "name",
+        "private_field",
+        "get_attr",
+        "dtype",
+    ],
+)
+def test_hostile_dill_reconstructions_are_refused(reduction):
+    data = pickle.dumps(Reduces(*reduction), protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="Refusing"):
+        SafeUnpickler(io.BytesIO(data)).load()
+
+
+def test_hostile_dill_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    hostile = Reduces(
+        dill._dill._create_array, os.system, (f"touch {marker}",), None
+    )
+    data = dill.dumps({"w": np.ones(2), "x": hostile}, protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match=r"\.system"):
+        SafeUnpickler(io.BytesIO(data)).load()
+    assert not marker.exists()
+    with pytest.raises(pickle.UnpicklingError, match="getattr"):
+        SafeUnpickler(io.BytesIO(dill.dumps("a".upper, protocol=2))).load()

@@ -1,12 +1,19 @@
-"""SemPPL `.pkl` checkpoints against a NumPy copy of its Haiku network."""
+"""SemPPL `.pkl` checkpoints against a NumPy copy of its Haiku network.
+
+The files are written with dill in SemPPL's two layouts
+(`tests/pretrained/semppl_files.py`): Haiku's module names, the device
+axis, JAX and dill array reconstructors, dill's named tuples.
+"""
 
 import pickle
 
+import dill
 import numpy as np
 import pytest
 
 from keras_ssl.pretrained import load_semppl
 from tests.pretrained import reference as ref
+from tests.pretrained import semppl_files
 
 MEAN = np.array([0.485, 0.456, 0.406])
 STD = np.array([0.229, 0.224, 0.225])
@@ -17,7 +24,10 @@ BLOCKS = {18: (2, 2, 2, 2), 50: (3, 4, 6, 3)}
 class SemPPLReference:
     """semppl's `utils/networks.py` (`ResNetTorso` on Haiku's `BlockV1`,
     every conv and the max-pool with `"SAME"` padding) and BYOL's `MLP`,
-    in inference mode, on Haiku `params` / `state` trees."""
+    in inference mode, on Haiku `params` / `state` trees named as Haiku
+    names them (`res_net50/~/block_group_0/~/block_0/~/conv_0`; the MLP's
+    layers, made in its `__call__`, `projector/linear`,
+    `projector/batch_norm`, `projector/linear_1`)."""
 
     def __init__(self, seed=0):
         self.random = ref.RandomParams(seed)
@@ -100,90 +110,154 @@ class SemPPLReference:
     def mlp(self, x, module, hidden, out):
         x = ref.relu(
             self.bn(
-                self.linear(x, f"{module}/~/linear", hidden),
-                f"{module}/~/batch_norm",
+                self.linear(x, f"{module}/linear", hidden),
+                f"{module}/batch_norm",
             )
         )
-        return self.linear(x, f"{module}/~/linear_1", out, bias=False)
+        return self.linear(x, f"{module}/linear_1", out, bias=False)
+
+    def online(self, x, depth=50, width=0.25, classes=5):
+        """BYOL's pretraining network: torso, projector, predictor and
+        the online classifier."""
+        features = self.torso(x, depth, width)
+        projection = self.mlp(features, "projector", 32, 16)
+        return {
+            "features": features,
+            "projection": projection,
+            "prediction": self.mlp(projection, "predictor", 32, 16),
+            "logits": self.linear(features, "classifier", classes),
+        }
 
 
 def assert_close(actual, expected):
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_pretraining_checkpoint(tmp_path):
-    x = ref.images(2, 32)
-    reference = SemPPLReference()
-    features = reference.torso(x, 50, 0.25)
-    projection = reference.mlp(features, "projector", 32, 16)
-    prediction = reference.mlp(projection, "predictor", 32, 16)
-    # As saved from a pmapped state: one leading replica axis.
-    replicated = {
-        module: {k: v[None] for k, v in values.items()}
-        for module, values in reference.params.items()
-    }
-    state = {
-        module: {k: v[None] for k, v in values.items()}
-        for module, values in reference.state.items()
-    }
-    path = tmp_path / "pretrain.pkl"
-    path.write_bytes(
-        pickle.dumps(
-            {
-                "experiment_state": {
-                    "online_params": replicated,
-                    "online_state": state,
-                    "target_params": replicated,
-                },
-                "step": 10,
-                "rng": np.zeros(2, "uint32"),
-            },
-            protocol=2,  # SemPPL dumps with dill, protocol 2
-        )
-    )
-    model = load_semppl(path)
+def check(model, x, expected):
     outputs = model(x, training=False)
-    assert model.encoder.depth == 50 and model.encoder.width_multiplier == 0.25
-    assert_close(outputs["features"], features)
-    assert_close(outputs["projection"], projection)
-    assert_close(outputs["prediction"], prediction)
+    assert sorted(outputs) == sorted(expected)
+    for key, value in expected.items():
+        assert_close(outputs[key], value)
+
+
+def test_pretraining_checkpoint(tmp_path):
+    x = ref.images(1, 32)
+    online, target = SemPPLReference(seed=0), SemPPLReference(seed=2)
+    expected = {"online": online.online(x), "target": target.online(x)}
+    path = semppl_files.write_pretraining(
+        tmp_path / "pretrain.pkl",
+        {
+            "online": (online.params, online.state),
+            "target": (target.params, target.state),
+        },
+        devices=2,
+    )
+    # SemPPL's own state: dill's pickle of JAX arrays with the device axis.
+    raw = path.read_bytes()
+    assert b"_reconstruct_array" in raw and b"jax._src.array" in raw
+    for network in ("online", "target"):
+        model = load_semppl(path, network=network)
+        assert model.encoder.depth == 50
+        assert model.encoder.width_multiplier == 0.25
+        check(model, x, expected[network])
+    # Only the reconstructors named in the allow-list are accepted.
+    path.write_bytes(raw.replace(b"jax._src.array", b"jax._src.arrax"))
+    with pytest.raises(pickle.UnpicklingError, match=r"jax\._src\.arrax"):
+        load_semppl(path)
 
 
 def test_linear_eval_checkpoint(tmp_path):
     x = ref.images(2, 32)
     reference = SemPPLReference(seed=1)
     features = reference.torso(x, 18, 0.25)
-    backbone = dict(reference.params)
+    backbone = (dict(reference.params), reference.state)
     logits = reference.linear(features, "linear", 5)
-    classif = {"linear": reference.params["linear"]}
-    path = tmp_path / "linear-eval.pkl"
-    path.write_bytes(
-        pickle.dumps(
-            {
-                "experiment_state": {
-                    "backbone_params": backbone,
-                    "backbone_state": reference.state,
-                    "classif_params": classif,
-                },
-                "step": 1,
-            }
-        )
+    path = semppl_files.write_linear_eval(
+        tmp_path / "linear-eval.pkl", backbone, reference.params["linear"]
     )
+    raw = path.read_bytes()
+    assert b"_create_array" in raw and b"_create_namedtuple" in raw
     model = load_semppl(path)
-    outputs = model(x, training=False)
     assert model.encoder.depth == 18
-    assert_close(outputs["features"], features)
-    assert_close(outputs["logits"], logits)
+    check(model, x, {"features": features, "logits": logits})
+    with pytest.raises(ValueError, match="no target network.*backbone_params"):
+        load_semppl(path, network="target")
 
 
-def test_unknown_modules_are_refused(tmp_path):
+def tiny_network(depth=18):
     reference = SemPPLReference()
-    reference.torso(ref.images(1, 32), 18, 0.25)
+    reference.torso(ref.images(1, 32), depth, 0.25)
+    return reference
+
+
+def write_renamed(tmp_path, reference, old, new):
+    """A pretraining file with `old` replaced by `new` in module names."""
+    params = {k.replace(old, new): v for k, v in reference.params.items()}
+    return semppl_files.write_pretraining(
+        tmp_path / "renamed.pkl", {"online": (params, reference.state)}
+    )
+
+
+def test_unknown_modules_are_refused_by_name(tmp_path):
+    reference = tiny_network()
     reference.params["res_net18/~/block_group_0/~/block_0/~/sk_attention"] = {
         "w": np.zeros((1, 1, 16, 32), "float32")
     }
-    path = tmp_path / "sk.pkl"
-    state = {"online_params": reference.params, "online_state": reference.state}
-    path.write_bytes(pickle.dumps({"experiment_state": state}))
+    path = semppl_files.write_pretraining(
+        tmp_path / "sk.pkl", {"online": (reference.params, reference.state)}
+    )
     with pytest.raises(ValueError, match="sk_attention"):
+        load_semppl(path)
+
+
+def test_guessed_mlp_names_are_refused(tmp_path):
+    # `projector/~/linear` is not a name Haiku gives a layer made in
+    # `MLP.__call__`: such a file is not read as a projection head.
+    reference = tiny_network()
+    features = np.zeros((1, 128))
+    reference.mlp(features, "projector", 8, 4)
+    path = write_renamed(tmp_path, reference, "projector/", "projector/~/")
+    with pytest.raises(ValueError, match=r"projector/~/linear"):
+        load_semppl(path)
+
+
+def test_unknown_layouts_name_what_they_hold(tmp_path):
+    path = tmp_path / "other.pkl"
+    path.write_bytes(
+        dill.dumps(
+            {"experiment_state": {"params": {}, "opt_state": ()}, "step": 1},
+            protocol=2,
+        )
+    )
+    with pytest.raises(ValueError, match=r"'opt_state', 'params'"):
+        load_semppl(path)
+    path = write_renamed(
+        tmp_path, tiny_network(), "res_net18/~/initial_conv", "encoder/stem"
+    )
+    with pytest.raises(ValueError, match=r"\['encoder', 'res_net18'\]"):
+        load_semppl(path)
+    with pytest.raises(ValueError, match="`network` must be one of"):
+        load_semppl(path, network="teacher")
+
+
+def test_device_axis_must_be_on_every_leaf(tmp_path):
+    reference = tiny_network()
+    path = semppl_files.write_pretraining(
+        tmp_path / "replicated.pkl",
+        {"online": (reference.params, reference.state)},
+        devices=3,
+    )
+    data = dill.loads(path.read_bytes())
+    assert (
+        data["experiment_state"]["online_params"]["res_net18/~/initial_conv"][
+            "w"
+        ].shape[0]
+        == 3
+    )
+    conv = "res_net18/~/block_group_1/~/block_0/~/conv_0"
+    data["experiment_state"]["online_params"][conv]["w"] = reference.params[
+        conv
+    ]["w"]
+    path.write_bytes(dill.dumps(data, protocol=2))
+    with pytest.raises(ValueError, match=f"{conv}/w.*device axis"):
         load_semppl(path)
