@@ -1,10 +1,17 @@
 """The published checkpoints, by name, and `load()`.
 
-Every URL and accuracy below is copied from the README of the method's
+Every URL and accuracy below is taken from the README of the method's
 reference repository (google-research/simclr, its `tf2/README.md`,
-facebookresearch/suncet, google-deepmind/semppl). SimCLR publishes Cloud
-Storage directories (`gs://`), one per stage, not files: those checkpoints
-are copied with `gsutil` and then found by `load()` in the cache.
+facebookresearch/suncet, google-deepmind/semppl), except: the SimCLRv1
+files, which the README links on `storage.cloud.google.com` (a browser
+address that asks to sign in), are fetched from the same bucket's public
+address, `storage.googleapis.com`; and the distilled SimCLRv2 networks,
+whose directories the README lists without their contents, are the three
+of the SimCLRv2 paper's Table 3 (ResNet-50 and ResNet-50 2x + SK distilled
+from ResNet-152 3x + SK, and ResNet-152 3x + SK self-distilled), with that
+table's top-1. SimCLR publishes Cloud Storage directories (`gs://`), one
+per stage, not files: those checkpoints are copied with `gsutil` and then
+found by `load()` in the cache.
 """
 
 import dataclasses
@@ -28,6 +35,13 @@ SIMCLRV2_TABLE = (
     (152, 2, True, 74.2, 79.4, 82.9, 79.4, 80.4),
     (152, 3, True, 74.9, 80.1, 83.1, 79.8, 80.5),
 )
+# SimCLRv2 paper, Table 3: the distilled networks, (depth, width, SK,
+# top-1 with 1% labels, with 10%).
+SIMCLRV2_DISTILLED = (
+    (50, 1, False, 73.9, 77.5),
+    (50, 2, True, 75.9, 80.2),
+    (152, 3, True, 76.6, 80.9),
+)
 PAWS_URL = "https://dl.fbaipublicfiles.com/paws/"
 # suncet README: (epochs, labels, pretrained NN top-1, fine-tuned top-1,
 # whether the fine-tuned file is published).
@@ -50,14 +64,13 @@ SEMPPL_FILES = (
     ("r50_2x_sk", "sk_resnet_50_2x_1pct.pkl", "sk_resnet_50_2x_10pct.pkl"),
     ("r200_2x_sk", "sk_resnet_200_2x_1pct.pkl", "sk_resnet_200_2x_10pct.pkl"),
 )
+SIMCLRV1_URL = "https://storage.googleapis.com/simclr-gcs/checkpoints/"
+# SimCLR README: (width, file, top-1).
 SIMCLRV1 = (
-    ("1x", "https://storage.cloud.google.com/simclr-gcs/checkpoints/"
-     "ResNet50_1x.zip", 69.1),
-    ("2x", "https://storage.cloud.google.com/simclr-gcs/checkpoints/"
-     "ResNet50_2x.zip", 74.2),
-    ("4x", "https://storage.cloud.google.com/simclr-gcs/checkpoints/"
-     "ResNet50_4x.zip", 76.6),
-)  # fmt: skip
+    ("1x", "ResNet50_1x.zip", 69.1),
+    ("2x", "ResNet50_2x.zip", 74.2),
+    ("4x", "ResNet50_4x.zip", 76.6),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +89,9 @@ class Checkpoint:
         url: str. Where the authors publish it (`gs://` directories for
             SimCLRv2).
         top1: float or `None`. ImageNet top-1 (%) as the README reports it
-            (SimCLRv2 pretrained: linear evaluation; PAWS pretrained:
-            nearest neighbour); `None` where the README gives none.
+            (SimCLRv2 pretrained: linear evaluation; SimCLRv2 distilled:
+            the paper's Table 3; PAWS pretrained: nearest neighbour);
+            `None` where the README gives none.
         ft_layer: int. The projection-head activation the classifier
             reads (SimCLRv2 fine-tuned on 1% or 10%: 1).
         supported: bool. Whether `load()` can read it.
@@ -109,13 +123,17 @@ def _simclrv2():
         ("finetuned_100pct", "finetuned", 1.0, 5, 0),
         ("pretrained", "pretrained", None, 6, 0),
         ("supervised", "supervised", 1.0, 7, 0),
-        ("distill_1pct", "distilled", 0.01, None, 0),
-        ("distill_10pct", "distilled", 0.1, None, 0),
     )
-    for row in SIMCLRV2_TABLE:
+    distilled = (
+        ("distill_1pct", "distilled", 0.01, 3, 0),
+        ("distill_10pct", "distilled", 0.1, 4, 0),
+    )
+    rows = [(row, stages) for row in SIMCLRV2_TABLE]
+    rows += [(row, distilled) for row in SIMCLRV2_DISTILLED]
+    for row, row_stages in rows:
         depth, width, sk = row[:3]
         arch = f"r{depth}_{width}x_sk{int(sk)}"
-        for directory, stage, fraction, column, ft_layer in stages:
+        for directory, stage, fraction, column, ft_layer in row_stages:
             name = f"simclrv2/{arch}/{directory}"
             yield Checkpoint(
                 name=name,
@@ -125,20 +143,20 @@ def _simclrv2():
                 stage=stage,
                 label_fraction=fraction,
                 url=f"{SIMCLR_TF2}/{directory}/{arch}/saved_model/",
-                top1=None if column is None else row[column],
+                top1=row[column],
                 ft_layer=ft_layer,
             )
 
 
 def _others():
-    for width, url, top1 in SIMCLRV1:
+    for width, filename, top1 in SIMCLRV1:
         yield Checkpoint(
             name=f"simclrv1/r50_{width}/pretrained",
             method="simclrv1",
             architecture=f"ResNet-50 {width}",
             stage="pretrained",
             label_fraction=None,
-            url=url,
+            url=SIMCLRV1_URL + filename,
             top1=top1,
         )
     for epochs, labels, nn_top1, ft_top1, finetuned in PAWS_TABLE:

@@ -12,7 +12,31 @@ from tests.pretrained.test_paws_checkpoints import PAWSReference
 
 
 def test_table():
-    assert len([n for n in CHECKPOINTS if n.startswith("simclrv2/")]) == 13 * 7
+    simclrv2 = [n for n in CHECKPOINTS if n.startswith("simclrv2/")]
+    # Five stages of the 13 networks of the README's table; the distilled
+    # networks are the three of the paper's Table 3, on 1% and 10%.
+    assert len(simclrv2) == 13 * 5 + 3 * 2
+    distilled = sorted(n for n in simclrv2 if "/distill_" in n)
+    assert distilled == sorted(
+        f"simclrv2/{arch}/distill_{pct}pct"
+        for arch in ("r50_1x_sk0", "r50_2x_sk1", "r152_3x_sk1")
+        for pct in (1, 10)
+    )
+    entry = CHECKPOINTS["simclrv2/r50_1x_sk0/distill_1pct"]
+    assert entry.top1 == 73.9 and entry.stage == "distilled"
+    assert entry.url == (
+        "gs://simclr-checkpoints-tf2/simclrv2/distill_1pct/r50_1x_sk0/"
+        "saved_model/"
+    )
+    assert CHECKPOINTS["simclrv2/r152_3x_sk1/distill_10pct"].top1 == 80.9
+    assert "simclrv2/r101_2x_sk1/distill_1pct" not in CHECKPOINTS
+    # SimCLRv1: the bucket's public address, which needs no sign-in.
+    for width in ("1x", "2x", "4x"):
+        url = CHECKPOINTS[f"simclrv1/r50_{width}/pretrained"].url
+        assert url == (
+            "https://storage.googleapis.com/simclr-gcs/checkpoints/"
+            f"ResNet50_{width}.zip"
+        )
     entry = CHECKPOINTS["simclrv2/r50_1x_sk0/pretrained"]
     assert entry.top1 == 71.7 and entry.url.startswith("gs://")
     assert CHECKPOINTS["simclrv2/r152_3x_sk1/finetuned_1pct"].ft_layer == 1
@@ -23,6 +47,7 @@ def test_table():
     assert not CHECKPOINTS["semppl/r50_1x_sk_10pct/pretrained"].supported
     for entry in CHECKPOINTS.values():
         assert entry.url.startswith(("gs://", "https://"))
+        assert "storage.cloud.google.com" not in entry.url
 
 
 def _offline(*args, **kwargs):
