@@ -7,6 +7,7 @@ from keras_ssl.models._compile import RecompileOnLoad
 from keras_ssl.models._compiled import compiled_call
 from keras_ssl.models._input_checks import check_fit_input
 from keras_ssl.models.image_utils import to_float_images
+from keras_ssl.optimizers.lars import LARS
 
 
 def fine_tuning_network(encoder, head=None, ft_layer=1):
@@ -196,6 +197,17 @@ class FineTuner(RecompileOnLoad, keras.Model):
         super().compile(
             optimizer=optimizer, loss=loss, metrics=metrics, **kwargs
         )
+        # SimCLR leaves its supervised head (`head_supervised`) out of
+        # LARS's trust ratio: with it, the zero-initialised classifier
+        # would move by `eeta` times its norm per step once it is nonzero.
+        # Its coupled decay stays, the gradient of SimCLR's L2 loss on the
+        # head. LP-FT's frozen BatchNorm keeps every weight under the trust
+        # ratio (`recipes.stages.classifier_stage`).
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        if isinstance(inner, LARS) and not self.frozen_batch_norm:
+            inner.exclude_variables(
+                self.classifier.trainable_weights, weight_decay=False
+            )
 
     def fit(self, x=None, *args, **kwargs):
         """`keras.Model.fit`, after checking the images in `x` (uint8 in

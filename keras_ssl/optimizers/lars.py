@@ -201,24 +201,34 @@ class LARS(keras.optimizers.Optimizer):
         )
         self.exclude_rank_1 = exclude_rank_1
         self._excluded_ids = set()
+        self._unadapted_ids = set()
 
-    def exclude_variables(self, var_list):
+    def exclude_variables(self, var_list, weight_decay=True):
         """Updates these variables by plain SGD with momentum.
 
-        No coupled weight decay and a trust ratio of 1, added to the
-        exclusions already made. SimCLR treats its supervised head this
-        way (regularising it with an L2 loss instead); models call this
-        for such heads. Must be called before the optimizer is built.
+        A trust ratio of 1 and, with `weight_decay=True`, no coupled
+        weight decay, added to the exclusions already made. SimCLR treats
+        its supervised head this way (regularising it with an L2 loss
+        instead); models call this for such heads. Must be called before
+        the optimizer is built.
 
         Args:
             var_list: list of `keras.Variable`s.
+            weight_decay: bool. Whether they are left out of the coupled
+                weight decay too. `False` keeps it: the step is then
+                `learning_rate * (g + weight_decay * w)`, which is SGD on
+                the loss plus SimCLR's L2 term `weight_decay / 2 * ||w||²`.
+                Defaults to `True`.
         """
         if self.built:
             raise ValueError(
                 "`exclude_variables()` must be called before the optimizer "
                 "is built (before the first training step)."
             )
-        self._excluded_ids.update(id(variable) for variable in var_list)
+        ids = {id(variable) for variable in var_list}
+        self._unadapted_ids.update(ids)
+        if weight_decay:
+            self._excluded_ids.update(ids)
 
     def build(self, var_list):
         if self.built:
@@ -245,7 +255,9 @@ class LARS(keras.optimizers.Optimizer):
             if adaptation_exclusions is None:
                 adaptation_exclusions = self.weight_decay_exclusions
             adapted.append(
-                not excluded and not _matches(adaptation_exclusions, path)
+                not excluded
+                and id(variable) not in self._unadapted_ids
+                and not _matches(adaptation_exclusions, path)
             )
         self._decayed = tuple(decayed)
         self._adapted = tuple(adapted)

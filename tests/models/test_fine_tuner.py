@@ -188,3 +188,41 @@ def test_fit_step_uses_the_compiled_crop():
     assert not np.isclose(float(plain), float(expected), atol=1e-3)
     logs = model.train_on_batch(x, y, return_dict=True)
     np.testing.assert_allclose(logs["loss"], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_lars_leaves_the_classifier_out_of_its_trust_ratio(frozen):
+    # SimCLR's fine-tuning: its supervised head takes plain momentum steps
+    # of the gradient plus its L2 term, w - lr * (g + wd * w); every other
+    # kernel is scaled by its trust ratio. LP-FT's frozen BatchNorm keeps
+    # the classifier under the trust ratio too.
+    from keras_ssl.optimizers import LARS
+
+    encoder = tiny_encoder()
+    model = FineTuner(
+        encoder, num_classes=3, head=_head(encoder), frozen_batch_norm=frozen
+    )
+    lr, wd, eeta = 0.5, 0.1, 0.01
+    model.compile(optimizer=LARS(lr, momentum=0.0, weight_decay=wd, eeta=eeta))
+    variables = model.trainable_variables
+    kernel = model.classifier.kernel
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(size=kernel.shape).astype("float32")
+    kernel.assign(w0)
+    grads = [
+        rng.normal(size=v.shape).astype("float32") * 0.01 for v in variables
+    ]
+    g = grads[[i for i, v in enumerate(variables) if v is kernel][0]]
+    dense = model.network.get_layer("dense_0").kernel
+    d0 = dense.numpy()
+    gd = grads[[i for i, v in enumerate(variables) if v is dense][0]]
+    model.optimizer.apply(grads, variables)
+    decayed = g + wd * w0
+    trust = eeta * np.linalg.norm(w0) / np.linalg.norm(decayed)
+    expected = w0 - lr * (trust if frozen else 1.0) * decayed
+    np.testing.assert_allclose(kernel.numpy(), expected, rtol=1e-5, atol=1e-7)
+    decayed = gd + wd * d0
+    trust = eeta * np.linalg.norm(d0) / np.linalg.norm(decayed)
+    np.testing.assert_allclose(
+        dense.numpy(), d0 - lr * trust * decayed, rtol=1e-5, atol=1e-7
+    )

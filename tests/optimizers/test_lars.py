@@ -251,6 +251,23 @@ class TestLARS(TestCase):
         with pytest.raises(ValueError, match="before the optimizer is built"):
             optimizer.exclude_variables([other])
 
+    def test_exclude_variables_from_the_trust_ratio_only(self):
+        # weight_decay=False keeps the coupled decay: w - lr * (g + wd * w),
+        # SGD on the loss plus SimCLR's L2 term on its supervised head.
+        w0 = np.array([[3.0, 0.0], [0.0, 4.0]], "float32")
+        g = np.array([[0.0, 1.0], [0.0, 0.0]], "float32")
+        unadapted = keras.Variable(w0, name="kernel")
+        other = keras.Variable(w0, name="other")
+        optimizer = LARS(
+            learning_rate=2.0, momentum=0.0, eeta=0.1, weight_decay=0.1
+        )
+        optimizer.exclude_variables([unadapted], weight_decay=False)
+        optimizer.apply([g, g], [unadapted, other])
+        decayed = g + 0.1 * w0
+        self.assertAllClose(unadapted, w0 - 2.0 * decayed)
+        trust = 0.1 * 5.0 / np.linalg.norm(decayed)
+        self.assertAllClose(other, w0 - 2.0 * trust * decayed)
+
     @pytest.mark.parametrize("nesterov", [False, True])
     def test_compiled_fit_matches_reference(self, nesterov):
         # A linear model with MSE has a closed-form gradient, so the whole
