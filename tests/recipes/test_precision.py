@@ -6,6 +6,7 @@ import json
 import os
 
 import keras
+import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
@@ -240,3 +241,43 @@ def test_the_fingerprint_and_report_record_the_precision_used(
     assert done.precision["precision"] == "bfloat16"
     assert _saved_precision(tmp_path / "amx") == "bfloat16"
     assert keras.config.dtype_policy().name == "float32"
+
+
+@pytest.mark.slow
+def test_float16_models_train_with_keras_loss_scaling():
+    """What `auto` picks on a 7.x GPU: a model built under `mixed_float16`
+    gets Keras's `LossScaleOptimizer` around LARS when it is compiled, as
+    a stage compiles it, and its train step scales the loss through it
+    (the custom steps of the pretrainers are checked with it in
+    tests/models/test_mixed_precision.py)."""
+    from keras_ssl.models import FineTuner
+    from keras_ssl.optimizers import LARS
+    from tests.models.conftest import tiny_encoder
+    from tests.models.model_cases import make_images
+    from tests.models.model_cases import make_model
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        pretrainer = make_model("simclrv2", fixed=True)
+        model = FineTuner(tiny_encoder(), num_classes=4, ft_layer=0)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    for each in (pretrainer, model):
+        each.compile(optimizer=LARS(0.01))
+        optimizer = each.optimizer
+        assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        assert isinstance(optimizer.inner_optimizer, LARS)
+    scaled = []
+    scale_loss = model.optimizer.scale_loss
+
+    def counted(loss):
+        scaled.append(loss)
+        return scale_loss(loss)
+
+    model.optimizer.scale_loss = counted
+    logs = model.train_on_batch(
+        make_images(8), np.arange(8) % 4, return_dict=True
+    )
+    assert scaled
+    assert np.isfinite(logs["loss"])

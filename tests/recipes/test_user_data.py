@@ -121,6 +121,10 @@ def test_arrays_run_with_budgets_and_an_honest_report(tmp_path):
 
 
 @pytest.mark.slow
+# bfloat16 set explicitly warns where the CPU only emulates it.
+@pytest.mark.filterwarnings(
+    "ignore::keras_ssl.recipes.precision.SlowPrecisionWarning"
+)
 def test_precision_policy_is_applied_restored_and_fingerprinted(tmp_path):
     x, y, x_test, y_test, _ = _gray_digits()
     counter = CountSteps()
