@@ -91,12 +91,12 @@ REFERENCE_FILES = ("model.py", "resnet.py", "lars_optimizer.py", "objective.py")
 TARGET = 1.25
 
 
-def check_simclr_dir(path):
+def check_simclr_dir(path, files=REFERENCE_FILES):
     """The `tf2` directory of a google-research/simclr checkout at `path`.
 
     Raises:
         ValueError: if `path` is not given or lacks one of the reference's
-            `tf2/` files this benchmark imports.
+            `tf2/` `files` the benchmark imports.
     """
     if not path:
         raise ValueError(
@@ -105,9 +105,7 @@ def check_simclr_dir(path):
         )
     tf2 = os.path.join(os.path.abspath(path), "tf2")
     missing = [
-        name
-        for name in REFERENCE_FILES
-        if not os.path.isfile(os.path.join(tf2, name))
+        name for name in files if not os.path.isfile(os.path.join(tf2, name))
     ]
     if missing:
         raise ValueError(
@@ -343,12 +341,14 @@ def _convolutions_only(encoder, batch):
     return step
 
 
-def _define_reference_flags(args):
+def _define_reference_flags(args, **overrides):
     """The flags SimCLR's `run.py` defines and its model code reads.
 
     `run.py` itself is not imported (it needs tensorflow_datasets and
     reads data at start); these are its flags, set as its CIFAR-10
-    pretraining command sets them.
+    pretraining command sets them, then as `overrides` set them (flags
+    `run.py` defines that are not set here, e.g. `warmup_epochs`, are
+    defined by naming them in `overrides`).
     """
     from absl import flags
 
@@ -377,6 +377,7 @@ def _define_reference_flags(args):
         "learning_rate": args.learning_rate,
         "learning_rate_scaling": "linear",
     }
+    values.update(overrides)
     for key, value in values.items():
         if isinstance(value, bool):
             flags.DEFINE_boolean(key, value, "")
@@ -395,9 +396,7 @@ def _reference_contenders(args, names):
     import tensorflow as tf
 
     FLAGS = _define_reference_flags(args)
-    import metrics
     import model as model_lib
-    import objective as obj_lib
 
     # run.py without a TPU.
     strategy = tf.distribute.MirroredStrategy()
@@ -409,59 +408,14 @@ def _reference_contenders(args, names):
         with strategy.scope():
             model = model_lib.Model(num_classes=10)
             optimizer = model_lib.build_optimizer(learning_rate(args))
-            mean = tf.keras.metrics.Mean
-            weight_decay_metric = mean("train/weight_decay")
-            total_loss_metric = mean("train/total_loss")
-            contrast_loss_metric = mean("train/contrast_loss")
-            contrast_acc_metric = mean("train/contrast_acc")
-            contrast_entropy_metric = mean("train/contrast_entropy")
-
-        def single_step(
-            features,
-            model=model,
-            optimizer=optimizer,
-            weight_decay_metric=weight_decay_metric,
-            total_loss_metric=total_loss_metric,
-            contrast_loss_metric=contrast_loss_metric,
-            contrast_acc_metric=contrast_acc_metric,
-            contrast_entropy_metric=contrast_entropy_metric,
-        ):
-            # run.py's single_step in pretraining without linear eval (its
-            # image summary is recorded once per loop of steps, and not
-            # without a summary writer).
-            with tf.GradientTape() as tape:
-                projection_head_outputs, _ = model(features, training=True)
-                con_loss, logits_con, labels_con = obj_lib.add_contrastive_loss(
-                    projection_head_outputs,
-                    hidden_norm=FLAGS.hidden_norm,
-                    temperature=FLAGS.temperature,
-                    strategy=strategy,
-                )
-                loss = con_loss
-                metrics.update_pretrain_metrics_train(
-                    contrast_loss_metric,
-                    contrast_acc_metric,
-                    contrast_entropy_metric,
-                    con_loss,
-                    logits_con,
-                    labels_con,
-                )
-                weight_decay = model_lib.add_weight_decay(
-                    model, adjust_per_optimizer=True
-                )
-                weight_decay_metric.update_state(weight_decay)
-                loss += weight_decay
-                total_loss_metric.update_state(loss)
-                loss = loss / strategy.num_replicas_in_sync
-                grads = tape.gradient(loss, model.trainable_variables)
-                optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return con_loss
+        single_step = ReferenceStep(model, optimizer, strategy)
 
         @tf.function
         def train_step(features, single_step=single_step):
+            # The contrastive loss, as run.py's pretraining logs it.
             return strategy.experimental_local_results(
                 strategy.run(single_step, (features,))
-            )[0]
+            )[0][0]
 
         models[name] = model
         steps[name] = lambda f=train_step: {"loss": f(features).numpy()}
@@ -480,47 +434,182 @@ def _reference_contenders(args, names):
     return steps, info
 
 
-def worker(args):
-    """Serves steps over stdin/stdout: one JSON line per request."""
-    # Keep the protocol on its own descriptor; stray prints go to stderr.
+class ReferenceStep:
+    """SimCLR's `run.py` `single_step`, for one model and optimizer.
+
+    Its image summary aside (recorded once per loop of steps, and not
+    without a summary writer), with its metrics. `run.py` defines it
+    inside its `main`, so it is written out here from its code. Call it
+    inside `strategy.run` with the replica's features and, in fine-tuning
+    or with the linear eval, its one-hot labels; it returns the
+    contrastive loss (`None` in fine-tuning) and the total loss, before
+    the division by the number of replicas.
+    """
+
+    def __init__(self, model, optimizer, strategy):
+        import tensorflow as tf
+        from absl import flags
+
+        self.model, self.optimizer, self.strategy = model, optimizer, strategy
+        self.flags = flags.FLAGS
+        with strategy.scope():
+            mean = tf.keras.metrics.Mean
+            self.weight_decay_metric = mean("train/weight_decay")
+            self.total_loss_metric = mean("train/total_loss")
+            self.contrast_metrics = [
+                mean(f"train/contrast_{name}")
+                for name in ("loss", "acc", "entropy")
+            ]
+            self.supervised_metrics = [
+                mean(f"train/supervised_{name}") for name in ("loss", "acc")
+            ]
+
+    def __call__(self, features, labels=None):
+        import metrics
+        import model as model_lib
+        import objective as obj_lib
+        import tensorflow as tf
+
+        FLAGS, model, strategy = self.flags, self.model, self.strategy
+        con_loss = None
+        with tf.GradientTape() as tape:
+            projection_head_outputs, supervised_head_outputs = model(
+                features, training=True
+            )
+            loss = None
+            if projection_head_outputs is not None:
+                con_loss, logits_con, labels_con = obj_lib.add_contrastive_loss(
+                    projection_head_outputs,
+                    hidden_norm=FLAGS.hidden_norm,
+                    temperature=FLAGS.temperature,
+                    strategy=strategy,
+                )
+                loss = con_loss
+                metrics.update_pretrain_metrics_train(
+                    *self.contrast_metrics, con_loss, logits_con, labels_con
+                )
+            if supervised_head_outputs is not None:
+                outputs = supervised_head_outputs
+                if (
+                    FLAGS.train_mode == "pretrain"
+                    and FLAGS.lineareval_while_pretraining
+                ):
+                    labels = tf.concat([labels, labels], 0)
+                sup_loss = obj_lib.add_supervised_loss(
+                    labels=labels, logits=outputs
+                )
+                loss = sup_loss if loss is None else loss + sup_loss
+                metrics.update_finetune_metrics_train(
+                    *self.supervised_metrics, sup_loss, labels, outputs
+                )
+            weight_decay = model_lib.add_weight_decay(
+                model, adjust_per_optimizer=True
+            )
+            self.weight_decay_metric.update_state(weight_decay)
+            loss += weight_decay
+            self.total_loss_metric.update_state(loss)
+            total = loss
+            loss = loss / strategy.num_replicas_in_sync
+            grads = tape.gradient(loss, model.trainable_variables)
+            self.optimizer.apply_gradients(
+                zip(grads, model.trainable_variables)
+            )
+        return con_loss, total
+
+
+def serve(start):
+    """Runs a worker: `start()`, then one JSON answer per JSON request.
+
+    `start()` builds what the worker serves and returns `(ready, handle)`:
+    the dict sent once it is done, and a function from a request (a dict)
+    to its answer (a dict). The protocol has the process's stdout to
+    itself; anything else printed, by the worker or the libraries it
+    loads, goes to stderr.
+    """
     channel = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)
+    ready, handle = start()
+    channel.write(json.dumps(ready) + "\n")
+    for line in sys.stdin:
+        channel.write(json.dumps(handle(json.loads(line))) + "\n")
+
+
+def worker(args):
+    """Serves steps over stdin/stdout: one JSON line per request."""
     names = [
         n
         for n in args.contenders
         if n in (OURS if args.worker == "ours" else REFERENCE)
     ]
     build = _ours_contenders if args.worker == "ours" else _reference_contenders
-    steps, info = build(args, names)
-    channel.write(json.dumps({"ready": names}) + "\n")
-    for line in sys.stdin:
-        request = json.loads(line)
+
+    def handle(request):
         name = request["name"]
         if request["command"] == "profile":
             from op_profile import op_table
             from op_profile import op_times
 
-            table = op_table(op_times(steps[name], steps=2))
-            channel.write(json.dumps({"table": table}) + "\n")
-            continue
+            return {"table": op_table(op_times(steps[name], steps=2))}
         if request["command"] == "info":
-            channel.write(json.dumps(info(name)) + "\n")
-            continue
+            return info(name)
         wall, cpu = time.perf_counter(), time.process_time()
         logs = steps[name]()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         loss = logs["loss"] if isinstance(logs, dict) else logs
         loss = float(loss[0] if hasattr(loss, "__len__") else loss)
-        channel.write(
-            json.dumps({"wall": wall, "cpu": cpu, "loss": loss}) + "\n"
-        )
+        return {"wall": wall, "cpu": cpu, "loss": loss}
+
+    def start():
+        nonlocal steps, info
+        steps, info = build(args, names)
+        return {"ready": names}, handle
+
+    steps = info = None
+    serve(start)
 
 
 # === Parent ===
 
 
+def check_reference_python(python, env=None):
+    """Checks that `python` can import `tf_keras`, in well under a second.
+
+    SimCLR's TF2 code is Keras 2 code: with `TF_USE_LEGACY_KERAS=1`,
+    `tf.keras` is the `tf_keras` package (pip's `tf-keras`, of the same
+    minor version as TensorFlow). Only the package is looked up; nothing
+    is imported.
+
+    Raises:
+        ValueError: naming `tf_keras` and `--reference-python` if it is
+            not found.
+    """
+    probe = (
+        "import importlib.util, sys; "
+        "sys.exit(0 if importlib.util.find_spec('tf_keras') else 3)"
+    )
+    try:
+        found = subprocess.run([python, "-c", probe], env=env).returncode == 0
+    except OSError as error:
+        raise ValueError(
+            f"`--reference-python` cannot run ({error}). Received: "
+            f"reference_python={python!r}"
+        ) from None
+    if not found:
+        raise ValueError(
+            "SimCLR's TF2 code needs the package `tf_keras` (pip install "
+            "tf-keras, the version of TensorFlow's), which "
+            f"`--reference-python` {python} cannot import (PYTHONPATH="
+            f"{(env or os.environ).get('PYTHONPATH', '')!r}). Install it, "
+            "add its directory to PYTHONPATH, or name another interpreter. "
+            f"Received: reference_python={python!r}"
+        )
+
+
 class Worker:
-    def __init__(self, kind, args, argv):
+    """A worker process of `script` (this file unless given), driven over
+    its stdin and stdout: one JSON request and one JSON answer a line."""
+
+    def __init__(self, kind, args, argv, script=None):
         env = dict(os.environ)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         python = sys.executable
@@ -531,7 +620,13 @@ class Worker:
             env.pop("TF_USE_LEGACY_KERAS", None)
             env["KERAS_BACKEND"] = "tensorflow"
         self.process = subprocess.Popen(
-            [python, os.path.abspath(__file__), "--worker", kind, *argv],
+            [
+                python,
+                os.path.abspath(script or __file__),
+                "--worker",
+                kind,
+                *argv,
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -548,10 +643,9 @@ class Worker:
             )
         return json.loads(line)
 
-    def ask(self, command, name):
-        self.process.stdin.write(
-            json.dumps({"command": command, "name": name}) + "\n"
-        )
+    def ask(self, command, name, **fields):
+        request = {"command": command, "name": name, **fields}
+        self.process.stdin.write(json.dumps(request) + "\n")
         self.process.stdin.flush()
         return self._read()
 

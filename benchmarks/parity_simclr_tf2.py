@@ -1,0 +1,743 @@
+"""Whole training steps of keras-ssl's SimCLRv2 against SimCLR's own TF2 code.
+
+The reference is google-research/simclr's `tf2/` code, imported from a
+checkout the user names (nothing of it is copied here), in its own worker
+process with `tf_keras` (see `benchmarks/vs_simclr_tf2.py` for the
+environment):
+
+    PYTHONPATH=.:/path/to/tf_keras_site python \\
+        benchmarks/parity_simclr_tf2.py --simclr-dir /path/to/simclr
+
+For each case both workers start from the same weights: the reference
+builds its `model.Model` under `MirroredStrategy` and writes it, with its
+optimizer, as a `tf.train.Checkpoint(model=..., global_step=...,
+optimizer=...)` through a `CheckpointManager`, as its `run.py` does; our
+worker reads that checkpoint with `keras_ssl.pretrained.load_simclr` and
+copies the encoder, projection head and supervised head into keras-ssl's
+model. Then the parent steps both in alternation on the same batches
+(two views stacked on channels, float in [0, 1], and labels; the
+reference gets the (B, 32, 32, 6) stack, ours the same two views in
+place of its `Views` layer, as `vs_simclr_tf2.py` feeds them), split
+over the replicas by the same `tf.data` distribution. After chosen steps
+the reference writes another checkpoint and ours compares every weight
+(encoder, head, probe or classifier, BatchNorm moving statistics) and
+every LARS momentum slot with it:
+
+    max relative difference = max |ours - reference| / max |reference|
+
+per tensor (0 when both are 0).
+
+Cases (`--cases`):
+
+- `pretrain-r{1,2}-{linear,sqrt}`: `--train_mode=pretrain
+  --lineareval_while_pretraining=True --global_bn=True` on 1 or 2
+  replicas (logical CPU devices, `MirroredStrategy` on both sides, the
+  same global batch), with `learning_rate_scaling` linear or sqrt, the
+  warm-up + cosine schedule of `model.py` (`--examples` images an epoch,
+  `--warmup-epochs`, `--train-steps`), LARS with weight decay and its
+  exclusions as `model.build_optimizer` sets them, the 3-layer head with
+  `proj_out_dim` 128. Ours: `SimCLRv2Pretrainer` (no memory) with the
+  ResNet and head the recipe builds (`synchronized_bn`) and its optimizer
+  (`recipes.stages.lars`).
+- `finetune-ft{1,0}`: `--train_mode=finetune --fine_tune_after_block=-1
+  --zero_init_logits_layer=True --ft_proj_selector={1,0}` with the
+  settings of the reference's README for fine-tuning the whole network
+  (LARS, `--learning_rate=0.005 --learning_rate_scaling=sqrt
+  --weight_decay=0 --warmup_epochs=0 --global_bn=True`). Ours:
+  `FineTuner(ft_layer=...)` with the fine-tuning stage's LARS, without
+  LP-FT (no linear head fitted first, BatchNorm in training mode) or
+  WiSE-FT (no interpolation), and its crop bypassed.
+
+By design our online probe trains on the first view of the labeled
+images only, SimCLR's supervised head on both views; `--probe-views
+both` makes ours use both, for the comparison.
+
+`--float64` runs both sides in float64 (Keras 3's floatx on ours,
+`tf.keras.backend.set_floatx` on the reference). SimCLR's code does not
+run in float64 as it is: its NT-Xent builds float32 one-hot labels and
+masks (`tf.one_hot`'s default) and subtracts them from float64 logits,
+and its schedule mixes its float64 warm-up with `CosineDecay`'s float32.
+So in float64 the worker gives `objective.py` a `tf.one_hot` that makes
+floatx tensors and evaluates the schedule in float32, as ours does; the
+checkout itself is not modified.
+
+Prints the command, the machine, and per case a table: weight (group) ->
+max relative difference after each compared step, then every tensor
+above `--show-above`.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from alternate import machine  # noqa: E402
+from vs_simclr_tf2 import ReferenceStep  # noqa: E402
+from vs_simclr_tf2 import Worker  # noqa: E402
+from vs_simclr_tf2 import _define_reference_flags  # noqa: E402
+from vs_simclr_tf2 import check_reference_python  # noqa: E402
+from vs_simclr_tf2 import check_simclr_dir  # noqa: E402
+from vs_simclr_tf2 import serve  # noqa: E402
+
+# Every file of the checkout's `tf2/` that the reference worker imports
+# (`model.py` imports `data_util.py`).
+REFERENCE_FILES = (
+    "model.py",
+    "resnet.py",
+    "lars_optimizer.py",
+    "objective.py",
+    "metrics.py",
+    "data_util.py",
+)
+CASES = (
+    "pretrain-r1-linear",
+    "pretrain-r2-linear",
+    "pretrain-r1-sqrt",
+    "pretrain-r2-sqrt",
+    "finetune-ft1",
+    "finetune-ft0",
+)
+NUM_CLASSES = 10
+SIZE = 32
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--simclr-dir", help="a google-research/simclr checkout"
+    )
+    parser.add_argument(
+        "--reference-python",
+        default=sys.executable,
+        help="interpreter with TensorFlow and tf-keras for the reference",
+    )
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument(
+        "--compare-at",
+        default="1,2",
+        help="steps after which to compare, besides the last",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--float64", action="store_true")
+    parser.add_argument(
+        "--contrastive-loss",
+        choices=("mean", "sum"),
+        default="mean",
+        help="our NT-Xent: the mean of its two directions (SimCLR eq. 1, "
+        "ours as shipped) or their sum (SimCLR's code)",
+    )
+    parser.add_argument(
+        "--probe-views",
+        choices=("first", "both"),
+        default="first",
+        help="views our probe trains on: ours as shipped, or SimCLR's",
+    )
+    # Pretraining: the reference's CIFAR-10 command in its README.
+    parser.add_argument("--learning-rate", type=float, default=1.0)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--temperature", type=float, default=0.5)
+    parser.add_argument(
+        "--examples",
+        type=int,
+        default=160,
+        help="images an epoch, for the warm-up's length",
+    )
+    parser.add_argument("--warmup-epochs", type=float, default=1.0)
+    parser.add_argument("--train-steps", type=int, default=30)
+    # Fine-tuning: the reference's README for the whole network.
+    parser.add_argument("--finetune-learning-rate", type=float, default=0.005)
+    parser.add_argument("--finetune-weight-decay", type=float, default=0.0)
+    parser.add_argument(
+        "--show-above",
+        type=float,
+        default=1e-5,
+        help="list every tensor whose difference exceeds this",
+    )
+    parser.add_argument("--worker", choices=("ours", "reference"))
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.batch < 2 or args.batch % 2 or args.steps < 1:
+        raise ValueError(
+            "`--batch` must be even and >= 2 (it is split over 2 replicas), "
+            f"`--steps` >= 1. Received: batch={args.batch}, "
+            f"steps={args.steps}"
+        )
+    names = [n for n in args.cases.split(",") if n]
+    unknown = [n for n in names if n not in CASES]
+    if unknown or not names:
+        raise ValueError(
+            f"`--cases` must be among {', '.join(CASES)}. Received: "
+            f"cases={args.cases!r}"
+        )
+    args.cases = names
+    try:
+        compare = {int(s) for s in args.compare_at.split(",") if s}
+    except ValueError:
+        compare = {0}
+    if any(not 1 <= s <= args.steps for s in compare):
+        raise ValueError(
+            f"`--compare-at` must list steps in [1, {args.steps}]. "
+            f"Received: compare_at={args.compare_at!r}"
+        )
+    args.compare = sorted(compare | {args.steps})
+    if args.worker != "ours":
+        args.simclr_tf2 = check_simclr_dir(args.simclr_dir, REFERENCE_FILES)
+    # What vs_simclr_tf2's flags read.
+    args.width = 1
+    return args
+
+
+def case_settings(args, case):
+    """The reference's flags and our optimizer's settings for `case`."""
+    mode = case.split("-")[0]
+    settings = {"mode": mode, "replicas": 1, "ft_layer": 0}
+    if mode == "pretrain":
+        _, replicas, scaling = case.split("-")
+        settings.update(
+            replicas=int(replicas[1:]),
+            scaling=scaling,
+            learning_rate=args.learning_rate,
+            weight_decay=args.weight_decay,
+            warmup_epochs=args.warmup_epochs,
+        )
+    else:
+        settings.update(
+            ft_layer=int(case.split("-")[1][2:]),
+            scaling="sqrt",
+            learning_rate=args.finetune_learning_rate,
+            weight_decay=args.finetune_weight_decay,
+            warmup_epochs=0.0,
+        )
+    # model.py's WarmUpAndCosineDecay.
+    settings["warmup_steps"] = int(
+        round(settings["warmup_epochs"] * args.examples // args.batch)
+    )
+    settings["flags"] = {
+        "train_mode": mode,
+        "lineareval_while_pretraining": mode == "pretrain",
+        "fine_tune_after_block": -1,
+        "global_bn": True,
+        "ft_proj_selector": settings["ft_layer"],
+        "zero_init_logits_layer": mode == "finetune",
+        "learning_rate": settings["learning_rate"],
+        "learning_rate_scaling": settings["scaling"],
+        "weight_decay": settings["weight_decay"],
+        "warmup_epochs": settings["warmup_epochs"],
+        "train_steps": args.train_steps,
+        "train_epochs": 1,
+    }
+    return settings
+
+
+def batches(args):
+    """`steps` batches: two views stacked on channels, and labels."""
+    import numpy as np
+
+    rng = np.random.default_rng(args.seed)
+    channels = 6 if case_settings(args, args.case)["mode"] == "pretrain" else 3
+    images = rng.random((args.steps * args.batch, SIZE, SIZE, channels))
+    labels = rng.integers(0, NUM_CLASSES, args.steps * args.batch)
+    # float32 values on both sides, also when the networks run in float64.
+    return images.astype("float32"), labels.astype("int32")
+
+
+def _strategy(tf, replicas):
+    """`MirroredStrategy` over `replicas` logical CPU devices.
+
+    Must run before anything else initialises TensorFlow's devices.
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if replicas > 1:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * replicas
+        )
+    devices = [f"/cpu:{i}" for i in range(replicas)]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def _distributed(tf, strategy, args):
+    """An iterator over the batches, split over the replicas as Keras
+    and the reference's input pipeline split a global batch."""
+    images, labels = batches(args)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    return iter(
+        strategy.experimental_distribute_dataset(dataset.batch(args.batch))
+    )
+
+
+# === The reference ===
+
+
+class _FloatxOneHot:
+    """`tensorflow` with a `one_hot` that makes floatx tensors, for the
+    reference's `objective.py` in float64 (see the module docstring)."""
+
+    def __init__(self, tf):
+        self._tf = tf
+
+    def __getattr__(self, name):
+        return getattr(self._tf, name)
+
+    def one_hot(self, *args, **kwargs):
+        kwargs.setdefault("dtype", self._tf.keras.backend.floatx())
+        return self._tf.one_hot(*args, **kwargs)
+
+
+def _reference_start(args):
+    import tensorflow as tf
+
+    settings = case_settings(args, args.case)
+    strategy = _strategy(tf, settings["replicas"])
+    if args.float64:
+        tf.keras.backend.set_floatx("float64")
+    sys.path.insert(0, args.simclr_tf2)
+    FLAGS = _define_reference_flags(args, **settings["flags"])
+    import model as model_lib
+    import objective as obj_lib
+
+    if args.float64:
+        obj_lib.tf = _FloatxOneHot(tf)
+    floatx = tf.keras.backend.floatx()
+    tf.random.set_seed(args.seed)
+    with strategy.scope():
+        model = model_lib.Model(NUM_CLASSES)
+        schedule = model_lib.WarmUpAndCosineDecay(
+            FLAGS.learning_rate, args.examples
+        )
+        if args.float64:
+            schedule = _Float32Schedule(tf, schedule)
+        optimizer = model_lib.build_optimizer(schedule)
+        channels = 6 if settings["mode"] == "pretrain" else 3
+        # Keras 2 builds the variables on the first call.
+        model(tf.zeros((2, SIZE, SIZE, channels), floatx), training=False)
+    if FLAGS.zero_init_logits_layer:
+        # run.py, restoring a pretrained checkpoint for fine-tuning.
+        for x in model.supervised_head.trainable_weights:
+            x.assign(tf.zeros_like(x))
+    directory = tempfile.mkdtemp(prefix="parity_simclr_tf2_")
+    checkpoint = tf.train.Checkpoint(
+        model=model, global_step=optimizer.iterations, optimizer=optimizer
+    )
+    manager = tf.train.CheckpointManager(
+        checkpoint, directory=directory, max_to_keep=None
+    )
+
+    single_step = ReferenceStep(model, optimizer, strategy)
+
+    @tf.function
+    def train_step(iterator):
+        features, labels = next(iterator)
+        labels = tf.one_hot(labels, NUM_CLASSES, dtype=floatx)
+        losses = strategy.run(single_step, (features, labels))
+        return strategy.experimental_local_results(losses)[0][1]
+
+    iterator = _distributed(tf, strategy, args)
+
+    def handle(request):
+        if request["command"] == "save":
+            return {"prefix": manager.save(int(optimizer.iterations.numpy()))}
+        return {"loss": float(train_step(iterator).numpy())}
+
+    ready = {
+        "prefix": manager.save(0),
+        # What the reference's LARS leaves out of its trust ratio (and,
+        # being the same list, out of its weight decay).
+        "excluded_by_name": [
+            v.name
+            for v in model.trainable_variables
+            if not optimizer._do_layer_adaptation(v.name)
+        ],
+    }
+    return {"ready": ready}, handle
+
+
+def _Float32Schedule(tf, schedule):
+    """`schedule` evaluated at a float32 step, cast to floatx."""
+
+    class Float32Schedule(tf.keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step):
+            value = schedule(tf.cast(step, tf.float32))
+            return tf.cast(value, tf.keras.backend.floatx())
+
+        def get_config(self):
+            return schedule.get_config()
+
+    return Float32Schedule()
+
+
+# === Ours ===
+
+
+def _views_given(layer, images, training=True):
+    # The views come made, as the reference's tf.data pipeline makes them:
+    # two images stacked on channels.
+    return images[..., :3], images[..., 3:]
+
+
+def _crop_bypassed(layer, images, training=True):
+    # The reference fine-tunes on the images its input pipeline made.
+    return images
+
+
+def _ours_start(args):
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import tensorflow as tf
+
+    settings = case_settings(args, args.case)
+    strategy = _strategy(tf, settings["replicas"])
+    import keras
+
+    if args.float64:
+        keras.config.set_floatx("float64")
+    from keras_ssl.models import fine_tuner
+    from keras_ssl.models import simclrv2_pretrainer
+
+    # Patched for the life of the worker: the train function is traced on
+    # its first call.
+    simclrv2_pretrainer.compiled_call = _views_given
+    fine_tuner.compiled_call = _crop_bypassed
+    state = {}
+
+    def handle(request):
+        command = request["command"]
+        if command == "load":
+            state.update(
+                _ours_model(args, settings, strategy, request["prefix"])
+            )
+            state["iterator"] = _distributed(tf, strategy, args)
+            return {"parameters": state["parameters"]}
+        if command == "compare":
+            return {"rows": _compare(state, request["prefix"])}
+        logs = state["model"].train_function(state["iterator"])
+        return {"loss": float(keras.ops.convert_to_numpy(logs["loss"]))}
+
+    return {"ready": True}, handle
+
+
+def _ours_model(args, settings, strategy, prefix):
+    """Our model for the case, with the weights of the reference's
+    checkpoint at `prefix` (read by `keras_ssl.pretrained.load_simclr`)."""
+    from keras import ops
+
+    from keras_ssl.backbones import ResNet
+    from keras_ssl.layers import ProjectionHead
+    from keras_ssl.layers import Views
+    from keras_ssl.models import FineTuner
+    from keras_ssl.pretrained import load_simclr
+    from keras_ssl.pretrained.pretrained_model import relative_path
+    from keras_ssl.recipes import stages
+
+    loaded = load_simclr(prefix, ft_layer=settings["ft_layer"])
+    # As the recipe builds them: synchronized over several replicas (the
+    # reference's --global_bn=True), fused BatchNorm on one.
+    sync = settings["replicas"] > 1
+    with strategy.scope():
+        encoder = ResNet(
+            depth=18,
+            width_multiplier=1,
+            stem="cifar",
+            synchronized_bn=sync,
+            input_shape=(SIZE, SIZE, 3),
+        )
+        head = ProjectionHead(
+            num_layers=3, output_dim=128, synchronized_bn=sync
+        )
+        head.build(tuple(encoder.output.shape))
+        if settings["mode"] == "pretrain":
+            model = _pretrainer(args)(
+                encoder,
+                head=head,
+                views=Views.from_preset("simclr_cifar", size=SIZE),
+                temperature=args.temperature,
+                memory_size=0,
+                num_classes=NUM_CLASSES,
+            )
+            classifier = model.probe
+        else:
+            model = FineTuner(
+                encoder,
+                num_classes=NUM_CLASSES,
+                head=head,
+                ft_layer=settings["ft_layer"],
+                frozen_batch_norm=False,
+            )
+            classifier = model.classifier
+        for ours, theirs in (
+            (encoder, loaded.encoder),
+            (head, loaded.head),
+            (classifier, loaded.classifier),
+        ):
+            values = {relative_path(theirs, v): v for v in theirs.weights}
+            for variable in ours.weights:
+                variable.assign(
+                    ops.convert_to_numpy(values[relative_path(ours, variable)])
+                )
+        optimizer = stages.lars(
+            settings["learning_rate"],
+            args.batch,
+            settings["scaling"],
+            args.train_steps,
+            warmup_steps=settings["warmup_steps"],
+            weight_decay=settings["weight_decay"],
+        )
+        model.compile(optimizer=optimizer)
+        model.make_train_function()
+    return {
+        "model": model,
+        "pairs": _pairs(settings, encoder, head, classifier),
+        "parameters": int(
+            sum(int(ops.size(v)) for v in model.trainable_variables)
+        ),
+    }
+
+
+def _pretrainer(args):
+    """`SimCLRv2Pretrainer`, or with `--contrastive-loss sum` or
+    `--probe-views both` a subclass aligned with SimCLR's code there."""
+    from keras import ops
+
+    from keras_ssl.models import SimCLRv2Pretrainer
+
+    class Aligned(SimCLRv2Pretrainer):
+        def compute_ssl_loss(self, data, training=True):
+            loss, logs = super().compute_ssl_loss(data, training)
+            if args.contrastive_loss == "sum":
+                # SimCLR's code sums the two directions' cross-entropies:
+                # twice eq. (1)'s mean over the 2N anchors.
+                loss = loss + logs["contrastive_loss"]
+            return loss, logs
+
+        def _probe(self, h, labels, batch):
+            if args.probe_views == "first":
+                return super()._probe(h, labels, batch)
+            # Both views of every image, as SimCLR's supervised head; the
+            # batch is all labeled here, so its last 2B rows are h.
+            labels = ops.concatenate([labels, labels])
+            return super()._probe(h, labels, 2 * batch)
+
+    return Aligned
+
+
+def _pairs(settings, encoder, head, classifier):
+    """`(group, name, our variable, reference object path)` of every
+    weight both models have."""
+    from keras_ssl.pretrained.pretrained_model import relative_path
+    from keras_ssl.pretrained.simclr import BN_VARIABLES
+    from keras_ssl.pretrained.simclr import _units
+
+    ours = {
+        f"{part}/{relative_path(layer, v)}": v
+        for part, layer in (
+            ("encoder", encoder),
+            ("head", head),
+            ("classifier", classifier),
+        )
+        for v in layer.weights
+    }
+    paths = {}
+    for kind, target, path in _units(18, "cifar", False, False):
+        for name in ("kernel",) if kind == "conv" else BN_VARIABLES:
+            paths[f"encoder/{target}/{name}"] = f"{path}/{name}"
+    # Fine-tuning keeps the first `ft_layer` head layers.
+    layers = 3 if settings["mode"] == "pretrain" else settings["ft_layer"]
+    for j in range(layers):
+        scope = f"_projection_head/linear_layers/{j}"
+        paths[f"head/dense_{j}/kernel"] = f"{scope}/dense/kernel"
+        for name in BN_VARIABLES:
+            paths[f"head/bn_{j}/{name}"] = f"{scope}/bn_relu/bn/{name}"
+    for name in ("kernel", "bias"):
+        paths[f"classifier/{name}"] = (
+            f"supervised_head/linear_layer/dense/{name}"
+        )
+    pairs = []
+    for name, path in paths.items():
+        if name in ours:
+            pairs.append((_group(name), name, ours[name], path))
+    return pairs
+
+
+def _group(name):
+    part, *_, last = name.split("/")
+    if last in ("moving_mean", "moving_variance"):
+        return f"{part} BN moving statistics"
+    if last in ("gamma", "beta"):
+        return f"{part} BN gamma, beta"
+    return f"{part} {last}s" if part != "classifier" else f"{part} {last}"
+
+
+SLOT = ".OPTIMIZER_SLOT/optimizer/Momentum/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+def _compare(state, prefix):
+    """Rows `[group, name, difference]` of every weight and momentum slot
+    against the reference's checkpoint at `prefix`."""
+    import numpy as np
+    import tensorflow as tf
+    from keras import ops
+
+    from keras_ssl.pretrained.simclr import _ObjectNames
+
+    reader = tf.train.load_checkpoint(prefix)
+    names = _ObjectNames(reader)
+    model = state["model"]
+    optimizer = model.optimizer
+    trainable = {id(v) for v in model.trainable_variables}
+    rows = [
+        [
+            "optimizer iterations",
+            "iterations",
+            float(
+                int(ops.convert_to_numpy(optimizer.iterations))
+                != int(
+                    reader.get_tensor("global_step/.ATTRIBUTES/VARIABLE_VALUE")
+                )
+            ),
+        ]
+    ]
+    for group, name, variable, path in state["pairs"]:
+        key = names.paths[names.root + path]
+        theirs = reader.get_tensor(key)
+        rows.append(
+            [group, name, _difference(ops.convert_to_numpy(variable), theirs)]
+        )
+        if id(variable) in trainable:
+            index = optimizer._get_variable_index(variable)
+            momentum = ops.convert_to_numpy(optimizer._momentums[index])
+            theirs = reader.get_tensor(
+                key.replace(".ATTRIBUTES/VARIABLE_VALUE", SLOT)
+            )
+            rows.append(
+                [
+                    f"{group} momentum",
+                    f"{name} momentum",
+                    _difference(momentum, theirs),
+                ]
+            )
+    return [[g, n, float(np.float64(d))] for g, n, d in rows]
+
+
+def _difference(ours, theirs):
+    """max |ours - theirs| / max |theirs| (0 when both are 0)."""
+    import numpy as np
+
+    ours = np.asarray(ours, "float64")
+    theirs = np.asarray(theirs, "float64")
+    if ours.shape != theirs.shape:
+        raise ValueError(f"Shapes differ: {ours.shape} vs {theirs.shape}")
+    error = np.max(np.abs(ours - theirs))
+    scale = np.max(np.abs(theirs))
+    if error == 0:
+        return 0.0
+    return float(error / scale) if scale > 0 else float("inf")
+
+
+# === Parent ===
+
+
+def run_case(args, argv, case):
+    """Steps both workers through `case`; returns its rows by step."""
+    argv = [*argv, "--case", case]
+    reference = Worker("reference", args, argv, script=__file__)
+    losses, rows = [], {}
+    prefix = reference.names["prefix"]
+    try:
+        ours = Worker("ours", args, argv, script=__file__)
+        try:
+            ours.ask("load", case, prefix=prefix)
+            for step in range(1, args.steps + 1):
+                theirs = reference.ask("step", case)["loss"]
+                mine = ours.ask("step", case)["loss"]
+                losses.append((theirs, mine))
+                if step in args.compare:
+                    saved = reference.ask("save", case)["prefix"]
+                    rows[step] = ours.ask("compare", case, prefix=saved)["rows"]
+        finally:
+            ours.close()
+    finally:
+        reference.close()
+        shutil.rmtree(os.path.dirname(prefix), ignore_errors=True)
+    excluded = reference.names["excluded_by_name"]
+    return losses, rows, excluded
+
+
+def _short(name):
+    """A reference variable name without its layer indices."""
+    parts = name.split(":")[0].split("/")
+    return "/".join(p for p in parts if not p.isdigit())
+
+
+def grouped(rows_by_step):
+    """`{group: {step: max difference}}` in first-seen order."""
+    table = {}
+    for step, rows in rows_by_step.items():
+        for group, _, value in rows:
+            column = table.setdefault(group, {})
+            column[step] = max(column.get(step, 0.0), value)
+    return table
+
+
+def markdown(rows_by_step):
+    steps = list(rows_by_step)
+    lines = [
+        "| weights | "
+        + " | ".join(f"after {s} step{'s' if s > 1 else ''}" for s in steps)
+        + " |",
+        "|---|" + "---|" * len(steps),
+    ]
+    for group, values in grouped(rows_by_step).items():
+        cells = " | ".join(f"{values[s]:.1e}" for s in steps)
+        lines.append(f"| {group} | {cells} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.worker == "reference":
+        return serve(lambda: _reference_start(args))
+    if args.worker == "ours":
+        return serve(lambda: _ours_start(args))
+    # The reference's environment, before anything starts.
+    check_reference_python(args.reference_python)
+    print("python " + " ".join([os.path.relpath(__file__), *argv]))
+    print(machine())
+    dtype = "float64" if args.float64 else "float32"
+    print(
+        f"CIFAR ResNet-18 width 1, 32 px, global batch {args.batch}, "
+        f"{args.steps} steps, {dtype}; our NT-Xent: {args.contrastive_loss} "
+        f"of its two directions, our probe on {args.probe_views} view(s)"
+    )
+    results = {}
+    for case in args.cases:
+        losses, rows, excluded = run_case(args, argv, case)
+        results[case] = rows
+        print(f"\n### {case}\n")
+        print(
+            "The reference's LARS excludes from decay and trust ratio: "
+            + ", ".join(sorted({_short(n) for n in excluded}))
+        )
+        print(
+            "losses (reference, ours): "
+            + ", ".join(
+                f"{losses[s - 1][0]:.4f}/{losses[s - 1][1]:.4f}"
+                for s in args.compare
+            )
+            + f" after steps {args.compare}"
+        )
+        print(markdown(rows))
+        last = rows[args.steps]
+        above = [r for r in last if r[2] > args.show_above]
+        if above:
+            print(f"\nAbove {args.show_above:g} after {args.steps} steps:")
+            for _, name, value in sorted(above, key=lambda r: -r[2]):
+                print(f"  {name}: {value:.2e}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
