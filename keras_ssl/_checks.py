@@ -5,6 +5,7 @@ Each check raises `ValueError` naming the argument and showing the value
 fails where it is given, before any tensor is built.
 """
 
+import math
 import numbers
 
 
@@ -12,21 +13,45 @@ def _holds(condition, value) -> bool:
     # `None` and strings do not compare with numbers: they fail the check.
     try:
         return bool(condition(value))
-    except TypeError:
+    except (TypeError, OverflowError):
         return False
 
 
+def _finite(value) -> bool:
+    return not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_positive(name: str, value):
-    """Returns `value`, or raises if it is not `> 0` (NaN is not)."""
-    if not _holds(lambda v: v > 0, value):
-        raise ValueError(f"`{name}` must be > 0. Received: {name}={value}")
+    """Returns `value`, or raises if it is not a finite number `> 0`."""
+    if not _holds(lambda v: _finite(v) and v > 0, value):
+        raise ValueError(
+            f"`{name}` must be > 0 and finite. Received: {name}={value}"
+        )
     return value
 
 
 def check_non_negative(name: str, value):
-    """Returns `value`, or raises if it is not `>= 0` (NaN is not)."""
-    if not _holds(lambda v: v >= 0, value):
-        raise ValueError(f"`{name}` must be >= 0. Received: {name}={value}")
+    """Returns `value`, or raises if it is not a finite number `>= 0`."""
+    if not _holds(lambda v: _finite(v) and v >= 0, value):
+        raise ValueError(
+            f"`{name}` must be >= 0 and finite. Received: {name}={value}"
+        )
+    return value
+
+
+def check_in_range(name: str, value, low, high, include_high=True):
+    """Returns `value`, or raises if it is not a number in `[low, high]`
+    (`[low, high)` with `include_high=False`; NaN is not)."""
+    if include_high:
+        inside = _holds(lambda v: _finite(v) and low <= v <= high, value)
+    else:
+        inside = _holds(lambda v: _finite(v) and low <= v < high, value)
+    if not inside:
+        bracket = "]" if include_high else ")"
+        raise ValueError(
+            f"`{name}` must be in [{low}, {high}{bracket}. "
+            f"Received: {name}={value}"
+        )
     return value
 
 

@@ -14,6 +14,13 @@ def _as_matrix(x, name):
             f"`{name}` must have rank 2 (examples, dim). Received: "
             f"{name}.shape={x.shape}"
         )
+    finite = np.isfinite(x) if np.issubdtype(x.dtype, np.number) else True
+    if not np.all(finite):
+        bad = int(x.size - np.sum(finite))
+        raise ValueError(
+            f"`{name}` must be finite. Received: {name} with {bad} NaN or "
+            f"infinite values of {x.size} ({name}.shape={x.shape})"
+        )
     return x
 
 

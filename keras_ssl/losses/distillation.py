@@ -3,13 +3,50 @@
 import keras
 from keras import ops
 
+from keras_ssl._checks import check_in_range
 from keras_ssl._checks import check_positive
 from keras_ssl.ops.math import soft_cross_entropy
 
 
 def _check_alpha(alpha) -> None:
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"`alpha` must be in [0, 1]. Received: alpha={alpha}")
+    check_in_range("alpha", alpha, 0, 1)
+
+
+def _check_logits(teacher_logits, student_logits, labels, labeled_logits):
+    """Matching shapes where they are known: the same classes for every
+    logits tensor and one label per labeled row."""
+    named = {"teacher_logits": teacher_logits, "student_logits": student_logits}
+    if labeled_logits is not None:
+        named["labeled_logits"] = labeled_logits
+    shapes = {name: tuple(x.shape) for name, x in named.items()}
+    received = ", ".join(f"{name}.shape={s}" for name, s in shapes.items())
+    if any(len(s) != 2 for s in shapes.values()):
+        raise ValueError(
+            f"Logits must have rank 2 (batch, classes). Received: {received}"
+        )
+    classes = {s[1] for s in shapes.values() if s[1] is not None}
+    batches = {shapes["teacher_logits"][0], shapes["student_logits"][0]}
+    if len(classes) > 1 or len(batches - {None}) > 1:
+        raise ValueError(
+            "`teacher_logits` and `student_logits` must have the same shape "
+            "(the same images and classes), and `labeled_logits` the same "
+            f"number of classes. Received: {received}"
+        )
+    if labels is None or labeled_logits is None:
+        return
+    label_shape = tuple(labels.shape)
+    count = label_shape[0] if len(label_shape) in (1, 2) else -1
+    rows = shapes["labeled_logits"][0]
+    if (
+        label_shape[1:] not in ((), (1,))
+        or None not in (count, rows)
+        and (count != rows)
+    ):
+        raise ValueError(
+            "`labels` must be class ids (L,), one per row of "
+            f"`labeled_logits`. Received: labels.shape={label_shape}, "
+            f"labeled_logits.shape={shapes['labeled_logits']}"
+        )
 
 
 def _upcast(*tensors):
@@ -83,11 +120,24 @@ def distillation(
     """
     check_positive("temperature", temperature)
     _check_alpha(alpha)
+    if alpha < 1.0 and labels is None:
+        raise ValueError(
+            "`alpha` < 1 weights the labeled cross-entropy of eq. (3), which "
+            "needs `labels` and `labeled_logits`; pass alpha=1.0 for "
+            f"distillation alone. Received: alpha={alpha}, labels=None"
+        )
+    if labels is not None:
+        labels = ops.convert_to_tensor(labels)
     # The softmaxes in at least float32, as the other losses (a mixed
     # precision network gives bfloat16 or float16 logits).
     teacher_logits, student_logits = _upcast(teacher_logits, student_logits)
     if labeled_logits is not None:
         (labeled_logits,) = _upcast(labeled_logits)
+    if alpha < 1.0:
+        _check_logits(teacher_logits, student_logits, labels, labeled_logits)
+    else:
+        # Eq. (2) alone: labels, if any, are not read.
+        _check_logits(teacher_logits, student_logits, None, None)
     distill = ops.mean(
         _per_example(teacher_logits, student_logits, temperature)
     )

@@ -1,6 +1,7 @@
 """PAWS: predicting view assignments with a labeled support set."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_ssl import distribute
@@ -77,6 +78,23 @@ def _check_views(views, support):
             )
 
 
+def _check_class_ids(labels, num_classes):
+    """Class ids in `[0, num_classes)`, where their values are known (a
+    label out of range would be a row of zeros: a support image without a
+    class). Inside a compiled step the ids are symbolic; the models'
+    support batches come from `keras_ssl.data`, which checks them."""
+    try:
+        values = np.asarray(ops.convert_to_numpy(labels))
+    except (RuntimeError, TypeError):
+        return
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(
+            f"`support_labels` must be class ids in [0, num_classes) with "
+            f"num_classes={num_classes}. Received: support_labels in "
+            f"[{values.min()}, {values.max()}]"
+        )
+
+
 def _support_targets(
     support_labels,
     num_classes=None,
@@ -96,6 +114,7 @@ def _support_targets(
                 "`num_classes` is required when `support_labels` are class "
                 "ids of shape (M,). Received: num_classes=None"
             )
+        _check_class_ids(labels, num_classes)
         onehot = ops.one_hot(
             ops.cast(labels, "int32"), num_classes, dtype=dtype
         )

@@ -7,8 +7,11 @@ checks them first: in-memory arrays in full, a stream (a
 `tf.data.Dataset`, a `keras.utils.PyDataset` or a generator) on its
 first batch. A `tf.data.Dataset` of uint8 images with a known shape is
 checked from its `element_spec` alone, without reading a batch.
+`FineTuner.predict`, `evaluate` and `fit_linear_head` check their images
+the same way.
 """
 
+import collections
 import types
 
 import keras
@@ -24,7 +27,14 @@ _TO_RGB = (
 )
 
 
-def check_fit_input(x, channels=3, model="The model"):
+# Who checks: the model (or method) and what it does with the images,
+# both in words for the messages, and the name of the images' argument.
+_Caller = collections.namedtuple("_Caller", "model action name")
+
+
+def check_fit_input(
+    x, channels=3, model="The model", action="be trained on", name="x"
+):
     """Checks the images of `fit(x, ...)`; returns `x` to train on.
 
     Args:
@@ -33,6 +43,11 @@ def check_fit_input(x, channels=3, model="The model"):
             `keras.utils.PyDataset` or a generator.
         channels: int. The colour channels the model takes.
         model: str. Names the model in error messages.
+        action: str. What the model cannot do with bad images, in error
+            messages ("FineTuner cannot be trained on no images").
+            Defaults to `"be trained on"`.
+        name: str. The argument's name in error messages. Defaults to
+            `"x"`.
 
     Returns:
         `x`, or for a generator an equivalent generator (its first batch
@@ -43,28 +58,29 @@ def check_fit_input(x, channels=3, model="The model"):
     """
     if x is None:
         return x
+    caller = _Caller(model, action, name)
     if isinstance(x, types.GeneratorType):
         try:
             first = next(x)
         except StopIteration:
             raise ValueError(
-                f"{model} cannot be trained on an empty generator: `x` "
-                "yielded no batch."
+                f"{caller.model} cannot {caller.action} an empty generator: "
+                f"`{caller.name}` yielded no batch."
             ) from None
-        _check_batch(_features(first), channels, model, where="first batch")
+        _check_batch(_features(first), channels, caller, where="first batch")
         return _chain(first, x)
     if _is_tf_dataset(x):
-        _check_tf_dataset(x, channels, model)
+        _check_tf_dataset(x, channels, caller)
         return x
     if isinstance(x, keras.utils.PyDataset):
         if x.num_batches == 0:
             raise ValueError(
-                f"{model} cannot be trained on an empty dataset: `x` "
-                f"({type(x).__name__}) has no batches."
+                f"{caller.model} cannot {caller.action} an empty dataset: "
+                f"`{caller.name}` ({type(x).__name__}) has no batches."
             )
-        _check_batch(_features(x[0]), channels, model, where="first batch")
+        _check_batch(_features(x[0]), channels, caller, where="first batch")
         return x
-    _check_batch(x, channels, model, where=None)
+    _check_batch(x, channels, caller, where=None)
     return x
 
 
@@ -80,32 +96,33 @@ def _features(batch):
     return batch
 
 
-def _images(x):
+def _images(x, name):
     """`(name, array)` of each image array in the inputs `x`."""
     if isinstance(x, dict):
-        return [(f"x[{k!r}]", x[k]) for k in IMAGE_KEYS if k in x]
+        return [(f"{name}[{k!r}]", x[k]) for k in IMAGE_KEYS if k in x]
     if isinstance(x, (tuple, list)):
-        return [] if not x else _images(x[0])
-    return [("x", x)]
+        return [] if not x else _images(x[0], name)
+    return [(name, x)]
 
 
-def _check_batch(x, channels, model, where):
-    found = [(name, a) for name, a in _images(x) if a is not None]
+def _check_batch(x, channels, caller, where):
+    found = [(name, a) for name, a in _images(x, caller.name) if a is not None]
     arrays = []
     for name, images in found:
         if not hasattr(images, "shape") or not hasattr(images, "dtype"):
             images = np.asarray(images)
-        _check_shape(name, tuple(images.shape), channels, model)
+        _check_shape(name, tuple(images.shape), channels, caller.model)
         arrays.append((name, images))
     if found and all(a.shape[0] == 0 for _, a in arrays):
         shapes = ", ".join(f"{n}.shape={tuple(a.shape)}" for n, a in arrays)
-        source = f"The {where} of `x`" if where else "`x`"
+        source = f"`{caller.name}`"
+        source = f"The {where} of {source}" if where else source
         raise ValueError(
-            f"{model} cannot be trained on no images: {source} holds none "
-            f"({shapes})."
+            f"{caller.model} cannot {caller.action} no images: {source} holds "
+            f"none ({shapes})."
         )
     for name, images in arrays:
-        _check_values(name, images, model, where)
+        _check_values(name, images, caller, where)
 
 
 def _check_shape(name, shape, channels, model):
@@ -138,7 +155,7 @@ def _check_shape(name, shape, channels, model):
     )
 
 
-def _check_values(name, images, model, where):
+def _check_values(name, images, caller, where):
     dtype = keras.backend.standardize_dtype(images.dtype)
     if dtype == "uint8" or 0 in images.shape:
         return
@@ -153,8 +170,9 @@ def _check_values(name, images, model, where):
             else f"{count} of {values.size} values are NaN or infinite"
         )
         raise ValueError(
-            f"{model} cannot be trained on non-finite images: in {source}, "
-            f"{what}. Check how the images are loaded and preprocessed."
+            f"{caller.model} cannot {caller.action} non-finite images: in "
+            f"{source}, {what}. Check how the images are loaded and "
+            "preprocessed."
         )
     if low < 0 or high > 1:
         fix = (
@@ -163,8 +181,8 @@ def _check_values(name, images, model, where):
             else "Rescale them to [0, 1]."
         )
         raise ValueError(
-            f"{model} takes uint8 images in [0, 255] or float images in "
-            f"[0, 1]. Received: {source} with dtype={dtype}, min={low}, "
+            f"{caller.model} takes uint8 images in [0, 255] or float images "
+            f"in [0, 1]. Received: {source} with dtype={dtype}, min={low}, "
             f"max={high}. {fix}"
         )
 
@@ -175,7 +193,7 @@ def _is_tf_dataset(x):
     )
 
 
-def _check_tf_dataset(x, channels, model):
+def _check_tf_dataset(x, channels, caller):
     import tensorflow as tf
 
     if not isinstance(x, tf.data.Dataset):
@@ -183,16 +201,16 @@ def _check_tf_dataset(x, channels, model):
         return
     if int(x.cardinality()) == 0:
         raise ValueError(
-            f"{model} cannot be trained on an empty dataset: `x` (a "
-            "tf.data.Dataset) has no batches."
+            f"{caller.model} cannot {caller.action} an empty dataset: "
+            f"`{caller.name}` (a tf.data.Dataset) has no batches."
         )
     specs = [
         (name, spec)
-        for name, spec in _images(_features(x.element_spec))
+        for name, spec in _images(_features(x.element_spec), caller.name)
         if isinstance(spec, tf.TensorSpec) and spec.shape.rank is not None
     ]
     for name, spec in specs:
-        _check_shape(name, tuple(spec.shape), channels, model)
+        _check_shape(name, tuple(spec.shape), channels, caller.model)
     static = all(
         spec.dtype == tf.uint8 and spec.shape[-1] is not None
         for _, spec in specs
@@ -201,4 +219,4 @@ def _check_tf_dataset(x, channels, model):
         return
     # Float images: their range and finiteness need one batch.
     for batch in x.take(1):
-        _check_batch(_features(batch), channels, model, where="first batch")
+        _check_batch(_features(batch), channels, caller, where="first batch")

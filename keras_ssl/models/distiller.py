@@ -3,12 +3,32 @@
 import keras
 from keras import ops
 
+from keras_ssl._checks import check_in_range
 from keras_ssl._checks import check_positive
 from keras_ssl.losses.distillation import distillation
 from keras_ssl.models._compiled import compiled_call
 from keras_ssl.models.image_utils import to_float_images
 from keras_ssl.models.image_utils import unpack_batch
 from keras_ssl.models.ssl_model import SSLModel
+
+
+def _check_separate(teacher, student):
+    """The student shares no weight with the teacher: training it would
+    move the fixed teacher (or leave the shared weights frozen)."""
+    if teacher is student:
+        raise ValueError(
+            "`teacher` and `student` must be two models: the student learns "
+            "from a fixed teacher. Received: the same model "
+            f"{teacher.name!r} as both"
+        )
+    teacher_ids = {id(v) for v in teacher.weights}
+    shared = [v.path for v in student.weights if id(v) in teacher_ids]
+    if shared:
+        raise ValueError(
+            "`student` must not share weights with `teacher`: give it its "
+            f"own encoder. Received: {len(shared)} shared weights, e.g. "
+            f"{shared[0]}"
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -46,10 +66,7 @@ class Distiller(SSLModel):
 
     def __init__(self, teacher, student, temperature=1.0, alpha=1.0, **kwargs):
         check_positive("temperature", temperature)
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(
-                f"`alpha` must be in [0, 1]. Received: alpha={alpha}"
-            )
+        check_in_range("alpha", alpha, 0, 1)
         for name, model in (("teacher", teacher), ("student", student)):
             if not hasattr(model, "classify"):
                 raise ValueError(
@@ -62,6 +79,7 @@ class Distiller(SSLModel):
                 f"Received: teacher.num_classes={teacher.num_classes}, "
                 f"student.num_classes={student.num_classes}"
             )
+        _check_separate(teacher, student)
         super().__init__(**kwargs)
         # The teacher is frozen for distillation only: its variables are
         # left out of the distiller's trainable ones, and the teacher keeps

@@ -209,13 +209,29 @@ class FineTuner(RecompileOnLoad, keras.Model):
                 self.classifier.trainable_weights, weight_decay=False
             )
 
+    def _checked(self, x, method, action="run on", name="x"):
+        """`x` after the checks of `fit`'s images (see `check_fit_input`)."""
+        channels = self.network.input.shape[-1] or 3
+        model = type(self).__name__
+        if method != "fit":
+            model = f"{model}.{method}"
+        return check_fit_input(x, channels, model, action, name)
+
     def fit(self, x=None, *args, **kwargs):
         """`keras.Model.fit`, after checking the images in `x` (uint8 in
         [0, 255] or float in [0, 1], channels last; arrays in full,
         streams on their first batch)."""
-        channels = self.network.input.shape[-1] or 3
-        x = check_fit_input(x, channels, model=type(self).__name__)
+        x = self._checked(x, "fit", action="be trained on")
         return super().fit(x, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        """`keras.Model.predict`, after the checks of `fit`'s images."""
+        return super().predict(self._checked(x, "predict"), *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        """`keras.Model.evaluate`, after the checks of `fit`'s images."""
+        x = self._checked(x, "evaluate")
+        return super().evaluate(x, *args, **kwargs)
 
     def fit_linear_head(self, images, labels, l2=1.0, batch_size=256):
         """Sets the classifier to a logistic regression on frozen features.
@@ -246,6 +262,12 @@ class FineTuner(RecompileOnLoad, keras.Model):
         """
         import numpy as np
 
+        from keras_ssl.data._checks import as_int32_labels
+
+        images = self._checked(images, "fit_linear_head", "fit", "images")
+        labels = as_int32_labels(
+            labels, len(images), self.num_classes, name="labels"
+        )
         features = np.concatenate(
             [
                 keras.ops.convert_to_numpy(
@@ -255,7 +277,7 @@ class FineTuner(RecompileOnLoad, keras.Model):
             ]
         ).astype("float64")
         kernel, bias, accuracy = logistic_regression(
-            features, np.asarray(labels), self.num_classes, l2=l2
+            features, labels, self.num_classes, l2=l2
         )
         self.classifier.kernel.assign(kernel.astype("float32"))
         self.classifier.bias.assign(bias.astype("float32"))

@@ -1,10 +1,15 @@
 """`LARS`: layer-wise adaptive rate scaling with SimCLR's coupled decay."""
 
 import math
+import numbers
 import re
 
 import keras
 from keras import ops
+
+from keras_ssl._checks import check_in_range
+from keras_ssl._checks import check_non_negative
+from keras_ssl._checks import check_positive
 
 
 def _as_patterns(value, name):
@@ -13,7 +18,13 @@ def _as_patterns(value, name):
         return None
     if isinstance(value, str):
         value = [value]
-    patterns = list(value)
+    try:
+        patterns = list(value)
+    except TypeError:
+        raise ValueError(
+            f"`{name}` must be a list of regex strings or None. "
+            f"Received: {name}={value!r}"
+        ) from None
     for pattern in patterns:
         if not isinstance(pattern, str):
             raise ValueError(
@@ -162,24 +173,13 @@ class LARS(keras.optimizers.Optimizer):
         exclude_rank_1=True,
         **kwargs,
     ):
-        if isinstance(learning_rate, (int, float)) and not learning_rate > 0:
-            raise ValueError(
-                "`learning_rate` must be > 0. "
-                f"Received: learning_rate={learning_rate}"
-            )
-        if not 0 <= momentum < 1:
-            raise ValueError(
-                f"`momentum` must be in [0, 1). Received: momentum={momentum}"
-            )
+        if isinstance(learning_rate, numbers.Real):
+            check_positive("learning_rate", learning_rate)
+        check_in_range("momentum", momentum, 0, 1, include_high=False)
         if weight_decay is None:
             weight_decay = 0.0
-        if not weight_decay >= 0:
-            raise ValueError(
-                "`weight_decay` must be >= 0. "
-                f"Received: weight_decay={weight_decay}"
-            )
-        if not eeta > 0:
-            raise ValueError(f"`eeta` must be > 0. Received: eeta={eeta}")
+        check_non_negative("weight_decay", weight_decay)
+        check_positive("eeta", eeta)
         # The base class's `weight_decay` is Keras's decoupled decay
         # (w -= lr * wd * w after the step). SimCLR's decay is coupled: it
         # enters the gradient before the trust ratio, so the base class must

@@ -7,6 +7,7 @@ Nothing here imports Keras or TensorFlow: a command line is parsed, and
 import argparse
 import dataclasses
 import inspect
+import math
 import numbers
 import re
 import types
@@ -315,10 +316,12 @@ def check(name, value, rule):
 
 def _check_real(value, rule):
     real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    # NaN and infinities fail every rule (inf compares as > 0).
+    real = real and -math.inf < value < math.inf
     if rule in (">0", ">=0"):
         requirement = rule.replace(">", "> ").replace("> =", ">= ")
         ok = real and (value > 0 if rule == ">0" else value >= 0)
-        return ok and value == value, requirement
+        return ok, requirement + " and finite"
     match = _INTERVAL.fullmatch(rule)
     if not match:
         raise ValueError(f"Unknown rule {rule!r}")

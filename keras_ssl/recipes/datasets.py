@@ -176,7 +176,13 @@ def _images(images, image_size, name):
         parts = list(folder.as_numpy_iterator())
         x = np.concatenate([p[0] for p in parts])
         return x, np.concatenate([p[1] for p in parts]).astype("int32")
-    return ssl_data.prepare_images(images, image_size, name=name), None
+    images = ssl_data.prepare_images(images, image_size, name=name)
+    if not len(images):
+        raise ValueError(
+            f"`{name}` must hold at least one image. Received: "
+            f"{name}.shape={images.shape}"
+        )
+    return images, None
 
 
 def _labels(y, count, name):
@@ -197,14 +203,48 @@ def _check_ids(y, name):
         )
 
 
+def _listed(ids, most=5):
+    shown = ", ".join(str(i) for i in ids[:most])
+    return f"[{shown}{', ...' if len(ids) > most else ''}]"
+
+
+def _check_classes(labeled_y, y_test):
+    """The class count: labeled images of at least two classes numbered
+    from 0 without a gap, and no test class without a labeled image."""
+    classes = np.unique(labeled_y)
+    num_classes = int(classes[-1]) + 1
+    missing = np.setdiff1d(np.arange(num_classes), classes)
+    if len(missing):
+        raise ValueError(
+            "`y` must number the classes 0, 1, ..., K-1 with at least one "
+            "labeled image of each. Received: a largest label of "
+            f"{num_classes - 1} in y, and {len(missing)} classes below it "
+            f"without a labeled image: {_listed(missing)}"
+        )
+    if num_classes < 2:
+        raise ValueError(
+            "`y` must hold at least 2 classes among the labeled images. "
+            f"Received: only class {classes.tolist()}"
+        )
+    unseen = np.setdiff1d(y_test, classes)
+    if len(unseen):
+        raise ValueError(
+            "`y_test` must hold only classes that have labeled images in "
+            f"`y` (0 to {num_classes - 1}). Received: y_test with class "
+            f"ids {_listed(unseen)}"
+        )
+    return num_classes
+
+
 def _indices(labeled_indices, count):
     indices = np.asarray(labeled_indices)
     ok = indices.ndim == 1 and len(indices) > 0
     ok = ok and np.issubdtype(indices.dtype, np.integer)
     if not ok or indices.min() < 0 or indices.max() >= count:
         raise ValueError(
-            f"`labeled_indices` must be positions in `x` (ints in [0, "
-            f"{count})). Received: labeled_indices={labeled_indices!r}"
+            "`labeled_indices` must be a non-empty list of positions in "
+            f"`x` (ints in [0, {count})). Received: "
+            f"labeled_indices={labeled_indices!r}"
         )
     if len(np.unique(indices)) != len(indices):
         raise ValueError(
@@ -265,11 +305,11 @@ def from_user(
         else _indices(labeled_indices, len(x))
     )
     _check_ids(y[indices], "y")
+    num_classes = _check_classes(y[indices], y_test)
     x_train, y_train = x, (y if y.min() >= 0 else None)
     if unlabeled is not None:
         pool = _images(unlabeled, image_size, "unlabeled")[0]
         x_train, y_train = np.concatenate([x, pool]), None
-    num_classes = int(max(y[indices].max(), y_test.max())) + 1
     return ArraySplits(
         x_train, y_train, x_test, y_test, num_classes, indices, y[indices]
     )

@@ -227,6 +227,15 @@ class SimCLRv2Config(RecipeConfig):
                 f"`ft_layer` must be between 0 and head_layers="
                 f"{self.head_layers}. Received: ft_layer={self.ft_layer}"
             )
+        if self.distill_alpha < 1.0 and not self.labeled_batch_size:
+            # The distiller would train on unlabeled batches only and fail
+            # there, after pretraining and fine-tuning.
+            raise ValueError(
+                "`distill_alpha` < 1 weights the labeled term of "
+                "distillation, which needs `labeled_batch_size` > 0. "
+                f"Received: distill_alpha={self.distill_alpha}, "
+                f"labeled_batch_size={self.labeled_batch_size}"
+            )
         if self.student_depth is not None:
             RecipeConfig.validate(
                 dataclasses.replace(self, depth=self.student_depth)
