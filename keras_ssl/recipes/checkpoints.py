@@ -1,13 +1,21 @@
-"""A stage's directory: fingerprint, atomic files, backups and resume.
+"""A run's directory: its lock, and each stage's fingerprint, atomic
+files, backups and resume.
 
-Every file a stage writes goes to a temporary name first and is renamed
-into place, so an interrupted write leaves the previous file whole.
+Every file a stage writes goes to a temporary name first, is flushed to
+disk and renamed into place, so an interrupted write leaves the previous
+file whole. One run at a time holds `output_dir` (`RunLock`).
 """
 
+import errno
 import inspect
 import json
 import os
+import re
+import shlex
 import shutil
+import socket
+import sys
+import time
 import warnings
 
 import keras
@@ -29,17 +37,116 @@ class NonFiniteError(RuntimeError):
     """Training produced a non-finite loss or weight."""
 
 
+class RunLockedError(ValueError):
+    """Another live run holds the output directory."""
+
+
+TEMPORARY = ".tmp"
+
+
 def atomic_write(path, write):
-    """Calls `write(temporary_path)`, then renames the file to `path`."""
+    """Calls `write(temporary_path)`, flushes the file to disk, then renames
+    it to `path`.
+
+    A write that fails raises an `OSError` naming `path` (with the
+    original error's errno) and leaves the previous file whole; an HDF5
+    file the failed write left open is closed first, so that nothing is
+    flushed to the full disk when the interpreter exits (h5py crashed the
+    process there with a segmentation fault).
+    """
     folder, base = os.path.split(path)
     # The temporary name keeps `base` as its ending: Keras checks it.
-    temporary = os.path.join(folder, f".tmp{os.getpid()}-{base}")
+    temporary = os.path.join(folder, f"{TEMPORARY}{os.getpid()}-{base}")
     try:
         write(temporary)
+        _fsync(temporary)
         os.replace(temporary, path)
+        _fsync(folder or ".")
+    except OSError as error:
+        raise _write_error(path, error) from error
     finally:
         if os.path.exists(temporary):
+            _close_hdf5(temporary)
             _remove(temporary)
+
+
+def _write_error(path, error):
+    """An `OSError` that names `path`, with `error`'s errno."""
+    code = error.errno
+    what = os.strerror(code) if code else str(error)
+    return OSError(
+        code,
+        f"{path} could not be written ({what}); the previous file, if "
+        "any, is unchanged",
+    )
+
+
+def _fsync(path):
+    """Flushes the file or folder at `path` to disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _close_hdf5(path):
+    """Closes every HDF5 file this process holds open at `path`.
+
+    Keras's `save_weights` leaves its file open when a write fails; h5py
+    would close it when the interpreter exits, flushing to the full disk
+    again, and that failure in its finaliser crashed the process (exit
+    status 139) after the error was reported. Closing it now may fail the
+    same way: that error is dropped (the file is removed).
+    """
+    import h5py
+
+    target = os.path.realpath(path)
+    for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+        try:
+            name = os.fsdecode(file_id.name)
+            if os.path.realpath(name) == target:
+                h5py.File(file_id).close()
+        except Exception:  # noqa: BLE001 (the disk may still be full)
+            pass
+
+
+def _check_space(model, path):
+    """Raises the `OSError` of a full disk (or of the process's file size
+    limit) when `model`'s weights and optimizer state cannot fit at `path`.
+
+    HDF5 (1.14.6, h5py 3.14) crashes the process with a segmentation
+    fault when it cannot flush a file as it closes it, so a write is not
+    started where it cannot end; a disk filled by another process during
+    the write can still fail it (see `_close_hdf5`).
+    """
+    import resource
+
+    variables = list(model.weights)
+    if getattr(model, "optimizer", None) is not None:
+        variables += list(model.optimizer.variables)
+    size = 1 << 20
+    for variable in variables:
+        bits = int(re.sub(r"\D", "", str(variable.dtype)) or 64)
+        size += 4096 + int(np.prod(variable.shape)) * max(1, bits // 8)
+    stats = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    if size > stats.f_bavail * stats.f_frsize:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY and size > limit:
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+
+
+def _write_weights(model, path):
+    """`model.save_weights(path)` where there is room for it, flushed to
+    disk; an HDF5 file left open by a failed write is closed."""
+    _check_space(model, path)
+    try:
+        model.save_weights(path)
+    except BaseException:
+        _close_hdf5(path)
+        raise
+    _fsync(path)
 
 
 def write_json(path, value):
@@ -64,8 +171,9 @@ def read_json(path):
 
 
 def save_weights(model, path):
-    """`model.save_weights(path)`, atomically."""
-    atomic_write(path, model.save_weights)
+    """`model.save_weights(path)`, atomically (see `atomic_write`), once
+    there is room for it."""
+    atomic_write(path, lambda temporary: _write_weights(model, temporary))
 
 
 def _remove(path):
@@ -85,42 +193,137 @@ def check_finite(model, where):
             )
 
 
-def prepare(stage_dir, fingerprint, overwrite, advice=None):
+def prepare(stage_dir, fingerprint, overwrite, advice=None, on_delete=None):
     """Checks `stage_dir` against `fingerprint` before a stage runs.
 
     Returns `"new"` (nothing saved: the fingerprint is written now),
     `"resume"` (same settings, unfinished) or `"finished"`. A directory
     made with other settings or data raises `StaleStageError` naming the
     differences and `advice` (by default: a new `output_dir` or
-    `overwrite`), unless `overwrite`, which empties it.
+    `overwrite`), unless `overwrite`, which empties it after calling
+    `on_delete(stage_dir, reason)` (which says what goes, and why).
+
+    A finished stage whose final weights or history cannot be read in
+    full has them set aside (`set_aside`) and resumes. It runs under the
+    run's lock (`RunLock`), so temporary files in `stage_dir` are what a
+    killed run left half-written: they are removed, and a folder that
+    held nothing else (a run killed while it wrote the first fingerprint)
+    is an unfinished new stage.
     """
     fingerprint = json.loads(json.dumps(fingerprint))
     saved_path = os.path.join(stage_dir, FINGERPRINT)
+    _remove_temporaries(stage_dir)
     if os.path.isdir(stage_dir) and os.listdir(stage_dir):
         saved = read_json(saved_path)
+        if saved == fingerprint and is_finished(stage_dir):
+            set_aside(stage_dir, damage(stage_dir))
         if saved == fingerprint:
             return "finished" if is_finished(stage_dir) else "resume"
+        damaged = saved is None and os.path.exists(saved_path)
         if not overwrite:
             raise StaleStageError(
-                _stale_message(stage_dir, saved, fingerprint, advice)
+                _stale_message(stage_dir, saved, fingerprint, advice, damaged)
             )
+        if on_delete is not None:
+            on_delete(stage_dir, _differences(saved, fingerprint, damaged))
         shutil.rmtree(stage_dir)
     os.makedirs(stage_dir, exist_ok=True)
     write_json(saved_path, fingerprint)
     return "new"
 
 
+def _remove_temporaries(stage_dir):
+    """Removes the temporary files and folders of interrupted writes in
+    `stage_dir` and its backups."""
+    for folder in (stage_dir, os.path.join(stage_dir, "backup")):
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            if name.startswith(TEMPORARY):
+                _remove(os.path.join(folder, name))
+
+
 def is_finished(stage_dir):
     """Whether `stage_dir` holds a finished stage: its final weights and
-    its history."""
+    its history (see `damage` for whether they can be read)."""
     return all(
         os.path.exists(os.path.join(stage_dir, name))
         for name in (FINAL, HISTORY)
     )
 
 
-def _stale_message(stage_dir, saved, now, advice=None):
-    if saved is None:
+def damage(stage_dir):
+    """What is wrong with a finished stage's files, as `(file, problem)`
+    pairs: the final weights must read in full and the history must be a
+    JSON object. Empty when both are whole."""
+    found = []
+    weights = os.path.join(stage_dir, FINAL)
+    problem = _unreadable(weights)
+    if problem is not None:
+        found.append((weights, problem))
+    history = os.path.join(stage_dir, HISTORY)
+    if not isinstance(read_json(history), dict):
+        found.append((history, "it is not a whole JSON object"))
+    return found
+
+
+def set_aside(stage_dir, found):
+    """Renames each damaged file of `found` (`damage`'s pairs) to
+    `damaged_<name>` beside it, with a `RuntimeWarning` naming it; the
+    stage is then unfinished and resumes from its newest readable backup,
+    if any, else from its start."""
+    for path, problem in found:
+        folder, name = os.path.split(path)
+        aside = os.path.join(folder, f"damaged_{name}")
+        _remove(aside)
+        os.replace(path, aside)
+        warnings.warn(
+            f"{path} cannot be read ({problem}); it is set aside as {aside} "
+            "and the stage is trained again from its newest readable "
+            "backup, if any, else from its start.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def stale_fields(stage_dir, fields):
+    """The fields of `stage_dir`'s saved fingerprint whose values differ
+    from `fields` (a dict of name to value, JSON-ready), as
+    `name: old then, new now` phrases; names that `fields` lacks are not
+    compared. Empty when nothing is saved."""
+    saved = read_json(os.path.join(stage_dir, FINGERPRINT))
+    if not isinstance(saved, dict):
+        return []
+    now = json.loads(json.dumps(fields))
+    old = saved.get("fields", {})
+    return [
+        f"{key}: {old[key]!r} then, {now[key]!r} now"
+        for key in sorted(set(old) & set(now))
+        if old[key] != now[key]
+    ]
+
+
+def stale_message(stage_dir, differences, advice=None):
+    """The message of a `StaleStageError` for `stage_dir`, from its
+    differences and the way out (`advice`)."""
+    advice = advice or (
+        "Use a new `output_dir`, or pass `overwrite=True` "
+        "(`--overwrite true`) to retrain it there."
+    )
+    return (
+        f"{stage_dir} holds a stage made with other settings or data "
+        f"({'; '.join(differences)}). {advice}"
+    )
+
+
+def _stale_message(stage_dir, saved, now, advice=None, damaged=False):
+    return stale_message(stage_dir, _differences(saved, now, damaged), advice)
+
+
+def _differences(saved, now, damaged=False):
+    if damaged:
+        differences = [f"its {FINGERPRINT} cannot be read"]
+    elif saved is None:
         differences = ["no record of the settings it was made with"]
     else:
         differences = []
@@ -136,14 +339,7 @@ def _stale_message(stage_dir, saved, now, advice=None):
             differences.append(
                 f"the stage it starts from ({now.get('start_stage')}) changed"
             )
-    advice = advice or (
-        "Use a new `output_dir`, or pass `overwrite=True` "
-        "(`--overwrite true`) to retrain it there."
-    )
-    return (
-        f"{stage_dir} holds a stage made with other settings or data "
-        f"({'; '.join(differences)}). {advice}"
-    )
+    return differences
 
 
 class Backups:
@@ -207,10 +403,14 @@ class Backups:
         _remove(temporary)
         os.makedirs(temporary)
         try:
-            model.save_weights(os.path.join(temporary, BACKUP_WEIGHTS))
+            _write_weights(model, os.path.join(temporary, BACKUP_WEIGHTS))
             write_json(os.path.join(temporary, HISTORY), history)
+            _fsync(temporary)
             _remove(final)
             os.replace(temporary, final)
+            _fsync(self.directory)
+        except OSError as error:
+            raise _write_error(final, error) from error
         finally:
             _remove(temporary)
         for old in self._epochs()[self.KEEP :]:
@@ -380,3 +580,126 @@ class _Offset(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         return self.stream[index + self.offset]
+
+
+LOCK = "run.lock"
+
+
+class RunLock:
+    """One run at a time in `output_dir`.
+
+    `acquire` takes an exclusive `fcntl.flock` on `output_dir/run.lock`
+    and writes its holder there (pid, host, start time, command); the OS
+    releases the lock when the process ends, however it ends. A second
+    run raises `RunLockedError` (a `ValueError`) naming the holder before
+    it reads data or touches a stage, so neither trains nor deletes
+    (`overwrite`) what the other holds. A record left by a process that
+    died on this host is taken over, with a line saying so. A record left
+    by a process on another host is taken over only when the lock is
+    free: the lock file must be on a file system whose `flock` reaches
+    every host (local disks, NFS, Lustre).
+
+    Args:
+        output_dir: str. The run's folder (made if missing).
+        name: str. The lock file's name; the workers of one multi-worker
+            run each take their own (`lock_name`).
+    """
+
+    def __init__(self, output_dir, name=LOCK):
+        self.path = os.path.join(output_dir, name)
+        self.descriptor = None
+
+    def acquire(self):
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            holder = _read_holder(descriptor)
+            os.close(descriptor)
+            if error.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise RunLockedError(
+                f"{os.path.dirname(self.path)} is in use by another run "
+                f"({describe_holder(holder)}). Wait for it to end or stop "
+                "it, or give this run another `output_dir`. Received: "
+                f"output_dir={os.path.dirname(self.path)!r}"
+            ) from None
+        try:
+            previous = _read_holder(descriptor)
+            if previous:
+                print(
+                    f"{self.path}: taking over the lock of a run that ended "
+                    f"without releasing it ({describe_holder(previous)})."
+                )
+            record = json.dumps(holder_record()).encode()
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, record, 0)
+            os.fsync(descriptor)
+        except BaseException:
+            os.close(descriptor)
+            raise
+        self.descriptor = descriptor
+        return self
+
+    def release(self):
+        """Clears the holder's record and releases the lock (the lock file
+        stays: removing it would let two runs lock two different files)."""
+        if self.descriptor is None:
+            return
+        import fcntl
+
+        descriptor, self.descriptor = self.descriptor, None
+        try:
+            os.ftruncate(descriptor, 0)
+            fcntl.flock(descriptor, fcntl.LOCK_UN)
+        finally:
+            os.close(descriptor)
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc_info):
+        self.release()
+
+
+def lock_name():
+    """`run.lock`, or under a multi-worker `TF_CONFIG` one lock per task
+    (`run-worker-1.lock`): the workers of one run share `output_dir`."""
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+    except (ValueError, AttributeError):
+        task = {}
+    if not task:
+        return LOCK
+    return f"run-{task.get('type', 'worker')}-{task.get('index', 0)}.lock"
+
+
+def holder_record():
+    """This process as a lock's holder: pid, host, start time, command."""
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": shlex.join([sys.executable, *sys.argv]),
+    }
+
+
+def _read_holder(descriptor):
+    try:
+        text = os.pread(descriptor, 1 << 16, 0)
+        return json.loads(text) if text.strip() else None
+    except (OSError, ValueError):
+        return {}
+
+
+def describe_holder(holder):
+    """A lock holder's record in words."""
+    if not holder:
+        return "its holder's record is not written yet or cannot be read"
+    return (
+        f"pid {holder.get('pid')} on {holder.get('host')}, started "
+        f"{holder.get('started')}: {holder.get('command')}"
+    )

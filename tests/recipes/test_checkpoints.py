@@ -69,8 +69,8 @@ class TestPrepare:
         stage = str(tmp_path / "s")
         assert checkpoints.prepare(stage, FINGERPRINT, False) == "new"
         assert checkpoints.prepare(stage, FINGERPRINT, False) == "resume"
-        for name in ("final.weights.h5", "history.json"):
-            (tmp_path / "s" / name).write_text("{}")
+        checkpoints.save_weights(_model(), f"{stage}/final.weights.h5")
+        checkpoints.write_json(f"{stage}/history.json", {"loss": [1.0]})
         assert checkpoints.prepare(stage, FINGERPRINT, False) == "finished"
 
     def test_changed_settings_are_refused_with_the_differences(self, tmp_path):
@@ -182,3 +182,157 @@ class TestHistoryAndNonFinite:
         )
         assert epoch == 2
         checkpoints.check_finite(restored, "restored")
+
+
+def _finished_stage(tmp_path):
+    """A stage directory with a finished tiny stage."""
+    stage = str(tmp_path / "s")
+    assert checkpoints.prepare(stage, FINGERPRINT, False) == "new"
+    _fit(_model(), stage, epochs=2)
+    return stage
+
+
+@pytest.mark.faults
+class TestDamagedFiles:
+    @pytest.mark.parametrize("overwrite", [False, True])
+    def test_truncated_final_weights_are_set_aside_and_trained_again(
+        self, tmp_path, overwrite
+    ):
+        stage = _finished_stage(tmp_path)
+        final = os.path.join(stage, "final.weights.h5")
+        head = (tmp_path / "s" / "final.weights.h5").read_bytes()[:300]
+        (tmp_path / "s" / "final.weights.h5").write_bytes(head)
+        with pytest.warns(RuntimeWarning) as caught:
+            status = checkpoints.prepare(stage, FINGERPRINT, overwrite)
+        assert status == "resume"
+        (warning,) = caught
+        assert str(warning.message).startswith(f"{final} cannot be read (")
+        aside = tmp_path / "s" / "damaged_final.weights.h5"
+        assert f"set aside as {aside} " in str(warning.message)
+        assert aside.read_bytes() == head
+        result = _fit(_model(), stage, epochs=2)
+        assert not result.reused and len(result.history["loss"]) == 2
+        assert checkpoints.damage(stage) == []
+        assert checkpoints.prepare(stage, FINGERPRINT, False) == "finished"
+
+    def test_truncated_history_is_not_accepted(self, tmp_path):
+        stage = _finished_stage(tmp_path)
+        history = tmp_path / "s" / "history.json"
+        text = history.read_text()
+        history.write_text(text[: len(text) // 2])
+        with pytest.warns(RuntimeWarning, match="history.json cannot be read"):
+            assert checkpoints.prepare(stage, FINGERPRINT, False) == "resume"
+        assert os.path.exists(os.path.join(stage, "damaged_history.json"))
+        result = _fit(_model(), stage, epochs=2)
+        assert json.loads(history.read_text()) == result.history
+
+    def test_a_killed_first_fingerprint_write_is_an_unfinished_stage(
+        self, tmp_path
+    ):
+        stage = tmp_path / "s"
+        stage.mkdir()
+        (stage / ".tmp4242-fingerprint.json").write_text('{"fields": {"ep')
+        assert checkpoints.prepare(str(stage), FINGERPRINT, False) == "new"
+        assert os.listdir(stage) == ["fingerprint.json"]
+
+    def test_a_damaged_fingerprint_is_named(self, tmp_path):
+        stage = _finished_stage(tmp_path)
+        (tmp_path / "s" / "fingerprint.json").write_text('{"fields": {')
+        with pytest.raises(
+            checkpoints.StaleStageError, match="fingerprint.json cannot be read"
+        ):
+            checkpoints.prepare(stage, FINGERPRINT, False)
+
+    def test_overwrite_says_what_it_deletes_before_deleting(self, tmp_path):
+        stage = _finished_stage(tmp_path)
+        seen = []
+
+        def on_delete(folder, differences):
+            seen.append((folder, differences, sorted(os.listdir(folder))))
+
+        changed = {"fields": {"epochs": 8, "seed": 0}, "data": {"hash": "a"}}
+        assert checkpoints.prepare(stage, changed, True, on_delete=on_delete)
+        ((folder, differences, present),) = seen
+        assert folder == stage and differences == ["epochs: 6 then, 8 now"]
+        assert "final.weights.h5" in present
+        assert os.listdir(stage) == ["fingerprint.json"]
+
+
+@pytest.mark.faults
+class TestDurableWrites:
+    def test_weights_reach_the_disk_before_they_are_renamed(
+        self, tmp_path, monkeypatch
+    ):
+        events = []
+        fsync, replace = os.fsync, os.replace
+
+        def recording_fsync(descriptor):
+            events.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+            return fsync(descriptor)
+
+        def recording_replace(source, target):
+            events.append(("replace", str(source)))
+            return replace(source, target)
+
+        monkeypatch.setattr(os, "fsync", recording_fsync)
+        monkeypatch.setattr(os, "replace", recording_replace)
+        model = _model()
+        path = str(tmp_path / "final.weights.h5")
+        checkpoints.save_weights(model, path)
+        (temporary,) = [p for e, p in events if e == "replace"]
+        assert temporary.endswith("-final.weights.h5")
+        assert events.index(("fsync", temporary)) < events.index(
+            ("replace", temporary)
+        )
+        assert events[-1] == ("fsync", str(tmp_path))
+        events.clear()
+        checkpoints.Backups(str(tmp_path / "backup")).save(model, 1, {})
+        synced = [os.path.basename(p) for e, p in events if e == "fsync"]
+        assert "backup.weights.h5" in synced and "backup" in synced
+
+    def test_a_full_disk_is_refused_before_hdf5_writes(
+        self, tmp_path, monkeypatch
+    ):
+        calls = []
+        model = _model()
+        monkeypatch.setattr(model, "save_weights", calls.append)
+        free = os.statvfs(str(tmp_path))
+        monkeypatch.setattr(
+            os,
+            "statvfs",
+            lambda path: os.statvfs_result(free[:4] + (0,) + free[5:]),
+        )
+        path = str(tmp_path / "final.weights.h5")
+        with pytest.raises(OSError) as error:
+            checkpoints.save_weights(model, path)
+        assert error.value.errno == 28
+        assert str(error.value) == (
+            f"[Errno 28] {path} could not be written (No space left on "
+            "device); the previous file, if any, is unchanged"
+        )
+        assert calls == [] and os.listdir(tmp_path) == []
+
+
+class TestRunLock:
+    def test_a_second_holder_is_refused_with_the_first_named(self, tmp_path):
+        first = checkpoints.RunLock(str(tmp_path)).acquire()
+        try:
+            with pytest.raises(checkpoints.RunLockedError) as error:
+                checkpoints.RunLock(str(tmp_path)).acquire()
+            message = str(error.value)
+            assert f"{tmp_path} is in use by another run" in message
+            assert f"pid {os.getpid()} on {os.uname().nodename}" in message
+            assert isinstance(error.value, ValueError)
+        finally:
+            first.release()
+        with checkpoints.RunLock(str(tmp_path)):
+            pass
+        assert (tmp_path / "run.lock").read_text() == ""
+
+    def test_each_worker_of_a_multi_worker_run_has_its_own_lock(
+        self, monkeypatch
+    ):
+        assert checkpoints.lock_name() == "run.lock"
+        config = '{"cluster": {}, "task": {"type": "worker", "index": 1}}'
+        monkeypatch.setenv("TF_CONFIG", config)
+        assert checkpoints.lock_name() == "run-worker-1.lock"
