@@ -5,13 +5,15 @@ For each format, writes checkpoints with the references' variable names
 with keras_ssl.pretrained and reports the max absolute difference of
 features / projections / logits against the NumPy forward pass on the
 test inputs (tiny networks, 2 images of 32x32), and the time to load a
-ResNet-50 1x checkpoint written locally.
+ResNet-50 1x checkpoint written locally. SemPPL's file is written with
+dill in SemPPL's pretraining layout (JAX arrays with a device axis of 2:
+`tests/pretrained/semppl_files.py`); `benchmarks/semppl_checkpoint.py`
+checks the reader on files written by SemPPL's own code.
 
-    PYTHONPATH=. python benchmarks/pretrained_load.py
+    PYTHONPATH=. python benchmarks/pretrained_load.py [--formats "SemPPL .pkl"]
 """
 
 import os
-import pickle
 import tempfile
 import time
 
@@ -22,6 +24,7 @@ import pytest  # noqa: E402
 
 from keras_ssl import pretrained  # noqa: E402
 from tests.pretrained import reference as ref  # noqa: E402
+from tests.pretrained import semppl_files  # noqa: E402
 from tests.pretrained import torch_files  # noqa: E402
 from tests.pretrained.test_paws_checkpoints import PAWSReference  # noqa: E402
 from tests.pretrained.test_semppl_checkpoints import SemPPLReference  # noqa: E402
@@ -69,10 +72,10 @@ def semppl(base, directory, x):
         "projection": projection,
         "prediction": r.mlp(projection, "predictor", 64, 32),
     }
-    path = os.path.join(directory, "semppl.pkl")
-    state = {"online_params": r.params, "online_state": r.state}
-    with open(path, "wb") as f:
-        pickle.dump({"experiment_state": state}, f, protocol=2)
+    # dill, SemPPL's layout: JAX arrays with a device axis (2 devices).
+    path = semppl_files.write_pretraining(
+        os.path.join(directory, "semppl.pkl"), {"online": (r.params, r.state)}
+    )
     return path, expected
 
 
@@ -98,11 +101,27 @@ READERS = {
 }
 
 
-def main():
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--formats",
+        default=",".join(CASES),
+        help=f"comma-separated, of {list(CASES)}",
+    )
+    names = parser.parse_args(argv).formats.split(",")
+    unknown = [n for n in names if n not in CASES]
+    if unknown:
+        raise ValueError(
+            f"`--formats` must name formats of {list(CASES)}. Received: "
+            f"{unknown}"
+        )
     x = ref.images(2, 32)
     print("| format | max abs diff (tiny R50, 0.25x) | R50 1x load (s) |")
     print("|---|---|---|")
-    for name, (write, reader, sk) in CASES.items():
+    for name in names:
+        write, reader, sk = CASES[name]
         with tempfile.TemporaryDirectory() as d:
             path, expected = write(16, sk, __import__("pathlib").Path(d), x)
             outputs = READERS[reader](path)(x, training=False)

@@ -116,9 +116,14 @@ def load_semppl(path, network="online"):
         head = _mlp(reader, "projector")
         if "predictor/linear" in params:
             predictor = _mlp(reader, "predictor")
-    for name in ("classifier", "linear"):
-        if name in params:
-            classifier = _linear(reader, name, "classifier")
+    if "linear" in params:
+        # A linear-evaluation file: its classifier `linear`; the backbone
+        # (the pretraining's online network) still holds that run's online
+        # classifier, which this one supersedes.
+        classifier = _linear(reader, "linear", "classifier")
+        reader.used.add("classifier")
+    elif "classifier" in params:
+        classifier = _linear(reader, "classifier", "classifier")
     reader.check_all_used()
     return PretrainedModel(
         encoder,

@@ -167,11 +167,14 @@ def test_pretraining_checkpoint(tmp_path):
 
 
 def test_linear_eval_checkpoint(tmp_path):
+    # SemPPL's evaluation takes the whole online network of the pretraining
+    # file as its backbone (heads and online classifier included) and
+    # trains a new classifier, `linear`, on its features.
     x = ref.images(2, 32)
     reference = SemPPLReference(seed=1)
-    features = reference.torso(x, 18, 0.25)
+    online = reference.online(x, depth=18)
     backbone = (dict(reference.params), reference.state)
-    logits = reference.linear(features, "linear", 5)
+    logits = reference.linear(online["features"], "linear", 5)
     path = semppl_files.write_linear_eval(
         tmp_path / "linear-eval.pkl", backbone, reference.params["linear"]
     )
@@ -179,7 +182,7 @@ def test_linear_eval_checkpoint(tmp_path):
     assert b"_create_array" in raw and b"_create_namedtuple" in raw
     model = load_semppl(path)
     assert model.encoder.depth == 18
-    check(model, x, {"features": features, "logits": logits})
+    check(model, x, {**online, "logits": logits})
     with pytest.raises(ValueError, match="no target network.*backbone_params"):
         load_semppl(path, network="target")
 
