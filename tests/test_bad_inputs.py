@@ -129,6 +129,7 @@ CONFIG_CASES = [
     _config_case("SimCLRv2", "batch_size", 2.5),
     _config_case("SimCLRv2", "epochs", -1),
     _config_case("SimCLRv2", "steps_per_epoch", 0),
+    _config_case("SimCLRv2", "steps_per_epoch", -3),
     _config_case("SimCLRv2", "seed", -1),
     _config_case("SimCLRv2", "learning_rate", 0.0),
     _config_case("SimCLRv2", "learning_rate", NAN),
@@ -136,14 +137,18 @@ CONFIG_CASES = [
     _config_case("SimCLRv2", "weight_decay", -1e-4),
     _config_case("SimCLRv2", "weight_decay", INF),
     _config_case("SimCLRv2", "finetune_learning_rate", INF),
+    _config_case("SimCLRv2", "finetune_learning_rate", -1.0),
     _config_case("SimCLRv2", "baseline_learning_rate", NAN),
     _config_case("SimCLRv2", "temperature", INF),
+    _config_case("SimCLRv2", "temperature", 0.0),
     _config_case("SimCLRv2", "width_multiplier", INF),
+    _config_case("SimCLRv2", "width_multiplier", 0),
     _config_case("SimCLRv2", "student_width_multiplier", INF),
     _config_case("SimCLRv2", "warmup_fraction", 1.5),
     _config_case("SimCLRv2", "warmup_fraction", NAN),
     _config_case("SimCLRv2", "labeled_fraction", 0.0, "labeled_fraction=0.0"),
     _config_case("SimCLRv2", "memory_momentum", 1.0),
+    _config_case("SimCLRv2", "memory_momentum", 1.5),
     _config_case("SimCLRv2", "memory_size", -1),
     _config_case("SimCLRv2", "memory_views", 3),
     _config_case("SimCLRv2", "depth", 17),
@@ -152,6 +157,7 @@ CONFIG_CASES = [
     _config_case("SimCLRv2", "sk_ratio", 1.0),
     _config_case("SimCLRv2", "image_size", 0),
     _config_case("SimCLRv2", "distill_temperature", INF),
+    _config_case("SimCLRv2", "distill_temperature", -1.0),
     _config_case("SimCLRv2", "distill_alpha", 1.5),
     Case(
         "Recipe configs",
@@ -179,6 +185,7 @@ CONFIG_CASES = [
     _config_case("PAWS", "images_per_class", 0),
     _config_case("PAWS", "me_max", "yes"),
     _config_case("PAWS", "sharpen_temperature", INF),
+    _config_case("PAWS", "sharpen_temperature", 0.0),
     _config_case("PAWS", "learning_rate", INF),
     _config_case("SemPPL", "momentum", 1.0),
     _config_case("SemPPL", "queue_multiplier", 0),
@@ -1008,3 +1015,14 @@ def test_served_model_refuses_an_empty_encoded_batch(served):
     serve = served.signatures["serve_encoded"]
     with pytest.raises(tf.errors.InvalidArgumentError, match="`encoded`"):
         serve(encoded=tf.constant([], tf.string))
+
+
+def test_the_reliability_table_is_what_the_cases_raise(load_benchmark):
+    import pathlib
+
+    table = load_benchmark("bad_inputs_table")
+    doc = pathlib.Path(__file__).resolve().parents[1] / "docs"
+    text = (doc / "reliability.md").read_text()
+    written = text.split(table.BEGIN)[1].split(table.END)[0].strip()
+    expected = table.markdown(table.results(table.load_cases()))
+    assert written == expected.strip()
