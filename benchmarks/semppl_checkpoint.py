@@ -389,9 +389,10 @@ def worker(args):
     for name in ("online_params", "online_state"):
         modules = sorted(state[name])
         heads = [m for m in modules if not m.startswith("res_net")]
+        encoder = [m for m in modules if m not in heads]
         print(
             f"pretrain.pkl {name}: {len(modules)} modules, e.g. "
-            f"{modules[0]}; heads: {', '.join(heads)}",
+            f"{encoder[1]}; heads: {', '.join(heads)}",
             flush=True,
         )
     saved = experiment._experiment_state
