@@ -45,6 +45,9 @@ def _cell(text):
     """`text` for a table cell: one line, no raw `|`, and no `<` that
     markdown would read as a tag (outside code spans)."""
     text = re.sub(r" at 0x[0-9a-f]+", "", " ".join(str(text).split()))
+    # Temporary folders differ from run to run.
+    temporary = re.escape(tempfile.gettempdir()) + r"/[\w.-]+"
+    text = re.sub(temporary, "/tmp/…", text)
     parts = text.replace("|", "\\|").split("`")
     for i in range(0, len(parts), 2):
         parts[i] = parts[i].replace("<", "&lt;")

@@ -14,6 +14,8 @@ import dataclasses
 import importlib
 import io
 import math
+import os
+import pickle
 import re
 
 import keras
@@ -860,8 +862,50 @@ def _nan_weight_model():
     return model
 
 
+def _load_file(loader, name, content=b""):
+    """A call of `keras_ssl.pretrained.<loader>` on a file `name` holding
+    `content`, in a temporary folder."""
+    import tempfile
+
+    def load():
+        from keras_ssl import pretrained
+
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, name)
+            with open(path, "wb") as f:
+                f.write(content)
+            getattr(pretrained, loader)(path)
+
+    return load
+
+
+_CUT_PICKLE = pickle.dumps({"w": np.ones(3, "float32")})[:-5]
 _FILES = "Export and files"
 EXPORT_CASES = [
+    Case(
+        _FILES,
+        "`load_pickle(path)`, an empty file",
+        _load_file("load_pickle", "empty.pkl"),
+        ("`path`", "empty.pkl", "an empty file"),
+    ),
+    Case(
+        _FILES,
+        "`load_pickle(path)`, a pickle cut short",
+        _load_file("load_pickle", "cut.pkl", _CUT_PICKLE),
+        ("`path`", "cut.pkl", f"cut at {len(_CUT_PICKLE)} bytes"),
+    ),
+    Case(
+        _FILES,
+        "`load_semppl(path)`, an empty file",
+        _load_file("load_semppl", "empty.pkl"),
+        ("`path`", "empty.pkl", "an empty file"),
+    ),
+    Case(
+        _FILES,
+        "`load_torch(path)`, an empty file",
+        _load_file("load_torch", "empty.pth.tar"),
+        ("empty.pth.tar", "zip format"),
+    ),
     Case(
         _FILES,
         "`export_saved_model(a_function, path)`",

@@ -13,6 +13,7 @@ the file names: it needs neither PyTorch, nor dill, nor JAX.
 import collections
 import io
 import operator
+import os
 import pickle
 import zipfile
 
@@ -306,9 +307,26 @@ def load_pickle(path):
 
     Returns:
         The unpickled tree.
+
+    Raises:
+        ValueError: the file is empty or ends before its pickle does.
     """
     with open(path, "rb") as f:
-        return SafeUnpickler(f).load()
+        try:
+            return SafeUnpickler(f).load()
+        except (EOFError, pickle.UnpicklingError) as error:
+            # An empty file gives EOFError, a cut one "pickle data was
+            # truncated"; a refused global keeps its own message.
+            if isinstance(error, pickle.UnpicklingError) and (
+                "truncated" not in str(error)
+            ):
+                raise
+            size = os.path.getsize(path)
+            raise ValueError(
+                "`path` must be a whole pickle file. Received: "
+                f"path={path!r}, "
+                + ("an empty file" if not size else f"cut at {size} bytes")
+            ) from None
 
 
 def load_torch(path):
