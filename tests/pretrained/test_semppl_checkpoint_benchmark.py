@@ -27,7 +27,7 @@ def test_inputs_are_checked(script, tmp_path):
 
 
 def test_compare_reads_both_layouts(script, tmp_path, capsys):
-    x = ref.images(1, 32)
+    x = ref.images(1, 16)
     online, target = SemPPLReference(seed=0), SemPPLReference(seed=1)
     expected = {f"online_{k}": v for k, v in online.online(x, 18).items()}
     expected["target_features"] = target.online(x, 18)["features"]
