@@ -185,6 +185,15 @@ def test_jax_array_form_without_jax(tmp_path):
     assert type(w) is np.ndarray and w.shape == (3, 2, 2)
     np.testing.assert_array_equal(w[2], np.eye(2))
     np.testing.assert_array_equal(loaded["rng"], [0, 3])
+    # JAX < 0.4 (SemPPL pins 0.3.25) names `device_array`'s reconstructor,
+    # with the same arguments.
+    old = path.read_bytes().replace(
+        b"jax._src.array\n_reconstruct_array\n",
+        b"jax._src.device_array\nreconstruct_device_array\n",
+    )
+    loaded = SafeUnpickler(io.BytesIO(old)).load()
+    w = loaded["experiment_state"]["online_params"]["m"]["w"]
+    np.testing.assert_array_equal(w, np.broadcast_to(np.eye(2), (3, 2, 2)))
 
 
 @pytest.mark.parametrize(
