@@ -62,10 +62,13 @@ def load_semppl(path, network="online"):
             holds one network (`"online"`). Defaults to `"online"`.
 
     Returns:
-        A `keras_ssl.pretrained.PretrainedModel` with `"projection"` and
-        `"prediction"` outputs (pretraining checkpoints; `"logits"` too
-        where the online classifier was saved) or `"logits"`
-        (linear-evaluation checkpoints).
+        A `keras_ssl.pretrained.PretrainedModel` with `"features"`, and
+        `"projection"` and `"prediction"` where the network has BYOL's
+        projector and predictor, and `"logits"`: from the linear
+        evaluation's classifier (`linear`) in a linear-evaluation
+        checkpoint, else from the online classifier (`classifier`) where
+        it was saved. (SemPPL's evaluation keeps the whole online network
+        as its backbone, so a linear-evaluation file has the heads too.)
 
     References:
         - [Bošnjak et al., 2023](https://arxiv.org/abs/2301.05158) (SemPPL).
