@@ -552,6 +552,19 @@ def _distiller(same=False, shared=False, classes=3, **kwargs):
     return make
 
 
+def _distiller_fit(**kwargs):
+    def fit():
+        distiller = _distiller(**kwargs)()
+        distiller.compile(optimizer="sgd")
+        try:
+            distiller.fit(_images(), epochs=1, verbose=0)
+        finally:
+            # Refused before the first step.
+            assert int(distiller.optimizer.iterations) == 0
+
+    return fit
+
+
 def _fine_tuner_args(**kwargs):
     from keras_ssl.models import FineTuner
 
@@ -683,6 +696,12 @@ MODEL_CASES = [
         "`Distiller(teacher, student, alpha=nan)`",
         _distiller(alpha=NAN),
         ("alpha=nan",),
+    ),
+    Case(
+        _MODELS,
+        "`Distiller(teacher, student, alpha=0.5).fit(x)`, x without labels",
+        _distiller_fit(alpha=0.5),
+        ("alpha=0.5", "labels=None"),
     ),
     Case(
         _MODELS,
