@@ -933,6 +933,13 @@ EXPORT_CASES = [
     ),
     Case(
         _FILES,
+        "`export_saved_model(model, path)`, a model never built, without "
+        "`image_size`",
+        _export(lambda: keras.Sequential([keras.layers.Dense(2)], name="mlp")),
+        ("`model`", "model='mlp'"),
+    ),
+    Case(
+        _FILES,
         "`export_saved_model(a_model_with_a_nan_weight, path)`",
         _export(_nan_weight_model),
         ("non-finite weights", "classifier/kernel"),
