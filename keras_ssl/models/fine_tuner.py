@@ -7,6 +7,7 @@ from keras_ssl.models._compile import RecompileOnLoad
 from keras_ssl.models._compiled import compiled_call
 from keras_ssl.models._input_checks import check_fit_input
 from keras_ssl.models.image_utils import to_float_images
+from keras_ssl.models.ssl_model import SavesRandomState
 from keras_ssl.optimizers.lars import LARS
 
 
@@ -97,7 +98,7 @@ def logistic_regression(features, labels, num_classes, l2=1.0):
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class FineTuner(RecompileOnLoad, keras.Model):
+class FineTuner(SavesRandomState, RecompileOnLoad, keras.Model):
     """A classifier fine-tuned from a pretrained encoder (SimCLRv2 §2).
 
     The task network is the encoder, then the first `ft_layer` layers of
@@ -106,7 +107,8 @@ class FineTuner(RecompileOnLoad, keras.Model):
     (SimCLRv2 §3.1: "Only random crop and horizontal flips of training
     images are applied during fine-tuning and distillation"); inference
     resizes or centre-crops. Images may be uint8 in [0, 255] or float in
-    [0, 1].
+    [0, 1]. The crop's random-generator state is saved with the weights,
+    so a resumed fine-tuning draws the crops an uninterrupted one draws.
 
     SimCLRv2 fine-tunes from the first head layer with 1% and 10% labels
     and from the head's input (`ft_layer=0`) with 100%, without weight

@@ -7,7 +7,41 @@ from keras_ssl.models._compile import RecompileOnLoad
 from keras_ssl.models._input_checks import check_fit_input
 
 
-class SSLModel(RecompileOnLoad, keras.Model):
+class SavesRandomState:
+    """A model mixin that saves its random generators' states with its
+    weights.
+
+    Keras leaves `SeedGenerator` states out of saved weights. They are
+    saved here, so that a run resumed from a checkpoint draws the same
+    augmentations (views, crops, sampled supports) as one that was never
+    interrupted. A file saved without them loads as before.
+    """
+
+    _RANDOM_STATE = "random_state_"
+
+    def _random_states(self):
+        return [
+            v for v in self.variables if v.path.endswith("seed_generator_state")
+        ]
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        for i, state in enumerate(self._random_states()):
+            store[f"{self._RANDOM_STATE}{i}"] = state
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        own = {
+            k: store[k] for k in keys if not k.startswith(self._RANDOM_STATE)
+        }
+        super().load_own_variables(own)
+        for i, state in enumerate(self._random_states()):
+            key = f"{self._RANDOM_STATE}{i}"
+            if key in keys:
+                state.assign(store[key])
+
+
+class SSLModel(SavesRandomState, RecompileOnLoad, keras.Model):
     """Base class: the method's math in one place, the step around it.
 
     A subclass implements `compute_ssl_loss(data, training)`, which returns
@@ -154,32 +188,6 @@ class SSLModel(RecompileOnLoad, keras.Model):
             scope.get_current_value(v) for v in self.metrics_variables
         ]
         return results, new_values
-
-    # Keras leaves `SeedGenerator` states out of saved weights. They are
-    # saved here so that a run resumed from a checkpoint draws the same
-    # augmentations as one that was never interrupted.
-    _RANDOM_STATE = "random_state_"
-
-    def _random_states(self):
-        return [
-            v for v in self.variables if v.path.endswith("seed_generator_state")
-        ]
-
-    def save_own_variables(self, store):
-        super().save_own_variables(store)
-        for i, state in enumerate(self._random_states()):
-            store[f"{self._RANDOM_STATE}{i}"] = state
-
-    def load_own_variables(self, store):
-        keys = list(store.keys())
-        own = {
-            k: store[k] for k in keys if not k.startswith(self._RANDOM_STATE)
-        }
-        super().load_own_variables(own)
-        for i, state in enumerate(self._random_states()):
-            key = f"{self._RANDOM_STATE}{i}"
-            if key in keys:
-                state.assign(store[key])
 
     def update_trackers(self, logs):
         """Updates the trackers named in `logs`; returns their results.

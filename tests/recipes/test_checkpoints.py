@@ -336,3 +336,45 @@ class TestRunLock:
         config = '{"cluster": {}, "task": {"type": "worker", "index": 1}}'
         monkeypatch.setenv("TF_CONFIG", config)
         assert checkpoints.lock_name() == "run-worker-1.lock"
+
+
+@pytest.mark.faults
+def test_a_backup_restores_fine_tunings_crop_generator(tmp_path):
+    """`FineTuner`'s crops come from a seed generator that Keras leaves out
+    of saved weights; the backup keeps it, so a resumed fine-tuning draws
+    the crops an uninterrupted one draws."""
+    from keras_ssl.models import FineTuner
+
+    def fine_tuner():
+        images = keras.Input((8, 8, 3))
+        features = keras.layers.Conv2D(4, 3)(images)
+        features = keras.layers.GlobalAveragePooling2D()(features)
+        encoder = keras.Model(images, features)
+        model = FineTuner(encoder, num_classes=3, crop_scale=(0.3, 1.0), seed=0)
+        model.compile(optimizer=keras.optimizers.SGD(0.1))
+        return model
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (16, 8, 8, 3)).astype("uint8")
+    y = rng.integers(0, 3, 16).astype("int32")
+    trained = fine_tuner()
+    trained.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    backups = checkpoints.Backups(str(tmp_path))
+    backups.save(trained, 1, {"loss": [1.0]})
+    resumed = fine_tuner()
+    resumed.optimizer.build(resumed.trainable_variables)
+    assert backups.restore(resumed)[0] == 1
+    states = [
+        (a, b)
+        for a, b in zip(trained.variables, resumed.variables)
+        if a.path.endswith("seed_generator_state")
+    ]
+    assert states
+    for a, b in states:
+        np.testing.assert_array_equal(np.array(a), np.array(b), a.path)
+    # The next crops are the same.
+    images = keras.ops.convert_to_tensor(x[:4].astype("float32") / 255)
+    np.testing.assert_array_equal(
+        np.array(trained.augment(images, training=True)),
+        np.array(resumed.augment(images, training=True)),
+    )
