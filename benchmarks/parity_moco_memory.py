@@ -49,7 +49,10 @@ Two modes (`--mode`):
   (image ids fed, as the recipes do) and `ours_off`. It prints loss
   curves, the memory's intermediate quantities at a few steps, and the
   k-NN accuracy (k = 200, tau = 0.1, cosine, weighted votes) of the
-  encoder output at the end.
+  encoder output at the end. `--run-image-size 16` averages the images
+  down to 16 px (a quarter of the convolutions' cost). Each process
+  draws every step's views itself from the seed (`StepViews`); the
+  parent checks their checksums.
 
 Prints the command, the machine and markdown tables.
 """
@@ -149,6 +152,13 @@ def parse_args(argv=None):
     parser.add_argument("--data-dir", default="../shared/datasets/cifar10")
     parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--test-images", type=int, default=2000)
+    parser.add_argument(
+        "--run-image-size",
+        type=int,
+        choices=(8, 16, 32),
+        default=32,
+        help="CIFAR-10 at 32 px, or averaged down to 16 or 8 px",
+    )
     parser.add_argument("--run-batch", type=int, default=256)
     parser.add_argument("--run-steps", type=int, default=200)
     parser.add_argument("--run-queue", type=int, default=4096)
@@ -892,12 +902,22 @@ def worker(args):
         return
     channel.write(json.dumps({"ready": side["info"]()}) + "\n")
     counter = 0
+    step_views = None
     for line in sys.stdin:
         request = json.loads(line)
         command = request.pop("command")
         arrays = {k: _load(v) for k, v in request.pop("arrays", {}).items()}
-        result = side[command](**request, **arrays)
         reply = {}
+        if "seed" in request:
+            # A run's step: the worker draws the step's views itself.
+            if step_views is None:
+                step_views = StepViews(load_cifar(args)[0], args.run_batch)
+            views, index = step_views.get(request.pop("seed"), request.pop("t"))
+            arrays["views"] = views
+            if request.pop("with_ids"):
+                arrays["ids"] = index.astype("int32")
+            reply["checksum"] = float(views.sum(dtype="float64"))
+        result = side[command](**request, **arrays)
         if isinstance(result, dict) and any(
             isinstance(v, np.ndarray) for v in result.values()
         ):
@@ -985,6 +1005,8 @@ class Worker:
             value = _load(reply["file"])
             os.remove(reply["file"])
             return value
+        if "checksum" in reply:
+            return dict(reply["value"], checksum=reply["checksum"])
         return reply["value"]
 
     def close(self):
@@ -1055,7 +1077,9 @@ def run_parity(args, workers):
     )
     rng = np.random.default_rng(args.seed)
     dtype = "float64" if args.dtype == "float64" else "float32"
-    checkpoints = sorted({1, args.steps})
+    checkpoints = sorted(
+        {t for t in (1, 2, 5, 10) if t < args.steps} | {1, args.steps}
+    )
     table, losses = {}, []
     for t in range(1, args.steps + 1):
         size = args.image_size
@@ -1218,7 +1242,48 @@ def load_cifar(args):
     rng = np.random.default_rng(1234)
     train = rng.permutation(len(x))[: args.images]
     test = rng.permutation(len(xt))[: args.test_images]
-    return x[train], y[train], xt[test], yt[test]
+    x, xt = x[train], xt[test]
+    factor = 32 // args.run_image_size
+    if factor > 1:
+        # Mean of each factor x factor block, rounded back to uint8.
+        def down(a):
+            n = a.shape[0]
+            a = a.reshape(n, 32 // factor, factor, 32 // factor, factor, 3)
+            return np.round(a.mean(axis=(2, 4))).astype("uint8")
+
+        x, xt = down(x), down(xt)
+    return x, y[train], xt, yt[test]
+
+
+class StepViews:
+    """Each step's batch of a run, drawn in order from the run's seed: the
+    indices of `batch` images and their two augmented views, stacked.
+
+    The parent and both workers each draw them, with the same code and
+    seed, so no step's views travel between processes; the parent checks
+    a checksum of every step's views from each worker against its own.
+    """
+
+    def __init__(self, images, batch):
+        self.images, self.batch = images, batch
+        self.seed = self.step = self.rng = None
+        self.views = self.index = None
+
+    def get(self, seed, step):
+        import numpy as np
+
+        if seed != self.seed or step < self.step:
+            self.seed, self.step = seed, -1
+            self.rng = np.random.default_rng(seed)
+        while self.step < step:
+            n = len(self.images)
+            self.index = self.rng.choice(n, self.batch, replace=False)
+            x = self.images[self.index]
+            self.views = np.concatenate(
+                [augment(x, self.rng), augment(x, self.rng)]
+            )
+            self.step += 1
+        return self.views, self.index
 
 
 def memory_probe(z, state, step, temperature, ids, own):
@@ -1286,7 +1351,7 @@ def momentum_distance(state, widths):
     return math.sqrt(diff / norm)
 
 
-def run_short(args, workers):
+def run_short(args, workers, infos):
     import numpy as np
 
     x, y, xt, yt = load_cifar(args)
@@ -1304,7 +1369,7 @@ def run_short(args, workers):
             "optimizer": "lars",
             "learning_rate": learning_rate(args, 0),
             "weight_decay": args.weight_decay,
-            "image_size": 32,
+            "image_size": args.run_image_size,
         }
         # The reference's initial weights for this seed, for every run.
         start = workers["reference"].ask(
@@ -1322,15 +1387,13 @@ def run_short(args, workers):
             if name == "ours_memory":
                 arrays["queue"] = None
             side[name].ask("init_weights", name=name, arrays=arrays)
-        rng = np.random.default_rng(seed)
+        step_views = StepViews(x, args.run_batch)
         curves = {n: [] for n in args.runs}
         probes = {n: {} for n in args.runs}
         wall = {n: 0.0 for n in args.runs}
         for t in range(args.run_steps):
-            index = rng.choice(len(x), args.run_batch, replace=False)
-            views = np.concatenate(
-                [augment(x[index], rng), augment(x[index], rng)]
-            )
+            views, index = step_views.get(seed, t)
+            checksum = float(views.sum(dtype="float64"))
             lr = learning_rate(args, t)
             for name in args.runs:
                 memory = name.endswith("memory")
@@ -1342,13 +1405,23 @@ def run_short(args, workers):
                     )
                     if memory:
                         before = side[name].ask("state", name=name)
-                kwargs = {"name": name, "lr": lr, "memory": memory}
-                arrays = {"views": views}
-                if name == "ours_memory":
-                    arrays["ids"] = index.astype("int32")
                 began = time.perf_counter()
-                out = side[name].ask("step", arrays=arrays, **kwargs)
+                out = side[name].ask(
+                    "step",
+                    name=name,
+                    lr=lr,
+                    memory=memory,
+                    seed=seed,
+                    t=t,
+                    with_ids=name == "ours_memory",
+                )
                 wall[name] += time.perf_counter() - began
+                if out["checksum"] != checksum:
+                    raise RuntimeError(
+                        f"The {name} worker drew other views at step {t} "
+                        f"(checksum {out['checksum']} vs {checksum}): its "
+                        "NumPy draws differently from the parent's."
+                    )
                 curves[name].append(out["loss"])
                 if probe:
                     after = side[name].ask("state", name=name)
@@ -1393,6 +1466,9 @@ def run_short(args, workers):
                 f"{results[name][-1]['knn']:.4f}, {wall[name]:.0f} s",
                 flush=True,
             )
+        # The tables so far, in case a long run is cut short.
+        print_runs(args, results, infos)
+        sys.stdout.flush()
     return results
 
 
@@ -1401,7 +1477,8 @@ def print_runs(args, results, infos):
 
     _print_header(infos)
     print(
-        f"CIFAR-10: {args.images} training images (k-NN bank), "
+        f"CIFAR-10 at {args.run_image_size} px: {args.images} training "
+        "images (k-NN bank), "
         f"{args.test_images} test images; convolutions {args.widths} + MoCo "
         f"v2 head, dim {args.dim}; batch {args.run_batch}, {args.run_steps} "
         f"steps, LARS {args.run_learning_rate}·B/256 (5% warm-up, cosine), "
@@ -1495,9 +1572,7 @@ def main(argv=None):
                 table, losses = run_parity(args, workers)
                 print_parity(args, table, losses, infos)
                 return table, losses
-            results = run_short(args, workers)
-            print_runs(args, results, infos)
-            return results
+            return run_short(args, workers, infos)
         finally:
             for w in workers.values():
                 w.close()

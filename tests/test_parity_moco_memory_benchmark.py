@@ -175,3 +175,21 @@ def test_views_and_schedule(script, checkout):
     assert rates[0] == rates[1] == pytest.approx(8.0)
     assert rates[2] == pytest.approx(8.0 * np.cos(np.pi / 19 / 2) ** 2)
     assert rates[-1] < 0.1
+
+
+def test_step_views_are_drawn_alike_and_in_order(script):
+    images = np.random.default_rng(0).integers(0, 256, (12, 8, 8, 3))
+    images = images.astype(np.uint8)
+    first, second = script.StepViews(images, 4), script.StepViews(images, 4)
+    views, index = first.get(seed=5, step=2)
+    for step in range(3):
+        other, other_index = second.get(seed=5, step=step)
+    np.testing.assert_array_equal(views, other)
+    np.testing.assert_array_equal(index, other_index)
+    assert views.shape == (8, 8, 8, 3) and len(set(index)) == 4
+    # Asking for an earlier step draws the seed's sequence again.
+    again, _ = first.get(seed=5, step=0)
+    np.testing.assert_array_equal(
+        again, second.__class__(images, 4).get(5, 0)[0]
+    )
+    assert not np.array_equal(first.get(seed=6, step=2)[0], views)

@@ -135,7 +135,9 @@ class SimCLRv2Config(RecipeConfig):
 
         What it trades for that: a CIFAR-stem ResNet-18 at a quarter of
         the width, 1,000 pretraining steps of batch 256 (5 epochs) at
-        the digits' rate, no MoCo memory (see `digits()`), LP-FT from the
+        the digits' rate, no MoCo memory (see `digits()`; MoCo's own
+        queue costs as much in 200-step runs at this rate: docs/parity.md,
+        "SimCLRv2's memory (MoCo)"), LP-FT from the
         encoder's output on crops of at least 80% of the image, and no
         distillation, which would cost as much as the pretraining
         (docs/benchmarks.md).
@@ -165,11 +167,14 @@ class SimCLRv2Config(RecipeConfig):
         meant for 100k-step runs. No MoCo memory: at these rates the
         network changes so much per step that even fresh keys come from
         another function, and they hurt more than they help (measured in
-        docs/benchmarks.md). Fine-tuning is LP-FT from the encoder's
-        output at §3.1's 0.005·√B on crops of at least 80% of the image:
-        on a validation split of the training images, the head's first
-        layer, higher rates and smaller crops each did worse
-        (docs/benchmarks.md).
+        docs/benchmarks.md). MoCo's own momentum encoder and queue
+        (facebookresearch/moco), which ours matches step for step, cost
+        k-NN accuracy too in 200-step runs at this rate, more than ours
+        (docs/parity.md, "SimCLRv2's memory (MoCo)"). Fine-tuning is
+        LP-FT from the encoder's output at §3.1's 0.005·√B on crops of
+        at least 80% of the image: on a validation split of the training
+        images, the head's first layer, higher rates and smaller crops
+        each did worse (docs/benchmarks.md).
         """
         config = cls(
             dataset="digits",
