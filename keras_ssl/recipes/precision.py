@@ -95,6 +95,8 @@ def describe(choice):
     """The precision line of a run and its report, from
     `PrecisionChoice.as_dict()`."""
     how = "auto" if choice["requested"] == "auto" else "as set"
+    if not choice["native"]:
+        how += ", not native here"
     return (
         f"Precision: {choice['precision']} ({how}; {choice['device']}: "
         f"{choice['reason']})."
@@ -106,7 +108,7 @@ class _Support:
     device: str
     native: tuple  # low precisions computed natively, best first
     reason: str
-    slowdown: str = "expected to be slower than float32 (not measured here)"
+    slowdown: str = "expect it to be slower than float32 (not measured here)"
 
 
 def choose_precision(requested, cpu_flags, devices):
@@ -157,7 +159,7 @@ def _support(cpu_flags, devices):
     return _cpu_support(cpu_flags)
 
 
-_UNKNOWN = "float32, since it is not known to compute faster in any other"
+_UNKNOWN = "not known to compute faster in bfloat16 or float16 than float32"
 
 
 def _gpu_support(gpus):
@@ -194,7 +196,8 @@ def _cpu_support(cpu_flags):
         "no avx512_bf16 or amx_bf16 flag: bfloat16 would be emulated, "
         + EMULATED_BF16
     )
-    return _Support("CPU", (), reason, slowdown=EMULATED_BF16)
+    slowdown = "expect it to be many times slower than float32"
+    return _Support("CPU", (), reason, slowdown=slowdown)
 
 
 def slow_precision_warning(choice, cpu_flags, devices):
@@ -205,9 +208,9 @@ def slow_precision_warning(choice, cpu_flags, devices):
     support = _support(cpu_flags, list(devices))
     auto = choose_precision("auto", cpu_flags, devices).precision
     return (
-        f"precision={choice.requested!r} is not native on this {choice.device} "
-        f"({choice.reason}): it still runs, {support.slowdown}. "
-        f"precision='auto' uses {auto} here."
+        f"precision={choice.requested!r} is not native on this "
+        f"{choice.device}: {choice.reason}. It still runs; "
+        f"{support.slowdown}. precision='auto' uses {auto} here."
     )
 
 

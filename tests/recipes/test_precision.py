@@ -101,7 +101,8 @@ def test_an_explicit_precision_runs_and_says_when_it_is_emulated(
 ):
     choice = choose_precision(requested, flags, devices)
     assert choice.precision == requested
-    assert choice.message().startswith(f"Precision: {requested} (as set; ")
+    shown = "as set; " if warned is None else "as set, not native here; "
+    assert choice.message().startswith(f"Precision: {requested} ({shown}")
     message = precision.slow_precision_warning(choice, flags, devices)
     assert choice.native == (warned is None)
     if warned is None:
