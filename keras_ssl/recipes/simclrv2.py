@@ -136,8 +136,8 @@ class SimCLRv2Config(RecipeConfig):
         What it trades for that: a CIFAR-stem ResNet-18 at a quarter of
         the width, 1,000 pretraining steps of batch 256 (5 epochs) at
         the digits' rate, no MoCo memory (see `digits()`; MoCo's own
-        queue costs as much in 200-step runs at this rate: docs/parity.md,
-        "SimCLRv2's memory (MoCo)"), LP-FT from the
+        queue costs more than ours in 200-step runs at this rate:
+        docs/parity.md, "SimCLRv2's memory (MoCo)"), LP-FT from the
         encoder's output on crops of at least 80% of the image, and no
         distillation, which would cost as much as the pretraining
         (docs/benchmarks.md).
