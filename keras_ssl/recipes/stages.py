@@ -10,6 +10,7 @@ recipe's command line answers before TensorFlow loads.
 import dataclasses
 import hashlib
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from dataclasses import field
@@ -215,7 +216,7 @@ def _run_stages(config, stages, strategy, splits, labeled, result, callbacks):
     result.data = identity
     prints = {}
     needed, loaded = _needed(stages, config)
-    _check_loadable(loaded, config)
+    _check_loadable(loaded, config, stages)
     with strategy.scope():
         for stage in needed:
             reads.names.clear()
@@ -312,13 +313,19 @@ def recipe_fit(config_cls, recipe_stages, pipeline):
             raise ValueError(
                 f"{given} need the training images `x`. Received: x=None"
             )
-        return run(
-            config,
-            recipe_stages,
-            strategy=strategy,
-            callbacks=callbacks,
-            data=user,
-        )
+        check_data_dir(config, user)
+        from keras_ssl.recipes import checkpoints
+
+        lock = checkpoints.RunLock(config.output_dir, checkpoints.lock_name())
+        with lock:
+            refuse_stale(config, recipe_stages)
+            return run(
+                config,
+                recipe_stages,
+                strategy=strategy,
+                callbacks=callbacks,
+                data=user,
+            )
 
     fit.__doc__ = _FIT_DOC.format(
         name=name,
@@ -365,7 +372,128 @@ Returns:
     `output_dir/report.json` and `report.png`) comparing every model
     with the baselines on the same test images, and with `export` the
     SavedModels `output_dir/export/<name>` for {exports}.
+
+Raises:
+    ValueError: before any data is read or model built, when another run
+        holds `output_dir` (`checkpoints.RunLockedError`, naming it), when
+        a stage there was made with other settings (`StaleStageError`)
+        or when `data_dir` does not exist.
 """
+
+
+def check_data_dir(config, data=None):
+    """Refuses a local `data_dir` that is not a folder (remote ones, such
+    as `gs://...`, are left to the data set's reader), and warns when the
+    run reads none (the digits, or the user's images)."""
+    path = config.data_dir
+    if path is None:
+        return
+    if "://" not in path and not os.path.isdir(path):
+        what = "is a file" if os.path.exists(path) else "does not exist"
+        raise ValueError(
+            f"`data_dir` is not a folder: {path} {what}. "
+            f"Received: data_dir={path!r}"
+        )
+    if data is not None or config.dataset in ("digits", "arrays"):
+        import warnings
+
+        source = "the given arrays" if data is not None else config.dataset
+        warnings.warn(
+            f"`data_dir` is not read: the run trains on {source}. "
+            f"Received: data_dir={config.data_dir!r}, "
+            f"dataset={config.dataset!r}",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def refuse_stale(config, stages):
+    """Raises before any data is read or model built when a stage of the
+    run could not be trained or reused in `output_dir`: one it starts from
+    that is not there (`_check_loadable`), or one made with other values
+    of the config fields it recorded (a `StaleStageError`, as
+    `checkpoints.prepare` raises later for the data and the rest of the
+    fingerprint). With `overwrite` a chosen stage is retrained instead. A
+    field set to `"auto"` is resolved when the run starts, and checked
+    then."""
+    from keras_ssl.recipes import checkpoints
+
+    needed, loaded = _needed(stages, config)
+    _check_loadable(loaded, config, stages)
+    fields = {}
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if item.name not in RUN_FIELDS and value != "auto":
+            fields[item.name] = value
+    for stage in needed:
+        reuse_only = stage.name in loaded
+        if not reuse_only and (config.overwrite or not stage.runs(config)):
+            continue
+        stage_dir = os.path.join(config.output_dir, stage.name)
+        differences = checkpoints.stale_fields(stage_dir, fields)
+        if differences:
+            raise checkpoints.StaleStageError(
+                checkpoints.stale_message(
+                    stage_dir, differences, _advice(stage, config, reuse_only)
+                )
+            )
+
+
+def _why_idle(stage, config):
+    """Why a stage does not train in this run, and what would train it,
+    in words."""
+    name = stage.name
+    if stage.selectable and name not in config.stages:
+        return (
+            f"is not in `stages` (received: stages={config.stages})",
+            f"add '{name}' to `stages`",
+        )
+    field = stage.epochs
+    if stage.steps and getattr(config, stage.steps) is not None:
+        field = stage.steps
+    if stage.budget(config) <= 0:
+        return (
+            f"is in `stages` but does not train: its budget is 0 "
+            f"(received: {field}={getattr(config, field)})",
+            f"give '{name}' a budget (`{field}` > 0)",
+        )
+    return "does not run with these settings", f"run '{name}'"
+
+
+def _advice(stage, config, reuse_only):
+    """The way out of a stale stage; `None` for the default one."""
+    if not reuse_only:
+        return None
+    why, remedy = _why_idle(stage, config)
+    return (
+        f"Stage '{stage.name}' {why}, so it is loaded, never retrained: "
+        f"{remedy} to retrain it."
+    )
+
+
+def _deleting(config):
+    """`checkpoints.prepare`'s `on_delete` for `overwrite`: says what goes
+    before it goes; the run's report and exports go too (they described
+    the stage deleted)."""
+
+    def on_delete(stage_dir, differences):
+        outputs = [
+            os.path.join(config.output_dir, name)
+            for name in ("report.json", "report.png", "export")
+            if os.path.exists(os.path.join(config.output_dir, name))
+        ]
+        also = f", and the last run's {', '.join(outputs)}" if outputs else ""
+        print(
+            f"overwrite=True: deleting {stage_dir} (made with other "
+            f"settings or data: {'; '.join(differences)}){also}."
+        )
+        for path in outputs:
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+
+    return on_delete
 
 
 def _needed(stages, config):
@@ -385,19 +513,31 @@ def _needed(stages, config):
     return [s for s in stages if s.name in needed], loaded
 
 
-def _check_loadable(loaded, config):
+def _check_loadable(loaded, config, stages=()):
     """Raises before any training when a stage that a chosen one starts
-    from is neither chosen nor finished in `output_dir`."""
+    from is neither chosen nor finished in `output_dir`, or its files
+    there cannot be read. `stages` say why it does not train."""
     from keras_ssl.recipes import checkpoints
 
+    stages = {stage.name: stage for stage in stages}
     for name in sorted(loaded):
         stage_dir = os.path.join(config.output_dir, name)
+        why, remedy = "is not in `stages`", f"add '{name}' to `stages`"
+        if name in stages:
+            why, remedy = _why_idle(stages[name], config)
         if not checkpoints.is_finished(stage_dir):
             raise ValueError(
-                f"A chosen stage starts from stage '{name}', which is not "
-                f"in `stages` and has not finished in {stage_dir}. Received: "
-                f"stages={config.stages}. Add '{name}' to `stages`, or set "
+                f"A chosen stage starts from stage '{name}', which {why}; "
+                f"nor has it finished in {stage_dir}. Received: "
+                f"stages={config.stages}. To train it, {remedy}, or set "
                 "`output_dir` to the run where it finished."
+            )
+        for path, problem in checkpoints.damage(stage_dir):
+            raise ValueError(
+                f"A chosen stage starts from stage '{name}', which {why}, "
+                f"so it is loaded from {stage_dir}; but {path} cannot be "
+                f"read ({problem}). To train it again, {remedy} (the "
+                "damaged file is then set aside)."
             )
 
 
@@ -424,15 +564,12 @@ def _train(stage, state, model, schedule, fingerprint, reuse_only=False):
     config = state.config
     data, epochs, steps = schedule
     stage_dir = os.path.join(config.output_dir, stage.name)
-    advice = None
-    if reuse_only:
-        advice = (
-            f"Stage '{stage.name}' is not in `stages` (received: "
-            f"stages={config.stages}), so it is loaded, never retrained: "
-            f"add '{stage.name}' to `stages` to retrain it."
-        )
     status = checkpoints.prepare(
-        stage_dir, fingerprint, config.overwrite and not reuse_only, advice
+        stage_dir,
+        fingerprint,
+        config.overwrite and not reuse_only,
+        _advice(stage, config, reuse_only),
+        on_delete=_deleting(config),
     )
     if status == "finished":
         print(

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from keras_ssl.recipes import simclrv2
+from keras_ssl.recipes import stages
 from keras_ssl.recipes.checkpoints import NonFiniteError
 from keras_ssl.recipes.checkpoints import StaleStageError
 
@@ -23,19 +24,28 @@ TINY = dict(
 )
 
 
+def _no_data(*args, **kwargs):
+    raise AssertionError("the data were loaded")
+
+
 @pytest.mark.faults
 @pytest.mark.slow
-def test_stage_is_reused_only_with_the_same_settings(tmp_path, capsys):
+def test_stage_is_reused_only_with_the_same_settings(
+    tmp_path, capsys, monkeypatch
+):
     first = simclrv2.fit(output_dir=str(tmp_path), **TINY)
     again = simclrv2.fit(output_dir=str(tmp_path), **TINY)
     assert "reusing the finished stage" in capsys.readouterr().out
     assert again.stages["pretrain"].reused
     assert again.stages["pretrain"].history == first.stages["pretrain"].history
+    # Changed settings are refused before the data are loaded.
+    monkeypatch.setattr(stages, "load_data", _no_data)
     for name, old, new in (("epochs", 1, 2), ("temperature", 0.5, 0.2)):
         with pytest.raises(StaleStageError) as error:
             simclrv2.fit(output_dir=str(tmp_path), **dict(TINY, **{name: new}))
         assert f"{name}: {old!r} then, {new!r} now" in str(error.value)
         assert "--overwrite" in str(error.value)
+    monkeypatch.undo()
     # With a labeled batch the pretraining reads labels: other labels make
     # it stale (without one it is reused, see the next test).
     with pytest.raises(StaleStageError) as error:
@@ -44,6 +54,23 @@ def test_stage_is_reused_only_with_the_same_settings(tmp_path, capsys):
         )
     assert "pretrain" in str(error.value)
     assert "then, 30 now" in str(error.value)
+    # A failed overwrite leaves no report or export of the stages it
+    # deleted; it says what it deletes first.
+    (tmp_path / "export" / "pretrainer").mkdir(parents=True)
+    assert os.path.exists(tmp_path / "report.json")
+    capsys.readouterr()
+    with pytest.raises(NonFiniteError):
+        simclrv2.fit(
+            output_dir=str(tmp_path),
+            overwrite=True,
+            **dict(TINY, epochs=2, learning_rate=1e30),
+        )
+    said = capsys.readouterr().out
+    assert f"overwrite=True: deleting {tmp_path / 'pretrain'} (made " in said
+    assert "epochs: 1 then, 2 now" in said
+    assert f"{tmp_path / 'report.json'}" in said
+    assert not os.path.exists(tmp_path / "report.json")
+    assert not os.path.exists(tmp_path / "export")
     longer = simclrv2.fit(
         output_dir=str(tmp_path), overwrite=True, **dict(TINY, epochs=2)
     )
@@ -76,7 +103,7 @@ def test_a_stage_not_chosen_is_loaded_and_pretraining_serves_any_labels(
     only_finetune = dict(tiny, stages=("finetune",))
     with pytest.raises(ValueError, match="stage 'pretrain', which is not in"):
         simclrv2.fit(output_dir=path, **only_finetune)
-    assert not os.listdir(path)
+    assert os.listdir(path) == ["run.lock"]  # empty: released
 
     seen = _ConvKernelsAtStart()
     first = simclrv2.fit(
@@ -128,3 +155,30 @@ def test_non_finite_training_stops_and_exports_nothing(tmp_path):
     assert np.all(
         [not name.startswith(".tmp") for name in os.listdir(tmp_path)]
     )
+
+
+def test_command_line_mistakes_are_refused_before_the_data(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(stages, "load_data", _no_data)
+    path = str(tmp_path / "run")
+    with pytest.raises(ValueError, match="`data_dir` is not a folder") as error:
+        simclrv2.fit(output_dir=path, data_dir="/nonexistent", **TINY)
+    assert "Received: data_dir='/nonexistent'" in str(error.value)
+    assert not os.path.exists(path)
+    with pytest.warns(UserWarning, match="`data_dir` is not read"):
+        with pytest.raises(AssertionError, match="the data were loaded"):
+            simclrv2.fit(output_dir=path, data_dir=str(tmp_path), **TINY)
+    # Distillation starts from fine-tuning, chosen but given no steps.
+    with pytest.raises(ValueError) as error:
+        simclrv2.fit(
+            output_dir=path,
+            **dict(TINY, stages=("finetune", "distill"), finetune_steps=0),
+        )
+    message = str(error.value)
+    assert "stage 'finetune', which is in `stages` but does not train" in (
+        message
+    )
+    assert "(received: finetune_steps=0)" in message
+    assert "give 'finetune' a budget (`finetune_steps` > 0)" in message
+    assert "is not in `stages`" not in message
