@@ -127,7 +127,8 @@ def _check_space(model, path):
         variables += list(model.optimizer.variables)
     size = 1 << 20
     for variable in variables:
-        bits = int(re.sub(r"\D", "", str(variable.dtype)) or 64)
+        bits = re.search(r"\d+", str(variable.dtype))  # float8_e4m3fn: 8
+        bits = int(bits.group()) if bits else 64
         size += 4096 + int(np.prod(variable.shape)) * max(1, bits // 8)
     stats = os.statvfs(os.path.dirname(os.path.abspath(path)))
     if size > stats.f_bavail * stats.f_frsize:
