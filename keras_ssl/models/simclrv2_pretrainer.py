@@ -325,8 +325,13 @@ class SimCLRv2Pretrainer(SSLModel):
         num_labeled = ops.shape(labels)[0]
         # The labeled images are the last rows of the first view.
         features = ops.stop_gradient(h[batch - num_labeled : batch])
-        # The loss and accuracy in float32 under a mixed policy too.
-        logits = ops.cast(self.probe(features), "float32")
+        # The loss and accuracy in float32 under a mixed policy too, and
+        # in float64 with the rest of a float64 model's loss.
+        logits = self.probe(features)
+        dtype = keras.backend.standardize_dtype(logits.dtype)
+        logits = ops.cast(
+            logits, "float64" if dtype == "float64" else "float32"
+        )
         loss = ops.mean(
             keras.losses.sparse_categorical_crossentropy(
                 labels, logits, from_logits=True

@@ -370,3 +370,30 @@ class TestSimCLRv2PretrainerDistributed(TestCase):
         for a, b in zip(double_ids["weights"], single_ids["weights"]):
             self.assertAllClose(a, b, atol=2e-5, rtol=1e-4)
         assert abs(single_ids["loss"] - single["loss"]) > 1e-3
+
+
+def test_a_float64_model_trains_with_its_probe(batch, monkeypatch):
+    # The probe's loss is computed in float32 under mixed precision; in a
+    # float64 model it joins the float64 NT-Xent in float64. The views are
+    # the images themselves (the augmentation layers are not under test).
+    from keras_ssl.models import simclrv2_pretrainer
+
+    monkeypatch.setattr(
+        simclrv2_pretrainer,
+        "compiled_call",
+        lambda layer, images, training=None: (images, images[:, ::-1]),
+    )
+    floatx = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        model = make_model(memory_size=0)
+        model.compile(optimizer=keras_ssl.optimizers.LARS(0.1))
+        model.train_on_batch(batch)
+        loss, logs = model.compute_ssl_loss(batch, training=False)
+    finally:
+        keras.config.set_floatx(floatx)
+    assert keras.backend.standardize_dtype(loss.dtype) == "float64"
+    assert keras.backend.standardize_dtype(logs["probe_loss"].dtype) == (
+        "float64"
+    )
+    assert np.isfinite(keras.ops.convert_to_numpy(loss))
