@@ -57,8 +57,11 @@ both` makes ours use both, for the comparison.
 run in float64 as it is: its NT-Xent builds float32 one-hot labels and
 masks (`tf.one_hot`'s default) and subtracts them from float64 logits,
 and its schedule mixes its float64 warm-up with `CosineDecay`'s float32.
-So in float64 the worker gives `objective.py` a `tf.one_hot` that makes
-floatx tensors and evaluates the schedule in float32, as ours does; the
+and its LARS multiplies its float64 momentum slots by a float32 tensor
+of the Python momentum (`tf.multiply(self.momentum, v)`). So in float64
+the worker gives `objective.py` a `tf.one_hot` that makes floatx
+tensors, evaluates the schedule in float32, as ours does, and sets the
+optimizer's `momentum` to a float64 tensor of the same value; the
 checkout itself is not modified.
 
 Prints the command, the machine, and per case a table: weight (group) ->
@@ -312,6 +315,10 @@ def _reference_start(args):
         if args.float64:
             schedule = _Float32Schedule(tf, schedule)
         optimizer = model_lib.build_optimizer(schedule)
+        if args.float64:
+            # `tf.multiply(self.momentum, v)` makes a float32 tensor of a
+            # Python float, which a float64 slot does not take.
+            optimizer.momentum = tf.constant(optimizer.momentum, floatx)
         channels = 6 if settings["mode"] == "pretrain" else 3
         # Keras 2 builds the variables on the first call.
         model(tf.zeros((2, SIZE, SIZE, channels), floatx), training=False)
@@ -331,9 +338,13 @@ def _reference_start(args):
 
     @tf.function
     def train_step(iterator):
-        features, labels = next(iterator)
-        labels = tf.one_hot(labels, NUM_CLASSES, dtype=floatx)
-        losses = strategy.run(single_step, (features, labels))
+        def replica_step(features, labels):
+            # run.py's input pipeline makes one-hot labels.
+            return single_step(
+                features, tf.one_hot(labels, NUM_CLASSES, dtype=floatx)
+            )
+
+        losses = strategy.run(replica_step, next(iterator))
         return strategy.experimental_local_results(losses)[0][1]
 
     iterator = _distributed(tf, strategy, args)
@@ -409,12 +420,25 @@ def _ours_start(args):
             state.update(
                 _ours_model(args, settings, strategy, request["prefix"])
             )
-            state["iterator"] = _distributed(tf, strategy, args)
+            state["batches"] = batches(args)
+            state["step"] = 0
             return {"parameters": state["parameters"]}
         if command == "compare":
             return {"rows": _compare(state, request["prefix"])}
-        logs = state["model"].train_function(state["iterator"])
-        return {"loss": float(keras.ops.convert_to_numpy(logs["loss"]))}
+        # Keras's own fit, one step a call, splits the global batch over
+        # the replicas as the reference's tf.data distribution does.
+        images, labels = state["batches"]
+        rows = slice(
+            state["step"] * args.batch, (state["step"] + 1) * args.batch
+        )
+        state["step"] += 1
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (images[rows], labels[rows])
+        ).batch(args.batch)
+        # keras.Model.fit: the models' own check their images have 3
+        # channels, and ours come as two views stacked on channels.
+        history = keras.Model.fit(state["model"], dataset, epochs=1, verbose=0)
+        return {"loss": float(history.history["loss"][0])}
 
     return {"ready": True}, handle
 
@@ -486,7 +510,6 @@ def _ours_model(args, settings, strategy, prefix):
             weight_decay=settings["weight_decay"],
         )
         model.compile(optimizer=optimizer)
-        model.make_train_function()
     return {
         "model": model,
         "pairs": _pairs(settings, encoder, head, classifier),
