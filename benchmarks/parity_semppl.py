@@ -1165,7 +1165,11 @@ def parity(args):
                 w.assign(value)
             if step + 1 in (1, args.steps):
                 print_rows(rows, step + 1)
-            worst = max(r[2] for r in rows if r[0] == "weight")
+            worst = max(
+                r[2]
+                for r in rows
+                if r[0] == "weight" and not is_pre_norm_bias(r[1])
+            )
             ours_parts = [
                 float(logs[k])
                 for k in (
@@ -1245,13 +1249,18 @@ def _batches(args, data, seed):
         )
 
 
-def _run_reference(reference, args, data, seed, sizes):
+def _run_reference(reference, args, data, seed, sizes, start):
     config = dict(step_config(args), seed=seed)
     reference.ask("init", config=config)
     reference.ask(
         "random_queues",
         args={"num_large": args.large_views, "size": args.queue},
     )
+
+    def embed(x):
+        return reference.ask("embed", images=x)["embedding"]
+
+    start(embed)
     curve, accuracy = [], []
     _TIMES.clear()
     for step, (u, n) in enumerate(_batches(args, data, seed)):
@@ -1269,10 +1278,6 @@ def _run_reference(reference, args, data, seed, sizes):
         accuracy.append(answer["accuracy"])
         parts = answer["parts"]
         curve.append(_loss(args, parts))
-
-    def embed(x):
-        return reference.ask("embed", images=x)["embedding"]
-
     return curve, accuracy, embed
 
 
@@ -1283,11 +1288,17 @@ def _loss(args, parts):
     return 0.3 * (parts[0] + 0.2 * parts[1]) + args.invariance_scale * parts[2]
 
 
-def _run_ours(args, data, seed, sizes):
+def _run_ours(args, data, seed, sizes, start):
     import keras
 
     keras.utils.set_random_seed(seed)
     model = build_ours(args, dict(step_config(args), seed=seed))
+
+    def embed(x):
+        x = np.asarray(x, keras.config.floatx()) / 255.0
+        return np.asarray(model.encoder.predict(x, batch_size=500, verbose=0))
+
+    start(embed)
     curve, accuracy = [], []
     _TIMES.clear()
     for u, n in _batches(args, data, seed):
@@ -1303,12 +1314,13 @@ def _run_ours(args, data, seed, sizes):
         )
         curve.append(float(logs["loss"]))
         accuracy.append(float(logs["pseudo_label_accuracy"]))
-
-    def embed(x):
-        x = np.asarray(x, keras.config.floatx()) / 255.0
-        return np.asarray(model.encoder.predict(x, batch_size=500, verbose=0))
-
     return curve, accuracy, embed
+
+
+def _knn(embed, data):
+    return knn_accuracy(
+        embed(data["x"]), data["y"], embed(data["test_x"]), data["test_y"]
+    )
 
 
 def short_runs(args):
@@ -1334,20 +1346,22 @@ def short_runs(args):
             for seed in seeds:
                 for side in sides:
                     start = time.time()
+                    at_start = []
+
+                    def knn_now(embed, at_start=at_start):
+                        at_start.append(_knn(embed, data))
+
                     if side == "reference":
-                        run = _run_reference(reference, args, data, seed, sizes)
+                        run = _run_reference(
+                            reference, args, data, seed, sizes, knn_now
+                        )
                     else:
-                        run = _run_ours(args, data, seed, sizes)
+                        run = _run_ours(args, data, seed, sizes, knn_now)
                     curve, accuracy, embed = run
                     per_step = (time.time() - _TIMES[1]) / max(
                         1, len(_TIMES) - 1
                     )
-                    knn = knn_accuracy(
-                        embed(data["x"]),
-                        data["y"],
-                        embed(data["test_x"]),
-                        data["test_y"],
-                    )
+                    knn = _knn(embed, data)
                     points = [
                         float(np.mean(curve[max(0, i - every) : i]))
                         for i in range(every, len(curve) + 1, every)
@@ -1367,7 +1381,8 @@ def short_runs(args):
                         f"of each {every} steps) "
                         + " ".join(f"{p:.3f}" for p in points)
                         + f" | pseudo-labels (last {every}) "
-                        f"{row['pseudo']:.1%} | k-NN {knn:.1%} | "
+                        f"{row['pseudo']:.1%} | k-NN {at_start[0]:.1%} -> "
+                        f"{knn:.1%} | "
                         f"{row['seconds']:.0f} s ({per_step:.2f} s per step "
                         "after the first)",
                         flush=True,
