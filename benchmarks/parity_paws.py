@@ -683,6 +683,12 @@ def main(argv=None):
             theirs = reference.ask(command="step")
             mine = ours.step()
             losses.append((step, theirs, mine))
+            print(
+                f"step {step}: loss {theirs['loss']:.8f} (reference), "
+                f"{mine['loss']:.8f} (ours)",
+                file=sys.stderr,
+                flush=True,
+            )
             if step in args.compare:
                 path = os.path.join(workdir, f"step{step}.pth.tar")
                 results[step] = ours.compare(

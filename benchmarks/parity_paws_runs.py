@@ -302,6 +302,7 @@ def reference_run(args):
         block.append(result)
         if len(block) == args.log_every:
             logs.append(_average(block, step + 1))
+            print(json.dumps(logs[-1]), file=sys.stderr, flush=True)
             block = []
     encoder.eval()
     fc, encoder.fc = encoder.fc, None
