@@ -12,6 +12,7 @@ import hashlib
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Callable
@@ -395,8 +396,6 @@ def check_data_dir(config, data=None):
             f"Received: data_dir={path!r}"
         )
     if data is not None or config.dataset in ("digits", "arrays"):
-        import warnings
-
         source = "the given arrays" if data is not None else config.dataset
         warnings.warn(
             f"`data_dir` is not read: the run trains on {source}. "
