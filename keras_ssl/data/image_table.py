@@ -14,6 +14,7 @@ import struct
 import numpy as np
 
 from keras_ssl.data._checks import check_seed
+from keras_ssl.data.tfds import prepared_tfds_builder
 
 SUBSET_FILES = {"1pct": "1percent.txt", "10pct": "10percent.txt"}
 
@@ -139,8 +140,6 @@ def list_tfds(name: str, split: str, data_dir=None) -> ImageTable:
     Returns:
         An `ImageTable` of the split's records.
     """
-    from keras_ssl.recipes.datasets import prepared_tfds_builder
-
     builder = prepared_tfds_builder(name, data_dir)
     if split not in builder.info.splits:
         raise ValueError(

@@ -1,5 +1,7 @@
 """`from_tfds()`: a TensorFlow Datasets split as uint8 images and labels."""
 
+import os
+
 from keras_ssl._checks import check_positive_int
 from keras_ssl.data._checks import check_seed
 
@@ -119,3 +121,38 @@ def from_tfds(
     if batch_size is not None:
         dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def prepared_tfds_builder(name: str, data_dir=None):
+    """The tfds builder of `name`, which must be prepared under `data_dir`.
+
+    Nothing is downloaded: without network access tfds would spend minutes
+    in retries before failing, so a data set that is not prepared fails at
+    once, naming the folder it is expected in.
+
+    Raises:
+        ValueError: `name` is not a TensorFlow Datasets name.
+        FileNotFoundError: the data set is not prepared under `data_dir`
+            (tfds's default folder when `data_dir` is `None`).
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(
+            f"Unknown TensorFlow Datasets data set. Received: {name!r}"
+        ) from None
+    if builder.is_prepared():
+        return builder
+    folder = os.fspath(builder.data_dir)
+    root = folder
+    for _ in builder.info.full_name.split("/"):
+        root = os.path.dirname(root)
+    raise FileNotFoundError(
+        f"The TensorFlow Datasets data set {name!r} is not prepared under "
+        f"{root}: expected it in {folder}. The recipes do not download "
+        "data. Prepare it where there is network access with `tfds build "
+        f"{name} --data_dir {root}` and copy the folder over, or give the "
+        "folder that holds a prepared copy as `data_dir` (`--data_dir`)."
+    )
