@@ -1,4 +1,4 @@
-"""A run's directory: its lock, and each stage's fingerprint, atomic
+"""A run's directory: its lock, and each stage's result, fingerprint, atomic
 files, backups and resume.
 
 Every file a stage writes goes to a temporary name first, is flushed to
@@ -17,11 +17,11 @@ import socket
 import sys
 import time
 import warnings
+from dataclasses import dataclass
+from dataclasses import field
 
 import keras
 import numpy as np
-
-from keras_ssl.recipes.reports import StageResult
 
 FINAL = "final.weights.h5"
 HISTORY = "history.json"
@@ -42,6 +42,29 @@ class RunLockedError(ValueError):
 
 
 TEMPORARY = ".tmp"
+
+
+@dataclass
+class StageResult:
+    """What one stage of a recipe produced.
+
+    Attributes:
+        name: str. The stage (`"pretrain"`, `"finetune"`, ...).
+        history: dict of per-epoch training metrics, all epochs.
+        metrics: dict of evaluation results after the stage.
+        weights_path: str. The stage's final weights.
+        log_dir: str. TensorBoard logs.
+        reused: bool. Whether a finished stage was loaded, not trained.
+        resumed_from: int. Epochs already done when training started.
+    """
+
+    name: str
+    history: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    weights_path: str = ""
+    log_dir: str = ""
+    reused: bool = False
+    resumed_from: int = 0
 
 
 def atomic_write(path, write):

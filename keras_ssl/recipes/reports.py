@@ -9,30 +9,8 @@ import numpy as np
 
 from keras_ssl.evaluation import KNNClassifier
 from keras_ssl.evaluation import embed
+from keras_ssl.recipes import checkpoints
 from keras_ssl.recipes.precision import describe as describe_precision
-
-
-@dataclass
-class StageResult:
-    """What one stage of a recipe produced.
-
-    Attributes:
-        name: str. The stage (`"pretrain"`, `"finetune"`, ...).
-        history: dict of per-epoch training metrics, all epochs.
-        metrics: dict of evaluation results after the stage.
-        weights_path: str. The stage's final weights.
-        log_dir: str. TensorBoard logs.
-        reused: bool. Whether a finished stage was loaded, not trained.
-        resumed_from: int. Epochs already done when training started.
-    """
-
-    name: str
-    history: dict = field(default_factory=dict)
-    metrics: dict = field(default_factory=dict)
-    weights_path: str = ""
-    log_dir: str = ""
-    reused: bool = False
-    resumed_from: int = 0
 
 
 @dataclass
@@ -244,8 +222,6 @@ def report_table(report):
 def save_report(result, stages):
     """Builds the report into `result.report`, prints its table and
     writes `output_dir/report.json` and, with matplotlib, `report.png`."""
-    from keras_ssl.recipes import checkpoints
-
     result.report = build_report(result, stages)
     folder = result.config.output_dir
     os.makedirs(folder, exist_ok=True)
@@ -276,8 +252,6 @@ def plot_report(report, path):
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
-
-    from keras_ssl.recipes import checkpoints
 
     rows = report["rows"]
     figure, axes = pyplot.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
