@@ -65,7 +65,7 @@ if keras.backend.backend() == "tensorflow":
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keras_ssl.layers import Views  # noqa: E402
-from keras_ssl.models._compiled import compiled_call  # noqa: E402
+from keras_ssl.models._compiled_call import compiled_call  # noqa: E402
 
 # --- per-image tf.image baseline (SimCLR data_util style) -----------------
 

@@ -6,7 +6,7 @@ from keras import ops
 from keras_ssl._checks import check_in_range
 from keras_ssl._checks import check_positive
 from keras_ssl.losses.distillation import distillation
-from keras_ssl.models._compiled import compiled_call
+from keras_ssl.models._compiled_call import compiled_call
 from keras_ssl.models.image_utils import to_float_images
 from keras_ssl.models.image_utils import unpack_batch
 from keras_ssl.models.ssl_model import SSLModel

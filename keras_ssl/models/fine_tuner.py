@@ -3,9 +3,9 @@
 import keras
 
 from keras_ssl.layers.projection_head import ProjectionHead
-from keras_ssl.models._compile import RecompileOnLoad
-from keras_ssl.models._compiled import compiled_call
+from keras_ssl.models._compiled_call import compiled_call
 from keras_ssl.models._input_checks import check_fit_input
+from keras_ssl.models._recompile_on_load import RecompileOnLoad
 from keras_ssl.models.image_utils import to_float_images
 from keras_ssl.models.ssl_model import SavesRandomState
 from keras_ssl.optimizers.lars import LARS

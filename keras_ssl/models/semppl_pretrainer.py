@@ -21,7 +21,7 @@ from keras_ssl.losses.semppl import pseudo_labels
 from keras_ssl.losses.semppl import sample_negative_indices
 from keras_ssl.losses.semppl import semantic_positives
 from keras_ssl.losses.semppl import semppl
-from keras_ssl.models._compiled import compiled_call
+from keras_ssl.models._compiled_call import compiled_call
 from keras_ssl.models.image_utils import to_float_images
 from keras_ssl.models.image_utils import unpack_batch
 from keras_ssl.models.momentum import clone_layer

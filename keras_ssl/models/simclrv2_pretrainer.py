@@ -12,7 +12,7 @@ from keras_ssl.layers.memory_queue import MemoryQueue
 from keras_ssl.layers.projection_head import ProjectionHead
 from keras_ssl.layers.views import Views
 from keras_ssl.losses.nt_xent import nt_xent
-from keras_ssl.models._compiled import compiled_call
+from keras_ssl.models._compiled_call import compiled_call
 from keras_ssl.models.image_utils import to_float_images
 from keras_ssl.models.image_utils import unpack_batch
 from keras_ssl.models.momentum import clone_layer

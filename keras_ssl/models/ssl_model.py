@@ -3,8 +3,8 @@
 import keras
 
 from keras_ssl import distribute
-from keras_ssl.models._compile import RecompileOnLoad
 from keras_ssl.models._input_checks import check_fit_input
+from keras_ssl.models._recompile_on_load import RecompileOnLoad
 
 
 class SavesRandomState:

@@ -7,7 +7,7 @@ from keras_ssl.layers import RandomResizedCrop
 from keras_ssl.layers import Views
 from keras_ssl.losses import nt_xent
 from keras_ssl.models import SimCLRv2Pretrainer
-from keras_ssl.models._compiled import compiled_call
+from keras_ssl.models._compiled_call import compiled_call
 from keras_ssl.testing import TestCase
 from tests.models.conftest import tiny_encoder
 
