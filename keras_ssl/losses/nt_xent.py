@@ -7,6 +7,7 @@ from keras_ssl import distribute
 from keras_ssl._checks import check_positive
 from keras_ssl.ops.math import MASKED_LOGIT
 from keras_ssl.ops.math import l2_normalize
+from keras_ssl.ops.math import loss_dtype
 
 
 def _check_shapes(z1, z2, negatives, negatives_mask) -> None:
@@ -59,13 +60,6 @@ def _check_shapes(z1, z2, negatives, negatives_mask) -> None:
         )
 
 
-def _compute_dtype(x):
-    # The softmax over thousands of candidates is done in at least float32
-    # (SimCLR computes its loss in float32 under mixed precision too).
-    dtype = keras.backend.standardize_dtype(x.dtype)
-    return "float64" if dtype == "float64" else "float32"
-
-
 def _contrastive_logits(z1, z2, temperature, negatives, negatives_mask):
     """Logits of every local anchor against every candidate, targets, and
     the positives' logits.
@@ -80,7 +74,7 @@ def _contrastive_logits(z1, z2, temperature, negatives, negatives_mask):
     out of the `(2B, 2RB + Q)` logits would cost a gradient as large as
     the logits (with a 65,536-entry memory, a scatter into 34M entries).
     """
-    dtype = _compute_dtype(z1)
+    dtype = loss_dtype(z1)
     a1 = l2_normalize(ops.cast(z1, dtype))
     a2 = l2_normalize(ops.cast(z2, dtype))
     # Gathering is differentiable (see `distribute.all_gather`), so every

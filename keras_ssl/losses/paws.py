@@ -8,6 +8,7 @@ from keras_ssl import distribute
 from keras_ssl._checks import check_positive
 from keras_ssl._checks import is_int
 from keras_ssl.ops.math import entropy
+from keras_ssl.ops.math import loss_dtype
 from keras_ssl.ops.math import sharpen
 from keras_ssl.ops.math import soft_cross_entropy
 from keras_ssl.ops.math import soft_nearest_neighbour
@@ -39,13 +40,6 @@ def _check_args(
             "`num_classes` must be None or an int >= 1. Received: "
             f"num_classes={num_classes}"
         )
-
-
-def _compute_dtype(x):
-    # Softmax over thousands of support samples and logs of probabilities:
-    # at least float32, float64 when asked for (the reference tests).
-    dtype = keras.backend.standardize_dtype(x.dtype)
-    return "float64" if dtype == "float64" else "float32"
 
 
 def _check_views(views, support):
@@ -200,7 +194,7 @@ def _paws_terms(
     target_views, target_support = _check_targets(
         target_views, target_support, views
     )
-    dtype = _compute_dtype(views[0])
+    dtype = loss_dtype(views[0])
     queries = ops.concatenate([ops.cast(v, dtype) for v in views], axis=0)
     # Every replica classifies against the global support batch; the
     # gather is differentiable, so the support embeddings of every replica

@@ -20,6 +20,7 @@ from keras_ssl._checks import check_non_negative
 from keras_ssl._checks import check_positive
 from keras_ssl.ops.math import knn_vote
 from keras_ssl.ops.math import l2_normalize
+from keras_ssl.ops.math import loss_dtype
 
 
 def _check_scales(temperature, alpha, invariance_scale, contrastive_scale):
@@ -27,12 +28,6 @@ def _check_scales(temperature, alpha, invariance_scale, contrastive_scale):
     check_non_negative("alpha", alpha)
     check_non_negative("invariance_scale", invariance_scale)
     check_non_negative("contrastive_scale", contrastive_scale)
-
-
-def _compute_dtype(x):
-    # As in NT-Xent: the softmax is done in at least float32.
-    dtype = keras.backend.standardize_dtype(x.dtype)
-    return "float64" if dtype == "float64" else "float32"
 
 
 def _as_list(x, name):
@@ -128,7 +123,7 @@ def _prepare(
             f"view. Received: {len(semantic_positives)} tensors for "
             f"{len(target_large)} large views"
         )
-    dtype = _compute_dtype(ops.convert_to_tensor(online_large[0]))
+    dtype = loss_dtype(ops.convert_to_tensor(online_large[0]))
 
     def normalized(x):
         return l2_normalize(ops.cast(ops.convert_to_tensor(x), dtype))

@@ -5,6 +5,7 @@ backend, and each is tested against a NumPy reference in
 `tests/ops/test_math.py`.
 """
 
+import keras
 from keras import ops
 
 from keras_ssl._checks import check_positive
@@ -13,6 +14,25 @@ from keras_ssl._checks import check_positive
 # empty memory slot, a support view of the query's own image): exp() of it
 # is exactly 0 in float32, and it cannot win an argmax.
 MASKED_LOGIT = -1e9
+
+
+def loss_dtype(x) -> str:
+    """The dtype a loss on `x` is computed in: `"float64"` for a float64
+    `x`, `"float32"` for every other dtype.
+
+    Softmaxes over thousands of candidates and logs of probabilities are
+    done in at least float32, also under a mixed-precision policy (SimCLR
+    computes its loss in float32 too); float64 stays float64 (the NumPy
+    reference tests).
+
+    Args:
+        x: tensor whose dtype decides.
+
+    Returns:
+        `"float64"` or `"float32"`.
+    """
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    return "float64" if dtype == "float64" else "float32"
 
 
 def l2_normalize(x, axis: int = -1, epsilon: float = 1e-12):

@@ -181,3 +181,16 @@ class TestMath(TestCase):
     def test_knn_vote_rejects_bad_k(self):
         with pytest.raises(ValueError, match="k=0"):
             ssl_ops.knn_vote(np.ones((1, 2)), np.ones((1, 2)), [0], 2, k=0)
+
+    @pytest.mark.parametrize(
+        "dtype, expected",
+        [
+            ("float16", "float32"),
+            ("bfloat16", "float32"),
+            ("float32", "float32"),
+            ("float64", "float64"),
+        ],
+    )
+    def test_loss_dtype(self, dtype, expected):
+        x = keras_ops.ones((2, 3), dtype=dtype)
+        assert ssl_ops.loss_dtype(x) == expected
