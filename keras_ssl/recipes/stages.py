@@ -912,154 +912,69 @@ def fine_tuner(run, head=None, ft_layer=0):
 
 
 def linear_head_first(run, model):
-    """LP-FT's first step (Kumar et al., 2022): unless the config turns it
-    off, the fine-tuner's classifier starts as the logistic regression
-    fitted to the frozen features of the labeled images, so fine-tuning
-    (with the BatchNorm statistics kept, see `fine_tuner`) starts at the
-    linear probe's accuracy instead of from zero."""
-    if run.config.linear_probe_first and is_streamed(run.splits):
+    """LP-FT's first step for a recipe's fine-tuning stage, unless the
+    config turns it off: `fine_tuning.linear_head_first` on the labeled
+    images, keeping the start for `interpolate_with_start` where the
+    config averages with it."""
+    from keras_ssl.models import fine_tuning  # Keras: loaded when it runs.
+
+    config = run.config
+    if not config.linear_probe_first:
+        return
+    if run.labeled is None:
         # The labeled subset is streamed, not held: its features would
         # take a pass of their own; the head starts at zero (SimCLRv2).
         print(
             f"Stage '{run.stage}': the classifier starts at zero; the "
             "linear probe's first step needs the labeled images in memory."
         )
-    elif run.config.linear_probe_first:
-        config = run.config
-        if 0 < len(run.labeled.y) < 2 * config.interpolation_folds:
-            raise ValueError(
-                f"`interpolation_folds` needs at least 2 labeled images per "
-                f"fold: {len(run.labeled.y)} labeled images. Received: "
-                f"interpolation_folds={config.interpolation_folds}"
-            )
-        model.fit_linear_head(run.labeled.x, run.labeled.y)
-        if config.finetune_interpolation < 1 or config.interpolation_folds:
-            run.start_weights[run.stage] = model.get_weights()
-
-
-def assign_interpolated(model, start, end, share):
-    """Sets every float weight to `(1 - share)·start + share·end`."""
-    import keras
-
-    for variable, first, last in zip(model.weights, start, end):
-        if not keras.backend.is_float_dtype(variable.dtype) or share == 1:
-            variable.assign(last)
-        elif share == 0:
-            variable.assign(first)
-        else:
-            variable.assign((1.0 - share) * first + share * last)
+        return
+    if 0 < len(run.labeled.y) < 2 * config.interpolation_folds:
+        raise ValueError(
+            f"`interpolation_folds` needs at least 2 labeled images per "
+            f"fold: {len(run.labeled.y)} labeled images. Received: "
+            f"interpolation_folds={config.interpolation_folds}"
+        )
+    start = fine_tuning.linear_head_first(model, run.labeled.x, run.labeled.y)
+    if config.finetune_interpolation < 1 or config.interpolation_folds:
+        run.start_weights[run.stage] = start
 
 
 def interpolate_with_start(run, model):
-    """WiSE-FT (Wortsman et al., 2022): every weight of the fine-tuned
-    model becomes `(1 - a)·start + a·fine-tuned`, the start being LP-FT's
-    (the pretrained network with the linear probe's head; BatchNorm's
-    statistics are the same in both). `a` is the config's
-    `finetune_interpolation`, or with `interpolation_folds` the share that
-    scores best in cross-validation on the labeled images
-    (`cross_validated_share`), reported as the stage's
-    `finetune_interpolation` metric. With few labels fine-tuning alone can
-    end below the probe it started from (docs/benchmarks.md). Nothing
-    happens without a linear-probe start."""
+    """WiSE-FT for a recipe's fine-tuning stage: the config's
+    `finetune_interpolation`, or with `interpolation_folds` the share
+    that cross-validation on the labeled images chooses (reported as the
+    stage's `finetune_interpolation` metric); see
+    `keras_ssl.models.fine_tuning`. Nothing happens without a
+    linear-probe start."""
+    from keras_ssl.models import fine_tuning  # Keras: loaded when it runs.
+
     start = run.start_weights.get(run.stage)
     if start is None:
         return
-    share = run.config.finetune_interpolation
-    if run.config.interpolation_folds:
-        share, scores = cross_validated_share(run, model)
-        metrics = run.result.stages[run.stage].metrics
-        metrics["finetune_interpolation"] = share
+    config = run.config
+    share = config.finetune_interpolation
+    if config.interpolation_folds:
+        share, scores = fine_tuning.cross_validated_share(
+            model,
+            run.labeled.x,
+            run.labeled.y,
+            start,
+            folds=config.interpolation_folds,
+            optimizer=lambda steps: run.current.optimizer(run, steps),
+            steps=run.total_steps,
+            batch_size=run.current.batch(run),
+            seed=config.seed,
+        )
+        run.result.stages[run.stage].metrics["finetune_interpolation"] = share
         print(
-            f"Stage '{run.stage}': {run.config.interpolation_folds}-fold "
+            f"Stage '{run.stage}': {config.interpolation_folds}-fold "
             "cross-validated accuracy of the labeled images by share of "
             "the fine-tuned weights: "
             + ", ".join(f"{a:g}: {v:.1%}" for a, v in scores.items())
             + f"; the model takes {share:g}."
         )
-    if share < 1:
-        assign_interpolated(model, start, model.get_weights(), share)
-
-
-SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def cross_validated_share(run, model):
-    """The WiSE-FT share that K-fold cross-validation on the labeled
-    images chooses (`choose_share`), and each share's accuracy.
-
-    For each fold, the model goes back to the pretrained network, its
-    head is fitted to the other folds' images (LP) and it is fine-tuned
-    on them with the stage's optimizer for the stage's epochs (its steps
-    scaled to the folds' share of the images); every share in `SHARES` is
-    then scored on the fold left out. Folds are drawn per class with the
-    config's seed. The model's fine-tuned weights and optimizer are put
-    back afterwards.
-
-    With PAWS and SemPPL the pretraining has seen the labeled images with
-    their labels, so their held-out accuracy is higher than on new
-    images; the shares are still compared on the same images.
-    """
-    from keras_ssl import data as ssl_data
-
-    config = run.config
-    x, y = run.labeled.x, np.asarray(run.labeled.y)
-    folds = config.interpolation_folds
-    fold = np.empty(len(y), "int64")
-    rng = np.random.default_rng(config.seed)
-    for label in np.unique(y):
-        where = np.flatnonzero(y == label)
-        fold[rng.permutation(where)] = np.arange(len(where)) % folds
-    pretrained = run.start_weights[run.stage]
-    trained = model.get_weights()
-    optimizer = model.optimizer
-    correct = {share: 0 for share in SHARES}
-    for k in range(folds):
-        train, held = fold != k, fold == k
-        if not held.any():
-            continue
-        model.set_weights(pretrained)
-        model.fit_linear_head(x[train], y[train])
-        start = model.get_weights()
-        batch = min(run.current.batch(run), int(train.sum()))
-        steps = max(1, round(run.total_steps * train.sum() / len(y)))
-        model.compile(optimizer=run.current.optimizer(run, steps))
-        model.fit(
-            ssl_data.from_arrays(
-                x[train],
-                y[train],
-                batch_size=batch,
-                seed=config.seed + 1 + k,
-                repeat=True,
-            ),
-            epochs=1,
-            steps_per_epoch=steps,
-            verbose=0,
-            shuffle=False,
-        )
-        end = model.get_weights()
-        for share in SHARES:
-            assign_interpolated(model, start, end, share)
-            logits = model.predict(x[held], batch_size=256, verbose=0)
-            correct[share] += int(np.sum(np.argmax(logits, -1) == y[held]))
-    model.set_weights(trained)
-    model.compile(optimizer=optimizer)
-    scores = {share: correct[share] / len(y) for share in SHARES}
-    return choose_share(scores, len(y)), scores
-
-
-def choose_share(scores, count):
-    """The one-standard-error rule (Hastie et al., The Elements of
-    Statistical Learning, §7.10): the smallest share (the nearest the
-    linear probe) whose cross-validated accuracy is within one standard
-    error, √(p(1-p)/count), of the best one's `p`.
-
-    Args:
-        scores: dict of share to cross-validated accuracy.
-        count: int. The images scored (every labeled image, once).
-    """
-    best = max(scores.values())
-    error = np.sqrt(best * (1.0 - best) / max(1, count))
-    return min(s for s, v in scores.items() if v >= best - error - 1e-12)
+    fine_tuning.interpolate_with_start(model, start, share)
 
 
 def baseline_stage(finetune_learning_rate, batch):

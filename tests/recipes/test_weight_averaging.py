@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from keras_ssl.models import FineTuner
+from keras_ssl.models import fine_tuning
 from keras_ssl.recipes import stages
 from tests.models.conftest import tiny_encoder
 
@@ -105,10 +106,26 @@ def _separable_run(folds, learning_rate):
     return run, model, optimizer
 
 
+def _cross_validated_share(run, model):
+    """`fine_tuning.cross_validated_share` with the stage's settings, as
+    the fine-tuning stage calls it."""
+    return fine_tuning.cross_validated_share(
+        model,
+        run.labeled.x,
+        run.labeled.y,
+        run.start_weights[run.stage],
+        folds=run.config.interpolation_folds,
+        optimizer=lambda steps: run.current.optimizer(run, steps),
+        steps=run.total_steps,
+        batch_size=run.current.batch(run),
+        seed=run.config.seed,
+    )
+
+
 def test_cross_validation_keeps_the_probe_when_fine_tuning_wrecks_it():
     run, model, optimizer = _separable_run(folds=3, learning_rate=1e4)
     start = run.start_weights["finetune"]
-    share, scores = stages.cross_validated_share(run, model)
+    share, scores = _cross_validated_share(run, model)
     # Every image is held out once: the scores are counts over all 24.
     assert all(round(v * 24) == v * 24 for v in scores.values())
     assert scores[0.0] == 1.0
@@ -128,7 +145,7 @@ def test_cross_validation_keeps_the_probe_when_fine_tuning_wrecks_it():
 def test_cross_validation_ties_go_to_the_smaller_share():
     # A rate too small to change any prediction: every share ties.
     run, model, _ = _separable_run(folds=2, learning_rate=1e-9)
-    share, scores = stages.cross_validated_share(run, model)
+    share, scores = _cross_validated_share(run, model)
     assert len(set(scores.values())) == 1
     assert share == 0.0
 
@@ -144,13 +161,13 @@ def test_the_share_is_the_smallest_within_one_standard_error():
     # 250 labels: one image's difference (0.4 points) is far below one
     # standard error (3 points); the probe's share is kept.
     near = {0.0: 0.668, 0.25: 0.668, 0.5: 0.672, 0.75: 0.640, 1.0: 0.624}
-    assert stages.choose_share(near, 250) == 0.0
+    assert fine_tuning.choose_share(near, 250) == 0.0
     # 4,000 labels: a gain of 2 points is over two standard errors.
     gain = {0.0: 0.50, 0.25: 0.51, 0.5: 0.515, 0.75: 0.52, 1.0: 0.50}
     error = np.sqrt(0.52 * 0.48 / 4000)
     assert 0.52 - 0.515 < error < 0.52 - 0.51
-    assert stages.choose_share(gain, 4000) == 0.5
-    assert stages.choose_share({0.0: 0.9, 1.0: 0.9}, 10) == 0.0
+    assert fine_tuning.choose_share(gain, 4000) == 0.5
+    assert fine_tuning.choose_share({0.0: 0.9, 1.0: 0.9}, 10) == 0.0
 
 
 def test_lp_ft_scales_every_step_by_its_trust_ratio():
