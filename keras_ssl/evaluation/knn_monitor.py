@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_ssl._checks import check_positive_int
+from keras_ssl.evaluation.embed import select_output
 from keras_ssl.evaluation.knn import KNNClassifier
 
 
@@ -25,22 +26,10 @@ def _check_labeled(x, y, name):
 
 
 def _select(outputs, output):
-    """`outputs[output]` of a dict (`"embedding"` unless named), else
-    `outputs`, as float32 NumPy."""
-    if isinstance(outputs, dict):
-        key = output or "embedding"
-        if key not in outputs:
-            raise ValueError(
-                "The encoder returns a dict: `output` must name one of its "
-                f"entries {sorted(outputs)}. Received: output={output!r}"
-            )
-        outputs = outputs[key]
-    elif output is not None:
-        raise ValueError(
-            "`output` names an entry of a dict output, but the encoder "
-            f"returns a tensor. Received: output={output!r}"
-        )
-    return np.asarray(keras.ops.convert_to_numpy(outputs), "float32")
+    """`select_output`, with `"embedding"` the entry of an unnamed dict."""
+    if output is None and isinstance(outputs, dict):
+        output = "embedding"
+    return select_output(outputs, output).astype("float32")
 
 
 class KNNMonitor(keras.callbacks.Callback):
