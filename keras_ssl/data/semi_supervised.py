@@ -62,16 +62,7 @@ class SemiSupervisedDataset(HostDataset):
         labeled_ids=None,
         **kwargs,
     ):
-        self.unlabeled_images = as_uint8_images(unlabeled_images, "unlabeled")
-        self.unlabeled_batch_size = check_positive_int(
-            "unlabeled_batch_size", unlabeled_batch_size
-        )
-        _check_enough(
-            len(self.unlabeled_images),
-            self.unlabeled_batch_size,
-            "unlabeled_batch_size",
-            "unlabeled",
-        )
+        self._set_unlabeled(unlabeled_images, unlabeled_batch_size)
         self.num_classes = check_num_classes(num_classes)
         self.unlabeled_labels = None
         if unlabeled_labels is not None:
@@ -82,22 +73,7 @@ class SemiSupervisedDataset(HostDataset):
                 "unlabeled_labels",
             )
         _check_labeled_args(labeled_images, labeled_batch_size)
-        self.labeled_images = self.labels = None
-        self.labeled_batch_size = None
-        if labeled_images is not None:
-            self.labeled_images = as_uint8_images(labeled_images, "labeled")
-            self.labels = as_int32_labels(
-                labels, len(self.labeled_images), self.num_classes, "labels"
-            )
-            self.labeled_batch_size = check_positive_int(
-                "labeled_batch_size", labeled_batch_size
-            )
-            _check_enough(
-                len(self.labeled_images),
-                self.labeled_batch_size,
-                "labeled_batch_size",
-                "labeled",
-            )
+        self._set_labeled(labeled_images, labels, labeled_batch_size)
         self.image_ids = bool(image_ids)
         self.labeled_ids = _labeled_ids(
             labeled_ids,
@@ -112,6 +88,39 @@ class SemiSupervisedDataset(HostDataset):
             // self.unlabeled_batch_size,
             repeat=repeat,
             **kwargs,
+        )
+
+    def _set_unlabeled(self, images, batch_size):
+        """Checks and stores the unlabeled images and batch size."""
+        self.unlabeled_images = as_uint8_images(images, "unlabeled")
+        self.unlabeled_batch_size = check_positive_int(
+            "unlabeled_batch_size", batch_size
+        )
+        _check_enough(
+            len(self.unlabeled_images),
+            self.unlabeled_batch_size,
+            "unlabeled_batch_size",
+            "unlabeled",
+        )
+
+    def _set_labeled(self, images, labels, batch_size):
+        """Checks and stores the labeled images, labels and batch size."""
+        self.labeled_images = self.labels = None
+        self.labeled_batch_size = None
+        if images is None:
+            return
+        self.labeled_images = as_uint8_images(images, "labeled")
+        self.labels = as_int32_labels(
+            labels, len(self.labeled_images), self.num_classes, "labels"
+        )
+        self.labeled_batch_size = check_positive_int(
+            "labeled_batch_size", batch_size
+        )
+        _check_enough(
+            len(self.labeled_images),
+            self.labeled_batch_size,
+            "labeled_batch_size",
+            "labeled",
         )
 
     def batch_sizes(self):
@@ -385,22 +394,25 @@ def semi_supervised(
     unlabeled_labels = None
     if monitor_labels and not is_tf_dataset(unlabeled):
         unlabeled_labels = _unlabeled_labels(source)
+    options = dict(
+        unlabeled_batch_size=unlabeled_batch_size,
+        labeled_batch_size=labeled_batch_size,
+        support=support,
+        shuffle=shuffle,
+        seed=seed,
+        repeat=repeat,
+        num_classes=num_classes,
+        image_ids=image_ids,
+        labeled_ids=labeled_ids,
+    )
     if not is_tf_dataset(unlabeled) and not is_tf_dataset(labeled):
         labeled_images, labels = labeled if labeled is not None else (None,) * 2
         return SemiSupervisedDataset(
             unlabeled,
             labeled_images,
             labels,
-            unlabeled_batch_size=unlabeled_batch_size,
-            labeled_batch_size=labeled_batch_size,
-            support=support,
-            shuffle=shuffle,
-            seed=seed,
-            repeat=repeat,
-            num_classes=num_classes,
             unlabeled_labels=unlabeled_labels,
-            image_ids=image_ids,
-            labeled_ids=labeled_ids,
+            **options,
             **kwargs,
         )
     return _semi_supervised_tf(
@@ -408,22 +420,29 @@ def semi_supervised(
         labeled,
         unlabeled_labels=unlabeled_labels,
         monitor_labels=monitor_labels,
-        image_ids=bool(image_ids),
-        labeled_ids=labeled_ids,
-        unlabeled_batch_size=check_positive_int(
-            "unlabeled_batch_size", unlabeled_batch_size
-        ),
-        labeled_batch_size=None
-        if labeled is None
-        else check_positive_int("labeled_batch_size", labeled_batch_size),
-        support=_check_support(support),
-        shuffle=bool(shuffle),
-        seed=check_seed(seed),
-        repeat=bool(repeat),
-        num_classes=check_num_classes(num_classes),
+        **_checked_options(labeled is not None, **options),
         buffer=check_positive_int("shuffle_buffer_size", shuffle_buffer_size),
         keys=(image_key, label_key),
     )
+
+
+def _checked_options(with_labeled, **options):
+    """The options of the tf.data path, checked as the NumPy path does."""
+    options["unlabeled_batch_size"] = check_positive_int(
+        "unlabeled_batch_size", options["unlabeled_batch_size"]
+    )
+    if with_labeled:
+        options["labeled_batch_size"] = check_positive_int(
+            "labeled_batch_size", options["labeled_batch_size"]
+        )
+    else:
+        options["labeled_batch_size"] = None
+    options["support"] = _check_support(options["support"])
+    options["seed"] = check_seed(options["seed"])
+    options["num_classes"] = check_num_classes(options["num_classes"])
+    for flag in ("shuffle", "repeat", "image_ids"):
+        options[flag] = bool(options[flag])
+    return options
 
 
 def _semi_supervised_tf(
@@ -446,28 +465,14 @@ def _semi_supervised_tf(
 ):
     import tensorflow as tf
 
-    from keras_ssl.data._tf_elements import element_parts
-    from keras_ssl.data._tf_elements import map_elements
-
-    if not is_tf_dataset(unlabeled):
-        slices = as_uint8_images(unlabeled, "unlabeled")
-        if monitor_labels:
-            labels = as_int32_labels(
-                unlabeled_labels, len(slices), num_classes, "unlabeled_labels"
-            )
-            slices = (slices, labels)
-        unlabeled = tf.data.Dataset.from_tensor_slices(slices)
-    unlabeled = map_elements(
+    unlabeled = _unlabeled_tf(
         unlabeled,
-        element_parts(unlabeled, "unlabeled", monitor_labels, *keys),
+        unlabeled_labels,
+        monitor_labels,
+        image_ids,
+        num_classes=num_classes,
+        keys=keys,
     )
-    if monitor_labels and num_classes is not None:
-        unlabeled = unlabeled.map(_label_range_check(num_classes))
-    if image_ids:
-        # The position in the source, fixed before any shuffling.
-        unlabeled = unlabeled.enumerate().map(
-            lambda index, element: (element, tf.cast(index, tf.int32))
-        )
     if shuffle:
         unlabeled = unlabeled.shuffle(buffer, seed=seed)
     if repeat:
@@ -493,6 +498,39 @@ def _semi_supervised_tf(
     to_dict = _to_dict(image_ids, monitor_labels, labeled is not None, support)
     stream = tf.data.Dataset.zip(tuple(parts)).map(to_dict)
     return stream.prefetch(tf.data.AUTOTUNE)
+
+
+def _unlabeled_tf(
+    unlabeled, unlabeled_labels, monitor_labels, image_ids, *, num_classes, keys
+):
+    """The unbatched unlabeled elements of the tf.data path: the image, or
+    `(image, label)` with `monitor_labels`, then paired with its id when
+    `image_ids`."""
+    import tensorflow as tf
+
+    from keras_ssl.data._tf_elements import element_parts
+    from keras_ssl.data._tf_elements import map_elements
+
+    if not is_tf_dataset(unlabeled):
+        slices = as_uint8_images(unlabeled, "unlabeled")
+        if monitor_labels:
+            labels = as_int32_labels(
+                unlabeled_labels, len(slices), num_classes, "unlabeled_labels"
+            )
+            slices = (slices, labels)
+        unlabeled = tf.data.Dataset.from_tensor_slices(slices)
+    unlabeled = map_elements(
+        unlabeled,
+        element_parts(unlabeled, "unlabeled", monitor_labels, *keys),
+    )
+    if monitor_labels and num_classes is not None:
+        unlabeled = unlabeled.map(_label_range_check(num_classes))
+    if image_ids:
+        # The position in the source, fixed before any shuffling.
+        unlabeled = unlabeled.enumerate().map(
+            lambda index, element: (element, tf.cast(index, tf.int32))
+        )
+    return unlabeled
 
 
 def _to_dict(image_ids, monitor_labels, with_labeled, support):

@@ -65,36 +65,20 @@ def from_tfds(
     ```
     """
     import tensorflow as tf
-    import tensorflow_datasets as tfds
 
     from keras_ssl.data._tf_elements import check_image_size
-    from keras_ssl.data._tf_elements import element_parts
-    from keras_ssl.data._tf_elements import map_elements
-    from keras_ssl.data._tf_elements import resize_uint8
 
     seed = check_seed(seed)
     buffer = check_positive_int("shuffle_buffer_size", shuffle_buffer_size)
     if batch_size is not None:
         batch_size = check_positive_int("batch_size", batch_size)
     image_size = check_image_size(image_size)
-    dataset = tfds.load(
-        name,
-        split=split,
-        data_dir=data_dir,
-        shuffle_files=shuffle,
-        download=download,
-        read_config=tfds.ReadConfig(
-            shuffle_seed=seed, input_context=input_context
-        ),
+    raw = _load(name, split, data_dir, shuffle, download, seed, input_context)
+    # Converting first checks the keys and the element spec.
+    dataset = _to_images_and_labels(
+        raw, f"tfds {name!r}", image_key, label_key, image_size
     )
-    parts = element_parts(
-        dataset,
-        f"tfds {name!r}",
-        label_key is not None,
-        image_key,
-        label_key or "label",
-    )
-    image_shape = dataset.element_spec[image_key].shape
+    image_shape = raw.element_spec[image_key].shape
     if (
         batch_size is not None
         and image_size is None
@@ -104,6 +88,41 @@ def from_tfds(
             f"tfds {name!r} has images of varying size {image_shape}; pass "
             "`image_size` to batch them. Received: image_size=None"
         )
+    if shuffle:
+        dataset = dataset.shuffle(buffer, seed=seed)
+    if batch_size is not None:
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _load(name, split, data_dir, shuffle, download, seed, input_context):
+    """`tfds.load` of the split's dict elements, files shuffled with `seed`."""
+    import tensorflow_datasets as tfds
+
+    return tfds.load(
+        name,
+        split=split,
+        data_dir=data_dir,
+        shuffle_files=shuffle,
+        download=download,
+        read_config=tfds.ReadConfig(
+            shuffle_seed=seed, input_context=input_context
+        ),
+    )
+
+
+def _to_images_and_labels(dataset, name, image_key, label_key, image_size):
+    """Maps tfds's dicts to uint8 images (and int32 labels), resized to
+    `image_size` when given."""
+    import tensorflow as tf
+
+    from keras_ssl.data._tf_elements import element_parts
+    from keras_ssl.data._tf_elements import map_elements
+    from keras_ssl.data._tf_elements import resize_uint8
+
+    parts = element_parts(
+        dataset, name, label_key is not None, image_key, label_key or "label"
+    )
 
     def convert(element):
         converted = parts(element)
@@ -113,14 +132,7 @@ def from_tfds(
             return resize_uint8(converted, image_size)
         return resize_uint8(converted[0], image_size), converted[1]
 
-    dataset = map_elements(
-        dataset, convert, num_parallel_calls=tf.data.AUTOTUNE
-    )
-    if shuffle:
-        dataset = dataset.shuffle(buffer, seed=seed)
-    if batch_size is not None:
-        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    return map_elements(dataset, convert, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def prepared_tfds_builder(name: str, data_dir=None):
