@@ -18,6 +18,7 @@ _SUBPACKAGES = (
     "data",
     "distribute",
     "evaluation",
+    "inference",
     "layers",
     "losses",
     "models",
