@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_ssl._checks import check_in_range
-from keras_ssl._checks import check_positive
+from keras_ssl.losses.distillation import Distillation
 from keras_ssl.losses.distillation import distillation
 from keras_ssl.models._compiled_call import compiled_call
 from keras_ssl.models.image_utils import to_float_images
@@ -62,10 +62,14 @@ class Distiller(SSLModel):
     ```
     """
 
+    config_objects = ("teacher", "student")
+    config_values = ("temperature", "alpha")
     metric_names = ("loss", "distill_loss", "supervised_loss", "agreement")
 
     def __init__(self, teacher, student, temperature=1.0, alpha=1.0, **kwargs):
-        check_positive("temperature", temperature)
+        # The loss checks its own argument; eq. (3)'s `alpha` is the
+        # distiller's.
+        Distillation(temperature=temperature)
         check_in_range("alpha", alpha, 0, 1)
         for name, model in (("teacher", teacher), ("student", student)):
             if not hasattr(model, "classify"):
@@ -156,22 +160,3 @@ class Distiller(SSLModel):
             )
         )
         return loss, logs
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "teacher": keras.saving.serialize_keras_object(self.teacher),
-                "student": keras.saving.serialize_keras_object(self.student),
-                "temperature": self.temperature,
-                "alpha": self.alpha,
-            }
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("teacher", "student"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)

@@ -4,9 +4,10 @@ import keras
 from keras import ops
 
 from keras_ssl import distribute
-from keras_ssl._checks import check_positive
+from keras_ssl._checks import is_int
 from keras_ssl.layers.projection_head import ProjectionHead
 from keras_ssl.layers.views import Views
+from keras_ssl.losses.paws import PAWS
 from keras_ssl.losses.paws import paws
 from keras_ssl.models._compiled_call import compiled_call
 from keras_ssl.models.image_utils import to_float_images
@@ -15,14 +16,8 @@ from keras_ssl.models.ssl_model import SSLModel
 from keras_ssl.ops.math import soft_nearest_neighbour
 
 
-def _check_args(
-    num_classes, support_views, temperature, sharpen_temperature, smoothing
-):
-    if (
-        isinstance(num_classes, bool)
-        or not isinstance(num_classes, int)
-        or num_classes < 2
-    ):
+def _check_args(num_classes, support_views):
+    if not is_int(num_classes) or num_classes < 2:
         raise ValueError(
             "`num_classes` must be an int >= 2. Received: "
             f"num_classes={num_classes}"
@@ -31,13 +26,6 @@ def _check_args(
         raise ValueError(
             "`support_views` must be 1 or 2. Received: "
             f"support_views={support_views}"
-        )
-    check_positive("temperature", temperature)
-    check_positive("sharpen_temperature", sharpen_temperature)
-    if not 0.0 <= smoothing < 1.0:
-        raise ValueError(
-            "`label_smoothing` must be in [0, 1). Received: "
-            f"label_smoothing={smoothing}"
         )
 
 
@@ -194,6 +182,15 @@ class PAWSPretrainer(SSLModel):
           Samples](https://arxiv.org/abs/2104.13963)
     """
 
+    config_objects = ("encoder", "head", "views", "prediction_head")
+    config_values = (
+        "num_classes",
+        "support_views",
+        "temperature",
+        "sharpen_temperature",
+        "label_smoothing",
+        "me_max",
+    )
     metric_names = (
         "loss",
         "cross_entropy",
@@ -216,18 +213,36 @@ class PAWSPretrainer(SSLModel):
         me_max=True,
         **kwargs,
     ):
-        _check_args(
-            num_classes,
-            support_views,
-            temperature,
-            sharpen_temperature,
-            label_smoothing,
+        _check_args(num_classes, support_views)
+        # The loss checks its own arguments.
+        PAWS(
+            num_classes=num_classes,
+            temperature=temperature,
+            sharpen_temperature=sharpen_temperature,
+            label_smoothing=label_smoothing,
         )
         super().__init__(**kwargs)
         feature_shape = tuple(encoder.output.shape)
         image_size = encoder.input.shape[1]
         # === Layers ===
         self.encoder = encoder
+        projection_shape = self._build_head(head, feature_shape)
+        self._build_views(views, support_views, image_size or 224)
+        self.prediction_head = prediction_head
+        if prediction_head is not None and not prediction_head.built:
+            prediction_head.build(tuple(projection_shape))
+        # === Config ===
+        self.num_classes = num_classes
+        self.support_views = support_views
+        self.temperature = temperature
+        self.sharpen_temperature = sharpen_temperature
+        self.label_smoothing = label_smoothing
+        self.me_max = me_max
+        self.image_size = image_size
+        self.built = True
+
+    def _build_head(self, head, feature_shape):
+        """Sets and builds the projection head; returns its output shape."""
         if head is None:
             head = ProjectionHead(
                 3,
@@ -244,11 +259,13 @@ class PAWSPretrainer(SSLModel):
         projection_shape = self.head.compute_output_shape(feature_shape)
         if isinstance(projection_shape, list):
             projection_shape = projection_shape[-1]
+        return projection_shape
+
+    def _build_views(self, views, support_views, image_size):
+        """Sets the views of the unlabeled images and of the support."""
         if views is None:
             views = Views.from_preset(
-                "paws_imagenet",
-                size=image_size or 224,
-                dtype=self.dtype_policy,
+                "paws_imagenet", size=image_size, dtype=self.dtype_policy
             )
         if len(views.specs) < 2:
             raise ValueError(
@@ -262,18 +279,6 @@ class PAWSPretrainer(SSLModel):
             name="support_views",
             dtype=views.dtype_policy,
         )
-        self.prediction_head = prediction_head
-        if prediction_head is not None and not prediction_head.built:
-            prediction_head.build(tuple(projection_shape))
-        # === Config ===
-        self.num_classes = num_classes
-        self.support_views = support_views
-        self.temperature = temperature
-        self.sharpen_temperature = sharpen_temperature
-        self.label_smoothing = label_smoothing
-        self.me_max = me_max
-        self.image_size = image_size
-        self.built = True
 
     def _project(self, x, training):
         h = self.encoder(x, training=training)
@@ -377,32 +382,3 @@ class PAWSPretrainer(SSLModel):
         )
         predicted = ops.cast(ops.argmax(probs, axis=-1), "int32")
         return ops.mean(ops.cast(ops.equal(predicted, labels), "float32"))
-
-    def get_config(self):
-        config = super().get_config()
-        serialize = keras.saving.serialize_keras_object
-        config.update(
-            {
-                "encoder": serialize(self.encoder),
-                "num_classes": self.num_classes,
-                "head": serialize(self.head),
-                "views": serialize(self.views),
-                "prediction_head": None
-                if self.prediction_head is None
-                else serialize(self.prediction_head),
-                "support_views": self.support_views,
-                "temperature": self.temperature,
-                "sharpen_temperature": self.sharpen_temperature,
-                "label_smoothing": self.label_smoothing,
-                "me_max": self.me_max,
-            }
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("encoder", "head", "views", "prediction_head"):
-            if config.get(key) is not None:
-                config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)

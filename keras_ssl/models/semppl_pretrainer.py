@@ -6,8 +6,7 @@ import keras
 from keras import ops
 
 from keras_ssl import distribute
-from keras_ssl._checks import check_non_negative
-from keras_ssl._checks import check_positive
+from keras_ssl._checks import check_in_range
 from keras_ssl._checks import check_positive_int
 from keras_ssl._checks import is_int
 from keras_ssl.layers.memory_queue import MemoryQueue
@@ -15,6 +14,7 @@ from keras_ssl.layers.projection_head import ProjectionHead
 from keras_ssl.layers.random_resized_crop import normalize_size
 from keras_ssl.layers.views import Views
 from keras_ssl.losses.semppl import VOTE_FRACTIONS
+from keras_ssl.losses.semppl import SemPPL
 from keras_ssl.losses.semppl import global_anchor_indices
 from keras_ssl.losses.semppl import pseudo_label_quality
 from keras_ssl.losses.semppl import pseudo_labels
@@ -79,59 +79,24 @@ def _clone(layer, input_dim, batch_statistics):
     )
 
 
-def _check(condition, name, value, requirement):
-    if not condition:
+def _check_args(num_classes, queue_size, k, num_semantic_positives):
+    if not is_int(num_classes) or num_classes < 2:
         raise ValueError(
-            f"`{name}` must be {requirement}. Received: {name}={value}"
+            "`num_classes` must be an int >= 2. Received: "
+            f"num_classes={num_classes}"
         )
-
-
-def _check_args(
-    num_classes,
-    queue_size,
-    k,
-    num_semantic_positives,
-    num_negatives,
-    temperature,
-    alpha,
-    invariance_scale,
-    contrastive_scale,
-    momentum,
-    target_batch_statistics,
-):
-    _check(
-        is_int(num_classes) and num_classes >= 2,
-        "num_classes",
-        num_classes,
-        "an int >= 2",
-    )
     check_positive_int("queue_size", queue_size)
     check_positive_int("k", k)
-    _check(
-        k <= queue_size,
-        "k",
-        k,
-        f"at most the queue size ({queue_size}): the k-NN looks for k "
-        "neighbours in the queue",
-    )
-    _check(
-        is_int(num_semantic_positives) and num_semantic_positives >= 0,
-        "num_semantic_positives",
-        num_semantic_positives,
-        "an int >= 0",
-    )
-    check_positive_int("num_negatives", num_negatives)
-    check_positive("temperature", temperature)
-    check_non_negative("alpha", alpha)
-    check_non_negative("invariance_scale", invariance_scale)
-    check_non_negative("contrastive_scale", contrastive_scale)
-    _check(0.0 <= momentum < 1.0, "momentum", momentum, "in [0, 1)")
-    _check(
-        isinstance(target_batch_statistics, bool),
-        "target_batch_statistics",
-        target_batch_statistics,
-        "a bool",
-    )
+    if k > queue_size:
+        raise ValueError(
+            f"`k` must be at most the queue size ({queue_size}): the k-NN "
+            f"looks for k neighbours in the queue. Received: k={k}"
+        )
+    if not is_int(num_semantic_positives) or num_semantic_positives < 0:
+        raise ValueError(
+            "`num_semantic_positives` must be an int >= 0. Received: "
+            f"num_semantic_positives={num_semantic_positives}"
+        )
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -265,6 +230,21 @@ class SemPPLPretrainer(SSLModel):
           ResNets (RELICv2)](https://arxiv.org/abs/2201.05119)
     """
 
+    config_objects = ("encoder", "projector", "predictor", "views")
+    config_values = (
+        "num_classes",
+        "queue_size",
+        "k",
+        "num_semantic_positives",
+        "num_negatives",
+        "temperature",
+        "alpha",
+        "invariance_scale",
+        "contrastive_scale",
+        "momentum",
+        "target_batch_statistics",
+        "seed",
+    )
     metric_names = (
         "loss",
         "augmentation_loss",
@@ -298,62 +278,30 @@ class SemPPLPretrainer(SSLModel):
         seed=None,
         **kwargs,
     ):
-        _check_args(
-            num_classes,
-            queue_size,
-            k,
-            num_semantic_positives,
-            num_negatives,
-            temperature,
-            alpha,
-            invariance_scale,
-            contrastive_scale,
-            momentum,
-            target_batch_statistics,
-        )
+        _check_args(num_classes, queue_size, k, num_semantic_positives)
+        check_positive_int("num_negatives", num_negatives)
+        check_in_range("momentum", momentum, 0, 1, include_high=False)
+        if not isinstance(target_batch_statistics, bool):
+            raise ValueError(
+                "`target_batch_statistics` must be a bool. Received: "
+                f"target_batch_statistics={target_batch_statistics}"
+            )
+        # The loss checks its own arguments.
+        SemPPL(temperature, alpha, invariance_scale, contrastive_scale)
         super().__init__(**kwargs)
         feature_dim = int(encoder.output.shape[-1])
         # === Layers ===
         self.encoder = encoder
-        if projector is None:
-            projector = _mlp(4096, 256, "projector", self.dtype_policy)
-        self.projector = _build(projector, feature_dim)
-        projection_dim = _output_dim(self.projector, feature_dim)
-        if predictor is None:
-            predictor = _mlp(
-                4096, projection_dim, "predictor", self.dtype_policy
-            )
-        self.predictor = _build(predictor, projection_dim)
-        if _output_dim(self.predictor, projection_dim) != projection_dim:
-            raise ValueError(
-                "The predictor must map projections to their own width "
-                f"({projection_dim}): its outputs are compared with target "
-                "projections. Received: predictor output dim="
-                f"{_output_dim(self.predictor, projection_dim)}"
-            )
+        projection_dim = self._build_heads(projector, predictor, feature_dim)
         if views is None:
             size = encoder.input.shape[1] or 224
             views = Views.from_preset(
                 "semppl_imagenet", size=size, dtype=self.dtype_policy
             )
-        self.views = views
-        areas = [math.prod(normalize_size(s.size)) for s in views.specs]
-        self.large_views = [i for i, a in enumerate(areas) if a == max(areas)]
-        self.small_views = [i for i, a in enumerate(areas) if a != max(areas)]
-        self.image_size = normalize_size(views.specs[self.large_views[0]].size)
-        self.target_encoder = clone_network(
-            encoder, batch_statistics=target_batch_statistics
+        self._set_views(views)
+        self._build_target_network(
+            feature_dim, projection_dim, queue_size, target_batch_statistics
         )
-        self.target_projector = _clone(
-            self.projector, feature_dim, target_batch_statistics
-        )
-        # One attribute per queue, not a list: Keras 3 leaves layers held in
-        # lists out of `tf.train.Checkpoint`s (they are in `.keras` files).
-        for i in range(len(self.large_views)):
-            queue = MemoryQueue(
-                queue_size, projection_dim, with_labels=True, name=f"queue_{i}"
-            )
-            setattr(self, f"queue_{i}", queue)
         self.seed_generator = keras.random.SeedGenerator(seed)
         # === Config ===
         self.num_classes = num_classes
@@ -369,6 +317,55 @@ class SemPPLPretrainer(SSLModel):
         self.target_batch_statistics = target_batch_statistics
         self.seed = seed
         self.built = True
+
+    def _build_heads(self, projector, predictor, feature_dim):
+        """Sets the projector `g` and predictor `h`; returns the width of
+        the projections."""
+        if projector is None:
+            projector = _mlp(4096, 256, "projector", self.dtype_policy)
+        self.projector = _build(projector, feature_dim)
+        projection_dim = _output_dim(self.projector, feature_dim)
+        if predictor is None:
+            predictor = _mlp(
+                4096, projection_dim, "predictor", self.dtype_policy
+            )
+        self.predictor = _build(predictor, projection_dim)
+        prediction_dim = _output_dim(self.predictor, projection_dim)
+        if prediction_dim != projection_dim:
+            raise ValueError(
+                "The predictor must map projections to their own width "
+                f"({projection_dim}): its outputs are compared with target "
+                "projections. Received: predictor output dim="
+                f"{prediction_dim}"
+            )
+        return projection_dim
+
+    def _set_views(self, views):
+        """Sets `views`, which of them are large (the largest size) and
+        small, and the size of the large ones."""
+        self.views = views
+        areas = [math.prod(normalize_size(s.size)) for s in views.specs]
+        self.large_views = [i for i, a in enumerate(areas) if a == max(areas)]
+        self.small_views = [i for i, a in enumerate(areas) if a != max(areas)]
+        self.image_size = normalize_size(views.specs[self.large_views[0]].size)
+
+    def _build_target_network(
+        self, feature_dim, projection_dim, queue_size, batch_statistics
+    ):
+        """The EMA copies `f_t`, `g_t` and one queue per large view."""
+        self.target_encoder = clone_network(
+            self.encoder, batch_statistics=batch_statistics
+        )
+        self.target_projector = _clone(
+            self.projector, feature_dim, batch_statistics
+        )
+        # One attribute per queue, not a list: Keras 3 leaves layers held in
+        # lists out of `tf.train.Checkpoint`s (they are in `.keras` files).
+        for i in range(len(self.large_views)):
+            queue = MemoryQueue(
+                queue_size, projection_dim, with_labels=True, name=f"queue_{i}"
+            )
+            setattr(self, f"queue_{i}", queue)
 
     @property
     def queues(self):
@@ -603,38 +600,3 @@ class SemPPLPretrainer(SSLModel):
         if not self.num_semantic_positives:
             return None, has_positive
         return positives, has_positive
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "encoder": keras.saving.serialize_keras_object(self.encoder),
-                "num_classes": self.num_classes,
-                "projector": keras.saving.serialize_keras_object(
-                    self.projector
-                ),
-                "predictor": keras.saving.serialize_keras_object(
-                    self.predictor
-                ),
-                "views": keras.saving.serialize_keras_object(self.views),
-                "queue_size": self.queue_size,
-                "k": self.k,
-                "num_semantic_positives": self.num_semantic_positives,
-                "num_negatives": self.num_negatives,
-                "temperature": self.temperature,
-                "alpha": self.alpha,
-                "invariance_scale": self.invariance_scale,
-                "contrastive_scale": self.contrastive_scale,
-                "momentum": self.momentum,
-                "target_batch_statistics": self.target_batch_statistics,
-                "seed": self.seed,
-            }
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("encoder", "projector", "predictor", "views"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)

@@ -6,11 +6,12 @@ import keras
 from keras import ops
 
 from keras_ssl import distribute
-from keras_ssl._checks import check_positive
+from keras_ssl._checks import check_in_range
 from keras_ssl._checks import is_int
 from keras_ssl.layers.memory_queue import MemoryQueue
 from keras_ssl.layers.projection_head import ProjectionHead
 from keras_ssl.layers.views import Views
+from keras_ssl.losses.nt_xent import NTXent
 from keras_ssl.losses.nt_xent import nt_xent
 from keras_ssl.models._compiled_call import compiled_call
 from keras_ssl.models.image_utils import to_float_images
@@ -23,16 +24,14 @@ from keras_ssl.optimizers.lars import LARS
 
 
 def _check_args(temperature, memory_size, momentum, memory_views, num_classes):
-    check_positive("temperature", temperature)
+    # The loss checks its own argument.
+    NTXent(temperature=temperature)
     if not is_int(memory_size) or memory_size < 0:
         raise ValueError(
             "`memory_size` must be an int >= 0. Received: "
             f"memory_size={memory_size}"
         )
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(
-            f"`momentum` must be in [0, 1). Received: momentum={momentum}"
-        )
+    check_in_range("momentum", momentum, 0, 1, include_high=False)
     if memory_views not in (1, 2):
         raise ValueError(
             "`memory_views` must be 1 or 2. Received: "
@@ -131,6 +130,14 @@ class SimCLRv2Pretrainer(SSLModel):
           Semi-Supervised Learners](https://arxiv.org/abs/2006.10029)
     """
 
+    config_objects = ("encoder", "head", "views")
+    config_values = (
+        "temperature",
+        "memory_size",
+        "momentum",
+        "num_classes",
+        "memory_views",
+    )
     metric_names = (
         "loss",
         "contrastive_loss",
@@ -362,29 +369,6 @@ class SimCLRv2Pretrainer(SSLModel):
                 "batches, or use a smaller memory.",
                 stacklevel=3,
             )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "encoder": keras.saving.serialize_keras_object(self.encoder),
-                "head": keras.saving.serialize_keras_object(self.head),
-                "views": keras.saving.serialize_keras_object(self.views),
-                "temperature": self.temperature,
-                "memory_size": self.memory_size,
-                "momentum": self.momentum,
-                "num_classes": self.num_classes,
-                "memory_views": self.memory_views,
-            }
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("encoder", "head", "views"):
-            config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
 
 
 def _count_without_ids(x):

@@ -41,7 +41,43 @@ class SavesRandomState:
                 state.assign(store[key])
 
 
-class SSLModel(SavesRandomState, RecompileOnLoad, keras.Model):
+class ConfigFromArguments:
+    """A model mixin: `get_config` and `from_config` from argument names.
+
+    A subclass lists its constructor's arguments, each stored under its
+    own name: `config_objects` holds the Keras objects (networks, layers;
+    `None` where optional), serialized in the config and rebuilt on load,
+    and `config_values` the plain ones.
+    """
+
+    config_objects = ()
+    config_values = ()
+
+    def get_config(self):
+        config = super().get_config()
+        for name in self.config_objects:
+            config[name] = keras.saving.serialize_keras_object(
+                getattr(self, name)
+            )
+        config.update(
+            {name: getattr(self, name) for name in self.config_values}
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for name in cls.config_objects:
+            if config.get(name) is not None:
+                config[name] = keras.saving.deserialize_keras_object(
+                    config[name]
+                )
+        return cls(**config)
+
+
+class SSLModel(
+    SavesRandomState, RecompileOnLoad, ConfigFromArguments, keras.Model
+):
     """Base class: the method's math in one place, the step around it.
 
     A subclass implements `compute_ssl_loss(data, training)`, which returns

@@ -4,10 +4,11 @@ import keras
 import numpy as np
 
 from keras_ssl.layers.projection_head import ProjectionHead
+from keras_ssl.models.ssl_model import ConfigFromArguments
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class PretrainedModel(keras.Model):
+class PretrainedModel(ConfigFromArguments, keras.Model):
     """A published self-/semi-supervised network as keras_ssl layers.
 
     The readers in `keras_ssl.pretrained` return this model: the encoder is
@@ -53,6 +54,9 @@ class PretrainedModel(keras.Model):
     outputs["features"], outputs["projection"], outputs["logits"]
     ```
     """
+
+    config_objects = ("encoder", "head", "classifier", "predictor")
+    config_values = ("ft_layer", "image_size")
 
     def __init__(
         self,
@@ -153,29 +157,6 @@ class PretrainedModel(keras.Model):
         outputs = dict(self(images, training=False))
         outputs["embedding"] = outputs.pop("features")
         return outputs
-
-    def get_config(self):
-        config = super().get_config()
-        serialize = keras.saving.serialize_keras_object
-        config.update(
-            {
-                "encoder": serialize(self.encoder),
-                "head": serialize(self.head),
-                "classifier": serialize(self.classifier),
-                "predictor": serialize(self.predictor),
-                "ft_layer": self.ft_layer,
-                "image_size": self.image_size,
-            }
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        for key in ("encoder", "head", "classifier", "predictor"):
-            if config.get(key) is not None:
-                config[key] = keras.saving.deserialize_keras_object(config[key])
-        return cls(**config)
 
 
 def relative_path(layer, variable):
