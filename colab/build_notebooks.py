@@ -5,14 +5,75 @@ Sources use the "percent" cell format: a line `# %%` starts a code cell and
 never edited by hand: edit the source and run
 
     python colab/build_notebooks.py
+
+Every notebook starts with an "Open in Colab" badge and a code cell that,
+on Colab only, installs keras-ssl from its repository: the `url` of
+`setup.cfg`'s `[metadata]` (or its `project_urls` entry `Source`), read
+here so that the address is written down once. Without one, the notebooks
+have neither (the build says so).
 """
 
+import configparser
 import json
 import pathlib
+import re
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
+SETUP_CFG = HERE.parent / "setup.cfg"
 SOURCES = ("simclrv2.py", "paws.py", "semppl.py", "pretrained.py")
+GITHUB = re.compile(r"https?://github\.com/([^/\s]+)/([^/\s]+?)(?:\.git)?/?$")
+BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+# Colab brings TensorFlow (with its GPU support): the core package only.
+INSTALL = """import subprocess
+import sys
+
+# On Colab, install keras-ssl from its repository; elsewhere nothing.
+if "google.colab" in sys.modules:
+    subprocess.check_call(
+        [sys.executable, "-m", "pip", "install", "-q", {requirement!r}]
+    )"""
+
+
+def repository_url(setup_cfg=SETUP_CFG):
+    """The repository address in `setup.cfg`'s `[metadata]`, or `None`."""
+    parser = configparser.ConfigParser()
+    parser.read(setup_cfg)
+    if not parser.has_section("metadata"):
+        return None
+    metadata = parser["metadata"]
+    url = metadata.get("url", "").strip()
+    for line in metadata.get("project_urls", "").splitlines():
+        key, _, value = line.partition("=")
+        if not url and key.strip().lower() == "source":
+            url = value.strip()
+    return url or None
+
+
+def colab_link(url, name):
+    """The Colab address of `colab/<name>.ipynb` on the main branch of a
+    GitHub repository `url`, or `None` for another host."""
+    match = GITHUB.match(url)
+    if match is None:
+        return None
+    owner, repo = match.groups()
+    return (
+        f"https://colab.research.google.com/github/{owner}/{repo}/blob/main/"
+        f"colab/{name}.ipynb"
+    )
+
+
+def _header_cells(url, name):
+    """The badge and the install cell of a notebook (none without `url`)."""
+    if url is None:
+        return []
+    cells = []
+    link = colab_link(url, name)
+    if link is not None:
+        cells.append(("markdown", f"[![Open in Colab]({BADGE})]({link})"))
+    requirement = f"keras-ssl @ git+{url}"
+    cells.append(("code", INSTALL.format(requirement=requirement)))
+    return cells
 
 
 def _cells(text):
@@ -37,10 +98,11 @@ def _cells(text):
     return cells
 
 
-def notebook(source: pathlib.Path) -> dict:
-    """The notebook JSON for one source file."""
+def notebook(source: pathlib.Path, url=None) -> dict:
+    """The notebook JSON for one source file, installing from `url`."""
     cells = []
-    for kind, body in _cells(source.read_text()):
+    header = _header_cells(url, source.stem)
+    for kind, body in header + _cells(source.read_text()):
         cell = {
             "cell_type": kind,
             "metadata": {},
@@ -62,16 +124,23 @@ def notebook(source: pathlib.Path) -> dict:
     }
 
 
-def render(source: pathlib.Path) -> str:
-    return json.dumps(notebook(source), indent=1) + "\n"
+def render(source: pathlib.Path, url=None) -> str:
+    return json.dumps(notebook(source, url), indent=1) + "\n"
 
 
 def main(check=False):
+    url = repository_url()
+    if url is None:
+        print(
+            f"{SETUP_CFG} declares no repository (`url` in [metadata]): "
+            "the notebooks get no Colab badge and no install cell.",
+            file=sys.stderr,
+        )
     stale = []
     for name in SOURCES:
         source = HERE / name
         target = source.with_suffix(".ipynb")
-        text = render(source)
+        text = render(source, url)
         if check:
             if not target.exists() or target.read_text() != text:
                 stale.append(str(target))

@@ -13,7 +13,6 @@
 # the CIFAR-10 preset for a real run on a GPU.
 
 # %%
-# On Colab: !pip install "keras-ssl @ git+<this repository>"
 import math
 import os
 

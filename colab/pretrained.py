@@ -12,7 +12,6 @@
 # for serving. Replace the digits with your own images and labels.
 
 # %%
-# On Colab: !pip install "keras-ssl @ git+<this repository>"
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")

@@ -13,7 +13,6 @@
 # real run on a GPU.
 
 # %%
-# On Colab: !pip install "keras-ssl @ git+<this repository>"
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")

@@ -9,7 +9,6 @@
 # CIFAR-10 preset for a real run on a GPU.
 
 # %%
-# On Colab: !pip install "keras-ssl @ git+<this repository>"
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")

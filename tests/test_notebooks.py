@@ -1,9 +1,12 @@
 """The Colab notebooks are generated from their sources and they run."""
 
+import importlib.util
+import json
 import os
 import pathlib
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -44,3 +47,74 @@ def test_notebook_executes(name, tmp_path, monkeypatch):
     ]
     assert not errors
     assert os.path.exists(tmp_path / "runs" / f"notebook_{name}")
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location(
+        "build_notebooks", ROOT / "colab" / "build_notebooks.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _setup_cfg(tmp_path, metadata):
+    path = tmp_path / "setup.cfg"
+    path.write_text("[metadata]\nname = keras-ssl\n" + metadata)
+    return path
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        "url = https://github.com/someone/keras-ssl\n",
+        "project_urls =\n    Source = https://github.com/someone/keras-ssl\n",
+    ],
+)
+def test_first_cell_installs_from_the_repository_on_colab_only(
+    metadata, tmp_path, monkeypatch
+):
+    builder = _builder()
+    url = builder.repository_url(_setup_cfg(tmp_path, metadata))
+    assert url == "https://github.com/someone/keras-ssl"
+    notebook = builder.notebook(ROOT / "colab" / "paws.py", url)
+    badge = "".join(notebook["cells"][0]["source"])
+    assert (
+        "(https://colab.research.google.com/github/someone/keras-ssl/blob/"
+        "main/colab/paws.ipynb)" in badge
+    )
+    first = next(c for c in notebook["cells"] if c["cell_type"] == "code")
+    code = "".join(first["source"])
+    calls = []
+    monkeypatch.setattr(subprocess, "check_call", calls.append)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    exec(code, {})
+    assert calls == []
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("colab"))
+    exec(code, {})
+    assert calls == [
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "keras-ssl @ git+https://github.com/someone/keras-ssl",
+        ]
+    ]
+
+
+def test_no_badge_nor_install_cell_without_a_repository(tmp_path):
+    builder = _builder()
+    assert builder.repository_url(_setup_cfg(tmp_path, "")) is None
+    notebook = builder.notebook(ROOT / "colab" / "paws.py", None)
+    text = json.dumps(notebook)
+    assert "google.colab" not in text and "colab-badge" not in text
+    # Another host than GitHub: the install cell, no Colab badge.
+    notebook = builder.notebook(
+        ROOT / "colab" / "paws.py", "https://gitlab.com/someone/keras-ssl"
+    )
+    assert notebook["cells"][0]["cell_type"] == "code"
+    assert "git+https://gitlab.com/someone/keras-ssl" in "".join(
+        notebook["cells"][0]["source"]
+    )
