@@ -49,7 +49,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from augment import tf_image_view  # noqa: E402
 
 from keras_ssl.data import streaming  # noqa: E402
-from keras_ssl.data.image_stream import with_options  # noqa: E402
+from keras_ssl.data.streaming.image_stream import with_options  # noqa: E402
 
 CIFAR = "/work/shared/datasets/cifar10/train.npz"
 

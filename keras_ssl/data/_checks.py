@@ -133,3 +133,47 @@ def as_int32_labels(
                 f"{name}"
             )
     return y.astype(np.int32)
+
+
+def check_image_size(image_size):
+    """Returns `image_size` as `(height, width)` ints, or None."""
+    if image_size is None:
+        return None
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        image_size = (image_size, image_size)
+    try:
+        height, width = (int(v) for v in image_size)
+        valid = height >= 1 and width >= 1 and len(tuple(image_size)) == 2
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(
+            "`image_size` must be None, an int or a (height, width) pair of "
+            f"positive ints. Received: image_size={image_size!r}"
+        )
+    return height, width
+
+
+def check_labeled_ids(labeled_ids, image_ids, count):
+    """The labeled images' ids as int32 `(count,)`, `-1` where unknown."""
+    if labeled_ids is None:
+        return None if count is None else np.full(count, -1, np.int32)
+    if not image_ids or count is None:
+        raise ValueError(
+            "`labeled_ids` needs `image_ids=True` and labeled data. "
+            f"Received: image_ids={image_ids}, labeled "
+            f"{'given' if count is not None else 'None'}"
+        )
+    ids = np.asarray(labeled_ids)
+    if ids.shape != (count,) or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(
+            "`labeled_ids` must be integers of shape (number of labeled "
+            f"images,) = ({count},). Received: labeled_ids of shape "
+            f"{ids.shape} and dtype {ids.dtype}"
+        )
+    if ids.size and (ids.min() < -1 or ids.max() >= 2**31 - 1):
+        raise ValueError(
+            "`labeled_ids` must lie in [-1, 2**31 - 1). Received: values "
+            f"in [{ids.min()}, {ids.max()}]"
+        )
+    return ids.astype(np.int32)

@@ -163,22 +163,3 @@ def resize_uint8(image, image_size):
     )
     image = tf.clip_by_value(tf.round(image), 0.0, 255.0)
     return tf.ensure_shape(tf.cast(image, tf.uint8), (height, width, 3))
-
-
-def check_image_size(image_size):
-    """Returns `image_size` as `(height, width)` ints, or None."""
-    if image_size is None:
-        return None
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
-        image_size = (image_size, image_size)
-    try:
-        height, width = (int(v) for v in image_size)
-        valid = height >= 1 and width >= 1 and len(tuple(image_size)) == 2
-    except (TypeError, ValueError):
-        valid = False
-    if not valid:
-        raise ValueError(
-            "`image_size` must be None, an int or a (height, width) pair of "
-            f"positive ints. Received: image_size={image_size!r}"
-        )
-    return height, width

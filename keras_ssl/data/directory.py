@@ -4,12 +4,13 @@ import os
 import warnings
 
 from keras_ssl._checks import check_positive_int
+from keras_ssl.data._checks import check_image_size
 from keras_ssl.data._checks import check_seed
 
 _EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-def _list_images(path):
+def list_class_folders(path):
     """Sorted class names and `(file path, class id)` pairs."""
     if not os.path.isdir(path):
         raise ValueError(f"`path` is not a directory. Received: path={path!r}")
@@ -155,14 +156,13 @@ def from_directory(
     """
     import tensorflow as tf
 
-    from keras_ssl.data._tf_elements import check_image_size
     from keras_ssl.data._tf_elements import resize_uint8
 
     image_size = check_image_size(image_size)
     seed = check_seed(seed)
     if batch_size is not None:
         batch_size = check_positive_int("batch_size", batch_size)
-    class_names, files, labels = _list_images(path)
+    class_names, files, labels = list_class_folders(path)
     static_shape = (None, None, 3)
     if validate:
         files, labels, sizes = _drop_corrupt(files, labels, skip_corrupt)

@@ -59,7 +59,7 @@ def _per_class_counts(y, classes, per_class, fraction):
     return counts
 
 
-def _balanced_indices(y, per_class, fraction, seed, num_classes):
+def balanced_indices(y, per_class, fraction, seed, num_classes):
     classes = range(num_classes) if num_classes is not None else np.unique(y)
     counts = _per_class_counts(y, classes, per_class, fraction)
     chosen = []
@@ -109,7 +109,7 @@ def _listed_indices(filenames, index_file):
     return indices.astype(np.int64)
 
 
-def _check_selection(per_class, fraction, index_file):
+def check_selection(per_class, fraction, index_file):
     given = [v is not None for v in (per_class, fraction, index_file)]
     if sum(given) != 1:
         raise ValueError(
@@ -243,13 +243,13 @@ def labeled_subset(
         - Chen et al., Big Self-Supervised Models are Strong
           Semi-Supervised Learners, 2020 (the 1% / 10% ImageNet subsets).
     """
-    _check_selection(per_class, fraction, index_file)
+    check_selection(per_class, fraction, index_file)
     seed = check_seed(seed)
     num_classes = check_num_classes(num_classes)
 
     def select(y, names):
         if index_file is None:
-            return _balanced_indices(y, per_class, fraction, seed, num_classes)
+            return balanced_indices(y, per_class, fraction, seed, num_classes)
         if names is None:
             raise ValueError(
                 "`index_file` needs the examples' file names: pass "

@@ -3,6 +3,7 @@
 import os
 
 from keras_ssl._checks import check_positive_int
+from keras_ssl.data._checks import check_image_size
 from keras_ssl.data._checks import check_seed
 
 
@@ -65,8 +66,6 @@ def from_tfds(
     ```
     """
     import tensorflow as tf
-
-    from keras_ssl.data._tf_elements import check_image_size
 
     seed = check_seed(seed)
     buffer = check_positive_int("shuffle_buffer_size", shuffle_buffer_size)

@@ -45,7 +45,7 @@ import os
 import numpy as np
 
 from keras_ssl.data import streaming
-from keras_ssl.data.image_table import SUBSET_FILES
+from keras_ssl.data.streaming.image_table import SUBSET_FILES
 
 DATASETS = ("imagenet2012", "folder")
 _TFDS_NAME = "imagenet2012"

@@ -24,17 +24,17 @@ model.fit(stream.to_tf_dataset(), steps_per_epoch=stream.steps_per_epoch)
 ```
 """
 
-from keras_ssl.data.image_stream import ImageStream
-from keras_ssl.data.image_table import ImageTable
-from keras_ssl.data.image_table import list_folder
-from keras_ssl.data.image_table import list_tfds
-from keras_ssl.data.image_table import read_subset_file
-from keras_ssl.data.image_table import select_balanced
-from keras_ssl.data.image_table import select_by_name
-from keras_ssl.data.image_table import subset_file
-from keras_ssl.data.streaming_dataset import StreamingDataset
-from keras_ssl.data.streaming_dataset import SupportStream
-from keras_ssl.data.streaming_dataset import read_labels
+from keras_ssl.data.streaming.image_stream import ImageStream
+from keras_ssl.data.streaming.image_table import ImageTable
+from keras_ssl.data.streaming.image_table import list_folder
+from keras_ssl.data.streaming.image_table import list_tfds
+from keras_ssl.data.streaming.image_table import read_labels
+from keras_ssl.data.streaming.image_table import read_subset_file
+from keras_ssl.data.streaming.image_table import select_balanced
+from keras_ssl.data.streaming.image_table import select_by_name
+from keras_ssl.data.streaming.image_table import subset_file
+from keras_ssl.data.streaming.streaming_dataset import StreamingDataset
+from keras_ssl.data.streaming.streaming_dataset import SupportStream
 
 __all__ = [
     "ImageStream",

@@ -13,9 +13,10 @@ import numpy as np
 
 from keras_ssl._checks import check_positive_int
 from keras_ssl.data._checks import check_seed
-from keras_ssl.data.image_stream import ImageStream
-from keras_ssl.data.image_stream import pipeline_of
-from keras_ssl.data.image_stream import with_options
+from keras_ssl.data.streaming.image_stream import ImageStream
+from keras_ssl.data.streaming.image_stream import pipeline_of
+from keras_ssl.data.streaming.image_stream import with_options
+from keras_ssl.data.support_sampler import SupportSampler
 
 
 @dataclasses.dataclass(eq=False)
@@ -46,8 +47,6 @@ class SupportStream:
     seed: int = 0
 
     def __post_init__(self):
-        from keras_ssl.data.support_sampler import SupportSampler
-
         if self.table.labels is None:
             raise ValueError(
                 "`table` must carry labels for class-balanced batches; read "
@@ -216,42 +215,3 @@ class StreamingDataset:
         return strategy.distribute_datasets_from_function(
             lambda context: self.to_tf_dataset(context, start_step)
         )
-
-
-def read_labels(table):
-    """The table with the labels and file names its records hold.
-
-    Reads every record of the table once (the images are not decoded);
-    a folder's table already has them and is returned as it is.
-    """
-    import tensorflow as tf
-
-    if table.labels is not None and table.names is not None:
-        return table
-    from keras_ssl.data._decode import read_record
-
-    record = read_record(table.sources, table.offsets, table.lengths)
-
-    def fields(source, offset, length):
-        parsed = tf.io.parse_single_example(
-            record(source, offset, length),
-            {
-                "label": tf.io.FixedLenFeature([], tf.int64),
-                "file_name": tf.io.FixedLenFeature([], tf.string, b""),
-            },
-        )
-        return tf.cast(parsed["label"], tf.int32), parsed["file_name"]
-
-    rows = tf.data.Dataset.from_tensor_slices(
-        (table.source, table.offsets, table.lengths)
-    )
-    labels, names = [], []
-    scan = rows.map(fields, num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
-    for batch_labels, batch_names in scan.as_numpy_iterator():
-        labels.append(batch_labels)
-        names.append(batch_names)
-    return dataclasses.replace(
-        table,
-        labels=np.concatenate(labels).astype(np.int32),
-        names=np.concatenate(names).astype(bytes),
-    )

@@ -14,6 +14,9 @@ import struct
 import numpy as np
 
 from keras_ssl.data._checks import check_seed
+from keras_ssl.data.directory import list_class_folders
+from keras_ssl.data.labeled_subset import balanced_indices
+from keras_ssl.data.labeled_subset import check_selection
 from keras_ssl.data.tfds import prepared_tfds_builder
 
 SUBSET_FILES = {"1pct": "1percent.txt", "10pct": "10percent.txt"}
@@ -89,9 +92,7 @@ def list_folder(path: str) -> ImageTable:
     Returns:
         An `ImageTable` of the image files.
     """
-    from keras_ssl.data.directory import _list_images
-
-    class_names, files, labels = _list_images(path)
+    class_names, files, labels = list_class_folders(path)
     sources = np.array(files, dtype=bytes)
     return ImageTable(
         sources=sources,
@@ -230,17 +231,53 @@ def select_by_name(table: ImageTable, names, where: str) -> ImageTable:
 def select_balanced(table, per_class=None, fraction=None, seed=0):
     """A class-balanced subset of a table with labels, as
     `keras_ssl.data.labeled_subset` selects it from arrays."""
-    from keras_ssl.data.labeled_subset import _balanced_indices
-    from keras_ssl.data.labeled_subset import _check_selection
-
-    _check_selection(per_class, fraction, None)
+    check_selection(per_class, fraction, None)
     if table.labels is None:
         raise ValueError(
             "A per-class or fractional subset needs the labels of the "
             "table; a tfds table has them only in its records: select by "
             "file names (`labels='1pct'`) instead."
         )
-    rows = _balanced_indices(
+    rows = balanced_indices(
         table.labels, per_class, fraction, check_seed(seed), table.num_classes
     )
     return table.take(rows)
+
+
+def read_labels(table):
+    """The table with the labels and file names its records hold.
+
+    Reads every record of the table once (the images are not decoded);
+    a folder's table already has them and is returned as it is.
+    """
+    import tensorflow as tf
+
+    if table.labels is not None and table.names is not None:
+        return table
+    from keras_ssl.data._decode import read_record
+
+    record = read_record(table.sources, table.offsets, table.lengths)
+
+    def fields(source, offset, length):
+        parsed = tf.io.parse_single_example(
+            record(source, offset, length),
+            {
+                "label": tf.io.FixedLenFeature([], tf.int64),
+                "file_name": tf.io.FixedLenFeature([], tf.string, b""),
+            },
+        )
+        return tf.cast(parsed["label"], tf.int32), parsed["file_name"]
+
+    rows = tf.data.Dataset.from_tensor_slices(
+        (table.source, table.offsets, table.lengths)
+    )
+    labels, names = [], []
+    scan = rows.map(fields, num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
+    for batch_labels, batch_names in scan.as_numpy_iterator():
+        labels.append(batch_labels)
+        names.append(batch_names)
+    return dataclasses.replace(
+        table,
+        labels=np.concatenate(labels).astype(np.int32),
+        names=np.concatenate(names).astype(bytes),
+    )

@@ -19,6 +19,7 @@ import numpy as np
 from keras_ssl._checks import check_aspect_ratio
 from keras_ssl._checks import check_crop_scale
 from keras_ssl._checks import check_positive_int
+from keras_ssl.data._checks import check_image_size
 from keras_ssl.data._checks import check_seed
 
 CROPS = ("full", "center", "random")
@@ -98,8 +99,6 @@ class ImageStream:
     skip_corrupt: bool = False
 
     def __post_init__(self):
-        from keras_ssl.data._tf_elements import check_image_size
-
         self.batch_size = check_positive_int("batch_size", self.batch_size)
         if self.image_size is None:
             raise ValueError(
