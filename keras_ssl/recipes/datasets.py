@@ -1,5 +1,6 @@
 """In-memory data sets the recipes can run on, by name."""
 
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -16,6 +17,11 @@ class ArraySplits:
     separate unlabeled pool); `labeled_indices` are then the positions in
     `x_train` of the labeled images, which the labeled subset takes as
     they are instead of sampling it from the config.
+
+    A run's data (see `runner.load_data`, which sets `labeled` and
+    `seed`): the stages ask it for their batches, sizes and evaluations
+    through the methods it shares with `streams.RecipeStreams`, and never
+    which of the two it is.
     """
 
     x_train: np.ndarray
@@ -25,6 +31,142 @@ class ArraySplits:
     num_classes: int
     labeled_indices: np.ndarray | None = None
     labeled_y: np.ndarray | None = None
+    # The run's labeled subset (`keras_ssl.data.LabeledSubset`) and seed.
+    labeled: object = None
+    seed: int = 0
+
+    # --- Sizes and identity. ---
+
+    @property
+    def num_train(self) -> int:
+        return len(self.x_train)
+
+    @property
+    def num_labeled(self) -> int:
+        return len(self.labeled.y)
+
+    def labeled_images(self):
+        """The labeled subset in memory (`keras_ssl.data.LabeledSubset`)."""
+        return self.labeled
+
+    def identity(self, labels=True) -> dict:
+        """The sizes and a hash of a sample of the training images and of
+        every label, for the stages' fingerprints; with `labels=False`,
+        of the training images alone (for stages that read no labels)."""
+        digest = hashlib.sha256()
+        arrays = (self.x_train,)
+        if labels:
+            arrays += (self.y_train, self.labeled.x, self.labeled.y)
+        for array in arrays:
+            if array is None:
+                continue
+            step = max(1, len(array) // 512)
+            digest.update(np.ascontiguousarray(array[::step]).tobytes())
+        identity = {"train": self.num_train, "test": len(self.x_test)}
+        if labels:
+            digest.update(np.ascontiguousarray(self.labeled.y).tobytes())
+            identity["labeled"] = int(len(self.labeled.y))
+        return {**identity, "hash": digest.hexdigest()[:16]}
+
+    # --- Streams. ---
+
+    def pretrain_stream(
+        self,
+        batch_size: int,
+        labeled_batch_size: int = 0,
+        support=None,
+        image_ids: bool = False,
+        monitor_labels: bool = False,
+        seed_offset: int = 0,
+    ):
+        """The pretraining (or distillation) stream of dict batches; the
+        arguments are `streams.RecipeStreams.pretrain_stream`'s. With
+        `image_ids` the labeled images carry their ids in `x_train` too
+        (SimCLRv2's memory keeps each image's own keys out of its
+        negatives by them); `monitor_labels` needs `y_train`."""
+        from keras_ssl import data as ssl_data  # Keras: loaded when run.
+
+        labeled = self.labeled if labeled_batch_size else None
+        monitor = monitor_labels and self.y_train is not None
+        sampler = None
+        if support is not None:
+            classes, images = support
+            sampler = ssl_data.SupportSampler(
+                self.labeled.x,
+                self.labeled.y,
+                classes_per_batch=classes,
+                images_per_class=images,
+                num_classes=self.num_classes,
+                seed=self.seed + seed_offset,
+            )
+        return ssl_data.semi_supervised(
+            (self.x_train, self.y_train) if monitor else self.x_train,
+            (labeled.x, labeled.y) if labeled else None,
+            unlabeled_batch_size=batch_size,
+            labeled_batch_size=labeled_batch_size or None,
+            support=sampler,
+            seed=self.seed + seed_offset,
+            repeat=True,
+            image_ids=image_ids,
+            labeled_ids=labeled.indices if labeled and image_ids else None,
+            monitor_labels=monitor,
+        )
+
+    def labeled_stream(self, batch_size: int, seed_offset: int = 0):
+        """`(images, labels)` batches of the labeled subset, reshuffled
+        every pass. In memory every stage draws them with the run's seed
+        (`seed_offset` tells the streamed stages apart)."""
+        from keras_ssl import data as ssl_data  # Keras: loaded when run.
+
+        return ssl_data.from_arrays(
+            self.labeled.x,
+            self.labeled.y,
+            batch_size=batch_size,
+            seed=self.seed,
+            repeat=True,
+        )
+
+    # --- Evaluation, on the test images. ---
+
+    def embeddings(self, model, output="embedding"):
+        """`(labeled features, their labels, test features, test labels)`
+        of `model`'s `output`."""
+        from keras_ssl.evaluation import embed  # Keras: loaded when run.
+
+        labeled = embed(model, self.labeled.x, batch_size=256, output=output)
+        test = embed(model, self.x_test, batch_size=256, output=output)
+        return labeled, self.labeled.y, test, self.y_test
+
+    def evaluate_classifier(self, model):
+        """Top-1 accuracy of a classifier's logits on the test images."""
+        logits = model.predict(self.x_test, batch_size=256, verbose=0)
+        return {"top1": float(np.mean(np.argmax(logits, -1) == self.y_test))}
+
+    def evaluate_knn(self, model, k=200, temperature=0.1, output=None):
+        """Weighted k-NN top-1 on the test images, with the labeled
+        images' features as the memory."""
+        from keras_ssl.evaluation import KNNClassifier  # Keras: when run.
+
+        labeled, labels, test, truth = self.embeddings(model, output)
+        knn = KNNClassifier(
+            k=k, temperature=temperature, num_classes=self.num_classes
+        )
+        knn.fit(labeled, labels)
+        return {"top1": knn.evaluate(test, truth)}
+
+    def representation(self, model):
+        """k-NN and linear-probe test accuracy of the encoder's features
+        (`reports.probe_accuracies`)."""
+        from keras_ssl.recipes import reports  # Keras: loaded when run.
+
+        return reports.probe_accuracies(model, self.labeled, self)
+
+    def pixel_baselines(self):
+        """Logistic regression and 1-NN on the labeled images' pixels
+        (`reports.pixel_baselines`)."""
+        from keras_ssl.recipes import reports  # Keras: loaded when run.
+
+        return reports.pixel_baselines(self.labeled, self)
 
 
 def _split(x, y, test_fraction, seed):

@@ -175,22 +175,6 @@ class PAWSConfig(RecipeConfig):
         return {"batch_size": self.batch_size, "support batch": support}
 
 
-def _sampler(run):
-    """Class-balanced support batches; checks the classes and their sizes
-    before anything trains."""
-    from keras_ssl import data as ssl_data
-
-    config = run.config
-    return ssl_data.SupportSampler(
-        run.labeled.x,
-        run.labeled.y,
-        classes_per_batch=config.classes_per_batch,
-        images_per_class=config.images_per_class,
-        num_classes=run.splits.num_classes,
-        seed=config.seed,
-    )
-
-
 def _pretrainer(run):
     from keras_ssl.layers import ProjectionHead
     from keras_ssl.models import PAWSPretrainer
@@ -248,60 +232,35 @@ def prediction_head(dim, synchronized_bn=False):
 
 
 def _stream(run):
-    from keras_ssl import data as ssl_data
-
+    """Unlabeled batches with class-balanced support batches; the data
+    checks the classes and their sizes before anything trains."""
     config = run.config
-    if stages.is_streamed(run.splits):
-        support = (config.classes_per_batch, config.images_per_class)
-        return run.splits.pretrain_stream(config.batch_size, support=support)
-    return ssl_data.semi_supervised(
-        run.splits.x_train,
-        unlabeled_batch_size=run.config.batch_size,
-        support=_sampler(run),
-        seed=run.config.seed,
-        repeat=True,
-    )
+    support = (config.classes_per_batch, config.images_per_class)
+    return run.splits.pretrain_stream(config.batch_size, support=support)
 
 
-def paws_nn_accuracy(model, labeled, splits, config):
+def paws_nn_accuracy(model, data, temperature):
     """PAWS-NN: soft nearest neighbours of the test projections among the
-    labeled images' projections (PAWS §5, τ as in training)."""
-    from keras_ssl.evaluation import SoftNearestNeighbour
-    from keras_ssl.evaluation import embed
+    labeled images' projections (PAWS §5, τ as in training).
 
-    support = embed(model, labeled.x, batch_size=256, output="projection")
-    queries = embed(model, splits.x_test, batch_size=256, output="projection")
+    Args:
+        model: a `PAWSPretrainer`.
+        data: a run's data (`datasets.ArraySplits` or
+            `streams.RecipeStreams`).
+        temperature: float. τ of the soft neighbours.
+    """
+    from keras_ssl.evaluation import SoftNearestNeighbour  # Keras.
+
+    support, labels, queries, truth = data.embeddings(model, "projection")
     classifier = SoftNearestNeighbour(
-        temperature=config.temperature, num_classes=splits.num_classes
-    )
-    classifier.fit(support, labeled.y)
-    return classifier.evaluate(queries, splits.y_test)
-
-
-def _streamed_paws_nn(model, streams, config):
-    """PAWS-NN on a streamed validation split, the projections computed
-    batch by batch."""
-    from keras_ssl.evaluation import SoftNearestNeighbour
-    from keras_ssl.evaluation import streamed_embeddings
-
-    def projections(stream):
-        dataset = stream.to_tf_dataset()
-        return streamed_embeddings(model, dataset, output="projection")
-
-    support, labels = projections(streams.evaluation_stream(streams.labeled))
-    queries, truth = projections(streams.validation_stream())
-    classifier = SoftNearestNeighbour(
-        temperature=config.temperature, num_classes=streams.num_classes
+        temperature=temperature, num_classes=data.num_classes
     )
     classifier.fit(support, labels)
     return classifier.evaluate(queries, truth)
 
 
 def _paws_nn(run, model):
-    if stages.is_streamed(run.splits):
-        accuracy = _streamed_paws_nn(model, run.splits, run.config)
-        return {"paws_nn_accuracy": accuracy}
-    accuracy = paws_nn_accuracy(model, run.labeled, run.splits, run.config)
+    accuracy = paws_nn_accuracy(model, run.splits, run.config.temperature)
     return {"paws_nn_accuracy": accuracy}
 
 

@@ -222,31 +222,23 @@ def _pretrainer(run):
     )
 
 
-def pretrain_stream(config, splits, labeled):
+def pretrain_stream(config, data):
     """The infinite pretraining stream of `semi_supervised` dict batches.
 
     The unlabeled images are all the training images (the paper's
     unlabeled set includes the labeled ones). With
     `config.monitor_pseudo_labels` and a labeled data set, batches also
     carry `"unlabeled_labels"`, which `SemPPLPretrainer` only reports on.
-    """
-    from keras_ssl import data as ssl_data
 
-    if stages.is_streamed(splits):
-        return splits.pretrain_stream(
-            config.batch_size,
-            config.labeled_batch_size,
-            monitor_labels=config.monitor_pseudo_labels,
-        )
-    monitor = config.monitor_pseudo_labels and splits.y_train is not None
-    return ssl_data.semi_supervised(
-        (splits.x_train, splits.y_train) if monitor else splits.x_train,
-        (labeled.x, labeled.y),
-        unlabeled_batch_size=config.batch_size,
-        labeled_batch_size=config.labeled_batch_size,
-        seed=config.seed,
-        repeat=True,
-        monitor_labels=monitor,
+    Args:
+        config: `SemPPLConfig`.
+        data: a run's data (`datasets.ArraySplits` or
+            `streams.RecipeStreams`, from `runner.load_data`).
+    """
+    return data.pretrain_stream(
+        config.batch_size,
+        config.labeled_batch_size,
+        monitor_labels=config.monitor_pseudo_labels,
     )
 
 
@@ -261,21 +253,10 @@ def knn_accuracy(model, splits, num_train=10000):
 def _nearest(run, model):
     """SemPPL's own classifier: its pseudo-label rule, the `k` nearest
     labeled embeddings (cosine, one vote each), on the test images."""
-    from keras_ssl.evaluation import KNNClassifier
-    from keras_ssl.evaluation import embed
-
-    if stages.is_streamed(run.splits):
-        accuracy = run.splits.evaluate_knn(
-            model, k=run.config.k, temperature=None, output="embedding"
-        )
-        return {"semppl_nn_accuracy": accuracy["top1"]}
-    labeled = embed(model, run.labeled.x, output="embedding")
-    test = embed(model, run.splits.x_test, output="embedding")
-    knn = KNNClassifier(
-        k=run.config.k, temperature=None, num_classes=run.splits.num_classes
+    accuracy = run.splits.evaluate_knn(
+        model, k=run.config.k, temperature=None, output="embedding"
     )
-    knn.fit(labeled, run.labeled.y)
-    return {"semppl_nn_accuracy": knn.evaluate(test, run.splits.y_test)}
+    return {"semppl_nn_accuracy": accuracy["top1"]}
 
 
 def _fine_tuner(run):
@@ -290,7 +271,7 @@ STAGES = (
     stages.Stage(
         "pretrain",
         build=_pretrainer,
-        data=lambda run: pretrain_stream(run.config, run.splits, run.labeled),
+        data=lambda run: pretrain_stream(run.config, run.splits),
         optimizer=stages.pretrain_optimizer(_batch, "linear"),
         epochs="epochs",
         # An epoch is as many images as the training set, labeled and

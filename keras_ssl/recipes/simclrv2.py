@@ -299,28 +299,15 @@ def _unlabeled_stream(seed_offset, with_labels):
     with `labeled_batch_size` labeled ones when `with_labels(config)`."""
 
     def stream(run):
-        from keras_ssl import data as ssl_data
-
         config = run.config
         labels = with_labels(config)
-        if stages.is_streamed(run.splits):
-            return run.splits.pretrain_stream(
-                config.batch_size,
-                config.labeled_batch_size if labels else 0,
-                image_ids=True,
-                seed_offset=seed_offset,
-            )
-        return ssl_data.semi_supervised(
-            run.splits.x_train,
-            (run.labeled.x, run.labeled.y) if labels else None,
-            unlabeled_batch_size=config.batch_size,
-            labeled_batch_size=config.labeled_batch_size if labels else None,
-            seed=config.seed + seed_offset,
-            repeat=True,
+        return run.splits.pretrain_stream(
+            config.batch_size,
+            config.labeled_batch_size if labels else 0,
             # The memory keeps each image's own earlier keys out of its
             # negatives by these ids.
             image_ids=True,
-            labeled_ids=run.labeled.indices if labels else None,
+            seed_offset=seed_offset,
         )
 
     return stream

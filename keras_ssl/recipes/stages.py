@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Callable
 
-import numpy as np
-
 from keras_ssl.recipes import precision
 from keras_ssl.recipes.config import RUN_FIELDS
 from keras_ssl.recipes.config import STREAMED
@@ -199,8 +197,8 @@ def run(
         )
     finally:
         keras.config.set_dtype_policy(previous)
-    if config.baselines and not is_streamed(splits):
-        result.baselines = reports.pixel_baselines(labeled, splits)
+    if config.baselines:
+        result.baselines = splits.pixel_baselines()
     if config.export:
         _export(stages, state, result)
     result.seconds = time.time() - result.started
@@ -212,8 +210,8 @@ def _run_stages(config, stages, strategy, splits, labeled, result, callbacks):
     reads = _Reads(config)
     sync = strategy.num_replicas_in_sync > 1
     state = Run(reads, splits, labeled, sync, result, tuple(callbacks))
-    identity = data_identity(config, splits, labeled)
-    unlabeled = data_identity(config, splits, labeled, labels=False)
+    identity = data_identity(config, splits)
+    unlabeled = data_identity(config, splits, labels=False)
     result.data = identity
     prints = {}
     needed, loaded = _needed(stages, config)
@@ -593,30 +591,12 @@ def _train(stage, state, model, schedule, fingerprint, reuse_only=False):
     state.result.stages[stage.name] = result
 
 
-def data_identity(config, splits, labeled, labels=True):
-    """The data set's name, sizes and a hash of a sample of its contents
-    and of every label, for the stages' fingerprints; with `labels=False`,
-    of the training images alone (for stages that read no labels)."""
-    if is_streamed(splits):
-        return {"dataset": config.dataset, **splits.identity(labels)}
-    digest = hashlib.sha256()
-    arrays = (splits.x_train,)
-    if labels:
-        arrays += (splits.y_train, labeled.x, labeled.y)
-    for array in arrays:
-        if array is None:
-            continue
-        step = max(1, len(array) // 512)
-        digest.update(np.ascontiguousarray(array[::step]).tobytes())
-    identity = {
-        "dataset": config.dataset,
-        "train": int(len(splits.x_train)),
-        "test": int(len(splits.x_test)),
-    }
-    if labels:
-        digest.update(np.ascontiguousarray(labeled.y).tobytes())
-        identity["labeled"] = int(len(labeled.y))
-    return {**identity, "hash": digest.hexdigest()[:16]}
+def data_identity(config, splits, labels=True):
+    """The data set's name, sizes and a hash of (a sample of) its
+    contents and of every label, for the stages' fingerprints; with
+    `labels=False`, of the training images alone (for stages that read
+    no labels)."""
+    return {"dataset": config.dataset, **splits.identity(labels)}
 
 
 def make_strategy(name):
@@ -713,7 +693,9 @@ def load_data(config, data=None):
         labeled = ssl_data.LabeledSubset(
             indices=indices, y=data.labeled_y, x=data.x_train[indices]
         )
-        return data, labeled
+        return dataclasses.replace(
+            data, labeled=labeled, seed=config.seed
+        ), labeled
     if config.dataset == "arrays":
         raise ValueError(
             "`dataset='arrays'` needs the images: pass `x=`, `y=`, "
@@ -729,6 +711,7 @@ def load_data(config, data=None):
         seed=config.seed,
         num_classes=splits.num_classes,
     )
+    splits = dataclasses.replace(splits, labeled=labeled, seed=config.seed)
     return splits, labeled
 
 
@@ -806,23 +789,14 @@ def pretrain_optimizer(batch, scaling, end_fraction=0.0):
     return optimizer
 
 
-def is_streamed(splits):
-    """Whether a run's data is streamed (`streams.RecipeStreams`) rather
-    than held in memory."""
-    return hasattr(splits, "pretrain_stream")
-
-
 def train_images(run):
-    if is_streamed(run.splits):
-        return run.splits.num_train
-    return len(run.splits.x_train)
+    """The number of training images."""
+    return run.splits.num_train
 
 
 def labeled_images(run):
     """The number of labeled training images."""
-    if is_streamed(run.splits):
-        return run.splits.num_labeled
-    return len(run.labeled.y)
+    return run.splits.num_labeled
 
 
 def classifier_stage(name, build, learning_rate, batch, **kwargs):
@@ -848,18 +822,8 @@ def classifier_stage(name, build, learning_rate, batch, **kwargs):
         return min(batch(run), labeled_images(run))
 
     def stream(run):
-        from keras_ssl import data as ssl_data
-
-        if is_streamed(run.splits):
-            offset = 0 if name == "finetune" else 1
-            return run.splits.labeled_stream(size(run), seed_offset=offset)
-        return ssl_data.from_arrays(
-            run.labeled.x,
-            run.labeled.y,
-            batch_size=size(run),
-            seed=run.config.seed,
-            repeat=True,
-        )
+        offset = 0 if name == "finetune" else 1
+        return run.splits.labeled_stream(size(run), seed_offset=offset)
 
     def optimizer(run, total_steps):
         frozen = getattr(run.models.get(role), "frozen_batch_norm", False)
@@ -1038,34 +1002,19 @@ def finetune_and_baseline(build, batch_size=256):
 
 
 def test_accuracy(run, model):
-    """Top-1 test accuracy of a classifier's logits (and top-5 on a
-    streamed validation split)."""
-    if is_streamed(run.splits):
-        accuracy = run.splits.evaluate_classifier(model)
-        return {
-            "test_accuracy": accuracy["top1"],
-            "test_top5_accuracy": accuracy["top5"],
-        }
-    logits = model.predict(run.splits.x_test, batch_size=256, verbose=0)
-    correct = np.argmax(logits, -1) == run.splits.y_test
-    return {"test_accuracy": float(np.mean(correct))}
+    """Top-1 test accuracy of a classifier's logits (and top-5 where the
+    data gives it: a streamed validation split)."""
+    accuracy = run.splits.evaluate_classifier(model)
+    metrics = {"test_accuracy": accuracy["top1"]}
+    if "top5" in accuracy:
+        metrics["test_top5_accuracy"] = accuracy["top5"]
+    return metrics
 
 
 def representation(run, model):
-    """k-NN and linear-probe test accuracy of the pretrained encoder's
-    features, from the labeled images only (`reports.probe_accuracies`).
-    """
-    from keras_ssl.recipes import reports
-
-    if is_streamed(run.splits):
-        # k-NN on features computed batch by batch (no linear probe: it
-        # would need every labeled feature and a solver pass of its own).
-        accuracy = run.splits.evaluate_knn(model, output="embedding")
-        return {
-            "knn_accuracy": accuracy["top1"],
-            "knn_top5_accuracy": accuracy["top5"],
-        }
-    return reports.probe_accuracies(model, run.labeled, run.splits)
+    """k-NN (and, in memory, linear-probe) test accuracy of the
+    pretrained encoder's features, from the labeled images only."""
+    return run.splits.representation(model)
 
 
 def last_epoch(*names):

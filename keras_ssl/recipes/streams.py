@@ -175,6 +175,10 @@ class RecipeStreams:
     def num_labeled(self) -> int:
         return len(self.labeled)
 
+    def labeled_images(self):
+        """`None`: the labeled subset is listed, not held in memory."""
+        return None
+
     def identity(self, labels=True) -> dict:
         """The data's name, sizes and a hash of the labeled subset, for
         the stages' fingerprints; with `labels=False`, the names and sizes
@@ -316,6 +320,33 @@ class RecipeStreams:
             num_classes=self.num_classes,
             output=output,
         )
+
+    def embeddings(self, model, output="embedding"):
+        """`(labeled features, their labels, validation features, their
+        labels)` of `model`'s `output`, computed batch by batch."""
+        from keras_ssl.evaluation import streamed_embeddings  # Keras.
+
+        def features(stream):
+            dataset = stream.to_tf_dataset()
+            return streamed_embeddings(model, dataset, output=output)
+
+        labeled, labels = features(self.evaluation_stream(self.labeled))
+        test, truth = features(self.validation_stream())
+        return labeled, labels, test, truth
+
+    def representation(self, model):
+        """k-NN top-1 / top-5 of the encoder's features, computed batch by
+        batch (no linear probe: it would need every labeled feature and a
+        solver pass of its own)."""
+        accuracy = self.evaluate_knn(model, output="embedding")
+        return {
+            "knn_accuracy": accuracy["top1"],
+            "knn_top5_accuracy": accuracy["top5"],
+        }
+
+    def pixel_baselines(self):
+        """None (an empty dict): they need the images in memory."""
+        return {}
 
 
 class LabeledStream:

@@ -44,8 +44,8 @@ def test_pretrain_knn_finetune_export(tmp_path):
 @pytest.mark.parametrize("monitor", [True, False])
 def test_pretrain_stream_carries_labels_for_monitoring_only(monitor):
     config = semppl.SemPPLConfig.digits(monitor_pseudo_labels=monitor, **TINY)
-    splits, labeled = load_data(config)
-    stream = semppl.pretrain_stream(config, splits, labeled)
+    splits, _ = load_data(config)
+    stream = semppl.pretrain_stream(config, splits)
     batch = stream[3]
     assert batch["unlabeled"].shape == (16, 16, 16, 3)
     assert batch["labeled"].shape == (8, 16, 16, 3)
@@ -62,7 +62,6 @@ def test_pretrain_stream_carries_labels_for_monitoring_only(monitor):
     other = semppl.pretrain_stream(
         semppl.SemPPLConfig.digits(monitor_pseudo_labels=False, **TINY),
         splits,
-        labeled,
     )
     for key, value in other[3].items():
         np.testing.assert_array_equal(batch[key], value)

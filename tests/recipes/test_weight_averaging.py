@@ -182,7 +182,7 @@ def test_lp_ft_scales_every_step_by_its_trust_ratio():
         run = types.SimpleNamespace(
             config=config,
             labeled=types.SimpleNamespace(y=np.zeros(20, "int32")),
-            splits=types.SimpleNamespace(num_classes=3),
+            splits=types.SimpleNamespace(num_classes=3, num_labeled=20),
             models={"pretrainer": types.SimpleNamespace(encoder=None)},
             sync=False,
         )
