@@ -262,3 +262,35 @@ def test_command_line_errors_name_the_argument(tmp_path):
     )
     assert run.returncode == 2
     assert "model='no/such/model.keras'" in run.stderr
+
+
+def test_files_are_read_batch_by_batch(folder, monkeypatch):
+    path, _ = folder
+    source = inference.ImageSource(path)
+    opened = []
+    real_open = open
+    monkeypatch.setattr(
+        "builtins.open",
+        lambda name, *a, **k: opened.append(name) or real_open(name, *a, **k),
+    )
+    batches = source.batches(2)
+    names, contents = next(batches)
+    assert names == sorted([*GOOD, "bad.png"])[:2]
+    assert len(opened) == 2 and len(contents) == 2
+    next(batches)
+    assert len(opened) == 4
+
+
+def test_csv_rows_are_written_as_the_batches_come(tmp_path):
+    out = tmp_path / "e.csv"
+    writer = inference.TableWriter(str(out))
+    writer.write(["a.png", "b.png"], {"embedding": np.eye(2, 3, dtype="f4")})
+    header, rows = read_csv(out.read_text())
+    assert header == ["name", "embedding_0", "embedding_1", "embedding_2"]
+    assert rows == [
+        ["a.png", "1.0", "0.0", "0.0"],
+        ["b.png", "0.0", "1.0", "0.0"],
+    ]
+    writer.write(["c.png"], {"embedding": np.ones((1, 3), "f4")})
+    writer.close()
+    assert len(read_csv(out.read_text())[1]) == 3
