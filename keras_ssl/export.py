@@ -44,6 +44,7 @@ def _served_images(images, name):
     graph: a bad batch fails with a `tf.errors.InvalidArgumentError` whose
     message names the input, the shape it must have and its shape.
     """
+    # TensorFlow is optional: only a SavedModel export needs it.
     import tensorflow as tf
 
     shape = tf.shape(images)
@@ -136,6 +137,7 @@ def export_saved_model(model, path, overwrite=False):
     served.signatures["serving_default"](images=uint8_batch)["logits"]
     ```
     """
+    # TensorFlow is optional: only a SavedModel export needs it.
     import tensorflow as tf
 
     if keras.backend.backend() != "tensorflow":

@@ -4,6 +4,8 @@ import weakref
 
 import keras
 
+from keras_ssl.layers.views import Views
+
 # One compiled function per (layer, training); kept outside the layer so
 # that saving and exporting never meet it.
 _COMPILED = weakref.WeakKeyDictionary()
@@ -55,9 +57,8 @@ def _cached(layer, training, make):
 
 
 def _tensorflow_function(layer, training):
+    # Each backend is optional: its own path imports it.
     import tensorflow as tf
-
-    from keras_ssl.layers.views import Views
 
     def compiled(fn):
         return tf.function(
@@ -84,6 +85,7 @@ def _tensorflow_function(layer, training):
 
 
 def _jax_call(layer, images, training):
+    # Each backend is optional: its own path imports it.
     import jax
 
     def make():

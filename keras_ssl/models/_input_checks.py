@@ -194,6 +194,7 @@ def _is_tf_dataset(x):
 
 
 def _check_tf_dataset(x, channels, caller):
+    # TensorFlow is optional: only a `tf.data` input needs it.
     import tensorflow as tf
 
     if not isinstance(x, tf.data.Dataset):

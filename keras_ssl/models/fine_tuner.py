@@ -1,8 +1,13 @@
 """SimCLRv2 fine-tuning from a middle layer of the projection head."""
 
-import keras
+import warnings
 
+import keras
+import numpy as np
+
+from keras_ssl.data._checks import as_int32_labels
 from keras_ssl.layers.projection_head import ProjectionHead
+from keras_ssl.layers.random_resized_crop import RandomResizedCrop
 from keras_ssl.models._compiled_call import compiled_call
 from keras_ssl.models._input_checks import check_fit_input
 from keras_ssl.models._recompile_on_load import RecompileOnLoad
@@ -64,9 +69,7 @@ def logistic_regression(features, labels, num_classes, l2=1.0):
         `(kernel, bias, training_accuracy)`: float64 `(D, K)` and `(K,)`
         arrays and a float.
     """
-    import warnings
-
-    import numpy as np
+    # scikit-learn takes seconds to import: only this fit needs it.
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
@@ -169,8 +172,6 @@ class FineTuner(SavesRandomState, RecompileOnLoad, keras.Model):
         if image_size is None:
             side = encoder.input.shape[1]
             image_size = int(side) if side is not None else 224
-        from keras_ssl.layers.random_resized_crop import RandomResizedCrop
-
         self.augment = RandomResizedCrop(
             image_size, scale=crop_scale, flip=True, seed=seed
         )
@@ -262,10 +263,6 @@ class FineTuner(SavesRandomState, RecompileOnLoad, keras.Model):
               Features and Underperform Out-of-Distribution](
               https://arxiv.org/abs/2202.10054)
         """
-        import numpy as np
-
-        from keras_ssl.data._checks import as_int32_labels
-
         images = self._checked(images, "fit_linear_head", "fit", "images")
         labels = as_int32_labels(
             labels, len(images), self.num_classes, name="labels"

@@ -156,6 +156,7 @@ class SSLModel(
         return self.update_trackers(dict(logs, loss=loss))
 
     def _tensorflow_train_step(self, data):
+        # Each backend is optional: its own step imports it.
         import tensorflow as tf
 
         variables = self.trainable_variables
@@ -191,6 +192,7 @@ class SSLModel(
         return scaled, (loss, logs, new_non_trainable)
 
     def _jax_train_step(self, state, data):
+        # Each backend is optional: its own step imports it.
         import jax
 
         trainable, non_trainable, optimizer_variables, metrics = state

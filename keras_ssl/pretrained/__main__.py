@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+from keras_ssl.pretrained import catalog
+
 FORMATS = ("simclr", "paws", "semppl")
 
 
@@ -64,8 +66,6 @@ def guess_format(path):
 
 def convert(src, dst, fmt=None, ft_layer=0):
     """Reads `src` and writes `dst`; returns the model."""
-    from keras_ssl.pretrained import catalog
-
     if src in catalog.CHECKPOINTS:
         model = catalog.load(src)
     else:

@@ -17,6 +17,12 @@ found by `load()` in the cache.
 import dataclasses
 import os
 
+import keras
+
+from keras_ssl.pretrained.paws import load_paws
+from keras_ssl.pretrained.semppl import load_semppl
+from keras_ssl.pretrained.simclr import load_simclr
+
 SIMCLR_TF2 = "gs://simclr-checkpoints-tf2/simclrv2"
 # SimCLRv2 README, Table 1 rows: (depth, width, SK, F-T 1%, F-T 10%,
 # F-T 100%, linear eval, supervised).
@@ -247,10 +253,6 @@ def load(name, cache_dir=None):
 
 def read(method, path, ft_layer=0):
     """Reads a local checkpoint of `method` (see `CHECKPOINTS`)."""
-    from keras_ssl.pretrained.paws import load_paws
-    from keras_ssl.pretrained.semppl import load_semppl
-    from keras_ssl.pretrained.simclr import load_simclr
-
     if method in ("simclrv1", "simclrv2"):
         return load_simclr(path, ft_layer=ft_layer)
     if method == "paws":
@@ -259,8 +261,6 @@ def read(method, path, ft_layer=0):
 
 
 def _download(entry, directory, local):
-    import keras
-
     if entry.url.startswith("gs://"):
         raise FileNotFoundError(
             f"{entry.name} is not in the cache. Copy it there with\n"

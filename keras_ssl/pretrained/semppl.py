@@ -207,39 +207,20 @@ class _Tree:
 
 
 def _encoder(reader):
-    prefixes = [
-        k[: -len("/~/initial_conv")]
-        for k in reader.params
-        if k.endswith("/~/initial_conv")
-    ]
-    if len(prefixes) != 1:
-        modules = sorted({k.split("/")[0] for k in reader.params})
-        raise ValueError(
-            f"{reader.source} holds no single Haiku ResNet (a module named "
-            f"`<name>/~/initial_conv`); its top-level modules are {modules}."
-        )
-    prefix = prefixes[0]
-    stem = np.shape(reader.params[f"{prefix}/~/initial_conv"].get("w"))
-    if len(stem) == 5:
-        reader.devices = stem[0]
-    blocks = []
-    for group in range(4):
-        count = 0
-        while (
-            f"{prefix}/~/block_group_{group}/~/block_{count}/~/conv_0"
-            in reader.params
-        ):
-            count += 1
-        blocks.append(count)
-    bottleneck = f"{prefix}/~/block_group_0/~/block_0/~/conv_2" in reader.params
+    """The Haiku ResNet of the checkpoint as a `ResNet` with its weights."""
+    prefix = _resnet_prefix(reader)
+    stem_shape = np.shape(reader.params[f"{prefix}/~/initial_conv"].get("w"))
+    if len(stem_shape) == 5:
+        reader.devices = stem_shape[0]
+    blocks, bottleneck = _block_counts(reader, prefix)
     depths = [
         d
         for d, b in STAGE_BLOCKS.items()
-        if b == tuple(blocks) and (d >= 50) == bottleneck
+        if b == blocks and (d >= 50) == bottleneck
     ]
     if not depths:
         raise ValueError(
-            f"{reader.source}: no ResNet has {tuple(blocks)} blocks per stage."
+            f"{reader.source}: no ResNet has {blocks} blocks per stage."
         )
     stem = reader.param(f"{prefix}/~/initial_conv", "w", 4)
     encoder = ResNet(
@@ -253,31 +234,64 @@ def _encoder(reader):
     )
     values = {"stem_conv1/kernel": stem}
     _put_bn(values, "stem_bn1", reader.bn(f"{prefix}/~/initial_batchnorm", 4))
-    convs = 3 if bottleneck else 2
     for group, count in enumerate(blocks):
         for block in range(count):
-            theirs = f"{prefix}/~/block_group_{group}/~/block_{block}/~/"
-            ours = f"stage{group + 1}_block{block + 1}_"
-            pairs = [
-                (f"conv_{i}", f"batchnorm_{i}", f"conv{i + 1}", f"bn{i + 1}")
-                for i in range(convs)
-            ]
-            if block == 0:
-                pairs.append(
-                    (
-                        "shortcut_conv",
-                        "shortcut_batchnorm",
-                        "shortcut_conv",
-                        "shortcut_bn",
-                    )
-                )
-            for conv, bn, our_conv, our_bn in pairs:
-                values[f"{ours}{our_conv}/kernel"] = reader.param(
-                    theirs + conv, "w", 4
-                )
-                _put_bn(values, ours + our_bn, reader.bn(theirs + bn, 4))
+            _put_block(values, reader, prefix, group, block, bottleneck)
     assign(encoder, values, reader.source)
     return encoder
+
+
+def _resnet_prefix(reader):
+    """The name of the checkpoint's one Haiku ResNet module."""
+    prefixes = [
+        k[: -len("/~/initial_conv")]
+        for k in reader.params
+        if k.endswith("/~/initial_conv")
+    ]
+    if len(prefixes) != 1:
+        modules = sorted({k.split("/")[0] for k in reader.params})
+        raise ValueError(
+            f"{reader.source} holds no single Haiku ResNet (a module named "
+            f"`<name>/~/initial_conv`); its top-level modules are {modules}."
+        )
+    return prefixes[0]
+
+
+def _block_counts(reader, prefix):
+    """Blocks per stage, and whether the blocks are bottlenecks."""
+    blocks = []
+    for group in range(4):
+        count = 0
+        while (
+            f"{prefix}/~/block_group_{group}/~/block_{count}/~/conv_0"
+            in reader.params
+        ):
+            count += 1
+        blocks.append(count)
+    bottleneck = f"{prefix}/~/block_group_0/~/block_0/~/conv_2" in reader.params
+    return tuple(blocks), bottleneck
+
+
+def _put_block(values, reader, prefix, group, block, bottleneck):
+    """The weights of one residual block under our `ResNet`'s paths."""
+    theirs = f"{prefix}/~/block_group_{group}/~/block_{block}/~/"
+    ours = f"stage{group + 1}_block{block + 1}_"
+    pairs = [
+        (f"conv_{i}", f"batchnorm_{i}", f"conv{i + 1}", f"bn{i + 1}")
+        for i in range(3 if bottleneck else 2)
+    ]
+    if block == 0:
+        pairs.append(
+            (
+                "shortcut_conv",
+                "shortcut_batchnorm",
+                "shortcut_conv",
+                "shortcut_bn",
+            )
+        )
+    for conv, bn, our_conv, our_bn in pairs:
+        values[f"{ours}{our_conv}/kernel"] = reader.param(theirs + conv, "w", 4)
+        _put_bn(values, ours + our_bn, reader.bn(theirs + bn, 4))
 
 
 def _put_bn(values, layer, bn):

@@ -14,6 +14,7 @@ becomes.
 import os
 import re
 
+import keras
 import numpy as np
 
 from keras_ssl.backbones.resnet import STAGE_BLOCKS
@@ -66,6 +67,7 @@ def load_simclr(path, ft_layer=0):
         - [Chen et al., 2020b](https://arxiv.org/abs/2006.10029)
           (SimCLRv2).
     """
+    # TensorFlow is an optional dependency: imported where it is needed.
     import tensorflow as tf
 
     prefix = checkpoint_prefix(path)
@@ -126,14 +128,19 @@ def save_simclr(model, directory, step=0):
     keras_ssl.pretrained.save_simclr(model, "r50_1x_sk0_tf1")
     ```
     """
-    import keras
-    import tensorflow as tf
+    values = _encoder_values(model.encoder)
+    if model.head is not None:
+        values.update(_head_values(model.head))
+    if model.classifier is not None:
+        values.update(_classifier_values(model.classifier))
+    return _write_tf1_checkpoint(values, directory, step)
 
-    encoder = model.encoder
-    units = _simclr_units(encoder)
+
+def _encoder_values(encoder):
+    """The encoder's variables under SimCLR's TF1 names."""
     weights = {relative_path(encoder, v): v for v in encoder.weights}
     values = {}
-    for kind, target, name in _tf1_names(units):
+    for kind, target, name in _tf1_names(_simclr_units(encoder)):
         variables = ("kernel",) if kind == "conv" else BN_VARIABLES
         for variable in variables:
             values[f"{name}/{variable}"] = weights.pop(f"{target}/{variable}")
@@ -142,37 +149,52 @@ def save_simclr(model, directory, step=0):
             f"`{encoder.name}` has variables that SimCLR's ResNet does not: "
             f"{sorted(weights)[:8]}."
         )
-    head = model.head
-    if head is not None:
-        if not isinstance(head, ProjectionHead):
-            raise ValueError(
-                "SimCLR's projection head is a `ProjectionHead`. Received: "
-                f"head={head!r}"
-            )
-        weights = {relative_path(head, v): v for v in head.weights}
-        for j in range(head.num_layers):
-            scope = f"head_contrastive/nl_{j}"
-            values[f"{scope}/dense/kernel"] = weights.pop(f"dense_{j}/kernel")
-            for variable in BN_VARIABLES:
-                value = weights.pop(f"bn_{j}/{variable}", None)
-                if value is not None:
-                    values[f"{scope}/batch_normalization/{variable}"] = value
-        if weights:
-            raise ValueError(
-                "The projection head has variables that SimCLR's does not: "
-                f"{sorted(weights)[:8]}."
-            )
-    classifier = model.classifier
-    if classifier is not None:
-        if not isinstance(classifier, keras.layers.Dense):
-            raise ValueError(
-                "SimCLR's supervised head is one `Dense` layer. Received: "
-                f"classifier={classifier!r}"
-            )
-        scope = "head_supervised/linear_layer/dense"
-        values[f"{scope}/kernel"] = classifier.kernel
-        if classifier.use_bias:
-            values[f"{scope}/bias"] = classifier.bias
+    return values
+
+
+def _head_values(head):
+    """The projection head's variables under SimCLR's TF1 names."""
+    if not isinstance(head, ProjectionHead):
+        raise ValueError(
+            "SimCLR's projection head is a `ProjectionHead`. Received: "
+            f"head={head!r}"
+        )
+    weights = {relative_path(head, v): v for v in head.weights}
+    values = {}
+    for j in range(head.num_layers):
+        scope = f"head_contrastive/nl_{j}"
+        values[f"{scope}/dense/kernel"] = weights.pop(f"dense_{j}/kernel")
+        for variable in BN_VARIABLES:
+            value = weights.pop(f"bn_{j}/{variable}", None)
+            if value is not None:
+                values[f"{scope}/batch_normalization/{variable}"] = value
+    if weights:
+        raise ValueError(
+            "The projection head has variables that SimCLR's does not: "
+            f"{sorted(weights)[:8]}."
+        )
+    return values
+
+
+def _classifier_values(classifier):
+    """The supervised head's variables under SimCLR's TF1 names."""
+    if not isinstance(classifier, keras.layers.Dense):
+        raise ValueError(
+            "SimCLR's supervised head is one `Dense` layer. Received: "
+            f"classifier={classifier!r}"
+        )
+    scope = "head_supervised/linear_layer/dense"
+    values = {f"{scope}/kernel": classifier.kernel}
+    if classifier.use_bias:
+        values[f"{scope}/bias"] = classifier.bias
+    return values
+
+
+def _write_tf1_checkpoint(values, directory, step):
+    """Writes `values` (TF1 name -> variable) as `model.ckpt-{step}`."""
+    # TensorFlow is an optional dependency: imported where it is needed.
+    import tensorflow as tf
+
     os.makedirs(directory, exist_ok=True)
     prefix = os.path.join(os.fspath(directory), f"model.ckpt-{step}")
     names = sorted(values)
@@ -228,6 +250,7 @@ def _simclr_units(encoder):
 
 def checkpoint_prefix(path):
     """The TF checkpoint prefix of a SavedModel, directory or prefix."""
+    # TensorFlow is an optional dependency: imported where it is needed.
     import tensorflow as tf
 
     path = os.fspath(path)
@@ -300,6 +323,7 @@ class _ObjectNames:
     """
 
     def __init__(self, reader):
+        # TensorFlow is an optional dependency: imported where it is needed.
         from tensorflow.core.protobuf import trackable_object_graph_pb2
 
         graph = trackable_object_graph_pb2.TrackableObjectGraph()
@@ -528,8 +552,6 @@ def _projection_head(names, path):
 
 
 def _classifier(names, path):
-    import keras
-
     scope = names.classifier()
     kernel = names.get(f"{scope}/kernel")
     if kernel is None:
