@@ -6,6 +6,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_ssl._checks import check_in_range
+from keras_ssl._checks import check_non_negative
+from keras_ssl._checks import check_probability
 from keras_ssl.layers.random_resized_crop import to_float_images
 
 # Luma weights of `tf.image.rgb_to_grayscale` (ITU-R BT.601).
@@ -28,21 +31,6 @@ _HUE_SIN = _HUE_SIN @ _RGB_TO_YIQ[1:]
 
 # Index of each jitter op in a permutation.
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 0, 1, 2, 3
-
-
-def _check_amount(name, value, upper=None):
-    if value is None:
-        return
-    if value < 0 or (upper is not None and value > upper):
-        bound = f"in [0, {upper}]" if upper is not None else ">= 0"
-        raise ValueError(f"`{name}` must be {bound}. Received: {name}={value}")
-
-
-def _check_probability(name, value):
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(
-            f"`{name}` must be in [0, 1]. Received: {name}={value}"
-        )
 
 
 def hue_matrices(delta):
@@ -198,13 +186,18 @@ class ColorDistortion(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_amount("strength", strength)
-        _check_probability("p_jitter", p_jitter)
-        _check_probability("p_grayscale", p_grayscale)
-        _check_amount("brightness", brightness)
-        _check_amount("contrast", contrast)
-        _check_amount("saturation", saturation)
-        _check_amount("hue", hue, upper=0.5)
+        check_non_negative("strength", strength)
+        check_probability("p_jitter", p_jitter)
+        check_probability("p_grayscale", p_grayscale)
+        for name, amount in [
+            ("brightness", brightness),
+            ("contrast", contrast),
+            ("saturation", saturation),
+        ]:
+            if amount is not None:
+                check_non_negative(name, amount)
+        if hue is not None:
+            check_in_range("hue", hue, 0, 0.5)
         if hue is None and 0.2 * strength > 0.5:
             raise ValueError(
                 "`strength` must be <= 2.5 unless `hue` is given (the hue "

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_ssl._checks import check_positive_int
 from keras_ssl.ops.math import l2_normalize
 
 # Label (and image id) stored in slots that hold no example yet, and the id
@@ -10,13 +11,6 @@ from keras_ssl.ops.math import l2_normalize
 # a comparison alone can never match an empty slot.
 EMPTY_LABEL = -1
 UNKNOWN_ID = -1
-
-
-def _check_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"`{name}` must be an int >= 1. Received: {name}={value}"
-        )
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -107,8 +101,8 @@ class MemoryQueue(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_int("size", size)
-        _check_int("dim", dim)
+        check_positive_int("size", size)
+        check_positive_int("dim", dim)
         self.size = size
         self.dim = dim
         self.with_labels = with_labels

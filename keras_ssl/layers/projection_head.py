@@ -4,7 +4,6 @@ import keras
 
 from keras_ssl import distribute
 from keras_ssl._checks import check_positive_int
-from keras_ssl._checks import is_int
 
 
 def _per_layer(name, value, num_layers):
@@ -100,13 +99,7 @@ class ProjectionHead(keras.layers.Layer):
         super().__init__(**kwargs)
         check_positive_int("num_layers", num_layers)
         check_positive_int("output_dim", output_dim)
-        if hidden_dim is not None and (
-            not is_int(hidden_dim) or hidden_dim < 1
-        ):
-            raise ValueError(
-                f"`hidden_dim` must be None or an int >= 1. Received: "
-                f"hidden_dim={hidden_dim}"
-            )
+        check_positive_int("hidden_dim", hidden_dim, optional=True)
         self.num_layers = num_layers
         self.output_dim = output_dim
         self.hidden_dim = hidden_dim

@@ -6,7 +6,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_ssl.layers.color_distortion import _check_probability
+from keras_ssl._checks import check_aspect_ratio
+from keras_ssl._checks import check_in_range
+from keras_ssl._checks import check_probability
 from keras_ssl.layers.random_resized_crop import to_float_images
 
 
@@ -262,20 +264,12 @@ class RandomGaussianBlur(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_probability("p", p)
-        sigma = tuple(float(s) for s in sigma)
-        if len(sigma) != 2 or not 0.0 < sigma[0] <= sigma[1]:
-            raise ValueError(
-                "`sigma` must be two floats with 0 < min <= max. "
-                f"Received: sigma={sigma}"
-            )
-        if not 0.0 < kernel_fraction <= 1.0:
-            raise ValueError(
-                "`kernel_fraction` must be in (0, 1]. "
-                f"Received: kernel_fraction={kernel_fraction}"
-            )
+        check_probability("p", p)
+        check_in_range(
+            "kernel_fraction", kernel_fraction, 0, 1, include_low=False
+        )
         self.p = float(p)
-        self.sigma = sigma
+        self.sigma = check_aspect_ratio("sigma", sigma)
         self.kernel_fraction = float(kernel_fraction)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)

@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_ssl._checks import check_aspect_ratio
 from keras_ssl._checks import check_crop_scale
+from keras_ssl._checks import check_in_range
 
 # torchvision's RandomResizedCrop also tries 10 windows before falling back.
 _NUM_CANDIDATES = 10
@@ -252,11 +253,13 @@ class RandomResizedCrop(keras.layers.Layer):
         self.size = normalize_size(size)
         scale = check_crop_scale("scale", scale)
         ratio = check_aspect_ratio("ratio", ratio)
-        if not 0.0 < eval_crop_proportion <= 1.0:
-            raise ValueError(
-                "`eval_crop_proportion` must be in (0, 1]. "
-                f"Received: eval_crop_proportion={eval_crop_proportion}"
-            )
+        check_in_range(
+            "eval_crop_proportion",
+            eval_crop_proportion,
+            0,
+            1,
+            include_low=False,
+        )
         self.scale = scale
         self.ratio = ratio
         self.flip = bool(flip)

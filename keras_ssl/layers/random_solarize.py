@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_ssl.layers.color_distortion import _check_probability
+from keras_ssl._checks import check_probability
 from keras_ssl.layers.random_resized_crop import to_float_images
 
 
@@ -56,12 +56,8 @@ class RandomSolarize(keras.layers.Layer):
 
     def __init__(self, p=0.2, threshold=0.5, seed=None, **kwargs):
         super().__init__(**kwargs)
-        _check_probability("p", p)
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(
-                "`threshold` must be in [0, 1]. "
-                f"Received: threshold={threshold}"
-            )
+        check_probability("p", p)
+        check_probability("threshold", threshold)
         self.p = float(p)
         self.threshold = float(threshold)
         self.seed = seed

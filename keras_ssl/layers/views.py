@@ -4,8 +4,9 @@ import dataclasses
 
 import keras
 
+from keras_ssl._checks import check_non_negative
+from keras_ssl._checks import check_probability
 from keras_ssl.layers.color_distortion import ColorDistortion
-from keras_ssl.layers.color_distortion import _check_probability
 from keras_ssl.layers.random_gaussian_blur import RandomGaussianBlur
 from keras_ssl.layers.random_resized_crop import RandomResizedCrop
 from keras_ssl.layers.random_resized_crop import normalize_size
@@ -64,13 +65,9 @@ class ViewSpec:
         object.__setattr__(self, "size", size)
         object.__setattr__(self, "scale", tuple(self.scale))
         object.__setattr__(self, "ratio", tuple(self.ratio))
-        if self.color_strength < 0:
-            raise ValueError(
-                "`color_strength` must be >= 0. "
-                f"Received: color_strength={self.color_strength}"
-            )
-        _check_probability("blur_p", self.blur_p)
-        _check_probability("solarize_p", self.solarize_p)
+        check_non_negative("color_strength", self.color_strength)
+        check_probability("blur_p", self.blur_p)
+        check_probability("solarize_p", self.solarize_p)
 
     def to_dict(self):
         """The spec as a plain dict (what `get_config` stores)."""

@@ -5,11 +5,8 @@ from keras import ops
 
 from keras_ssl._checks import check_in_range
 from keras_ssl._checks import check_positive
+from keras_ssl.ops.math import loss_dtype
 from keras_ssl.ops.math import soft_cross_entropy
-
-
-def _check_alpha(alpha) -> None:
-    check_in_range("alpha", alpha, 0, 1)
 
 
 def _check_logits(teacher_logits, student_logits, labels, labeled_logits):
@@ -51,12 +48,8 @@ def _check_logits(teacher_logits, student_logits, labels, labeled_logits):
 
 def _upcast(*tensors):
     """The tensors in float32 (float64 stays float64)."""
-    out = []
-    for x in tensors:
-        x = ops.convert_to_tensor(x)
-        dtype = keras.backend.standardize_dtype(x.dtype)
-        out.append(ops.cast(x, "float64" if dtype == "float64" else "float32"))
-    return out
+    tensors = [ops.convert_to_tensor(x) for x in tensors]
+    return [ops.cast(x, loss_dtype(x)) for x in tensors]
 
 
 def _per_example(teacher_logits, student_logits, temperature):
@@ -119,7 +112,7 @@ def distillation(
           Semi-Supervised Learners](https://arxiv.org/abs/2006.10029)
     """
     check_positive("temperature", temperature)
-    _check_alpha(alpha)
+    check_in_range("alpha", alpha, 0, 1)
     if alpha < 1.0 and labels is None:
         raise ValueError(
             "`alpha` < 1 weights the labeled cross-entropy of eq. (3), which "

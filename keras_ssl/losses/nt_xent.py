@@ -139,7 +139,9 @@ def _contrastive_metrics(logits, labels):
 
 
 def _prepare(z1, z2, temperature, negatives, negatives_mask):
-    check_positive("temperature", temperature)
+    """Logits, targets and positives of inputs checked here, for a
+    `temperature` checked by the caller (once, by `nt_xent()` or
+    `NTXent.__init__`)."""
     z1 = ops.convert_to_tensor(z1)
     z2 = ops.convert_to_tensor(z2)
     if negatives is not None:
@@ -219,6 +221,7 @@ def nt_xent(
         - [Chen et al., 2020. Big Self-Supervised Models are Strong
           Semi-Supervised Learners](https://arxiv.org/abs/2006.10029)
     """
+    check_positive("temperature", temperature)
     logits, labels, positive = _prepare(
         z1, z2, temperature, negatives, negatives_mask
     )

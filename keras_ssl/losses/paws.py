@@ -1,12 +1,20 @@
-"""PAWS: predicting view assignments with a labeled support set."""
+"""PAWS: predicting view assignments with a labeled support set.
+
+The loss (eq. 4 of Assran et al., 2021) comes first, in its four steps:
+soft nearest neighbours (eq. 1), sharpened targets (eq. 2), the
+cross-entropy of every view against its target, and the ME-MAX
+regulariser. The entry points, `paws()` and `PAWS`, follow; the checks
+of their arguments and inputs come last.
+"""
 
 import keras
 import numpy as np
 from keras import ops
 
 from keras_ssl import distribute
+from keras_ssl._checks import check_in_range
 from keras_ssl._checks import check_positive
-from keras_ssl._checks import is_int
+from keras_ssl._checks import check_positive_int
 from keras_ssl.ops.math import entropy
 from keras_ssl.ops.math import loss_dtype
 from keras_ssl.ops.math import sharpen
@@ -14,79 +22,85 @@ from keras_ssl.ops.math import soft_cross_entropy
 from keras_ssl.ops.math import soft_nearest_neighbour
 
 
-def _check_args(
+def _paws_terms(
+    views,
+    support,
+    support_labels,
+    num_classes,
     temperature,
     sharpen_temperature,
     label_smoothing,
-    num_classes,
-    target_threshold=0.0,
-) -> None:
-    check_positive("temperature", temperature)
-    check_positive("sharpen_temperature", sharpen_temperature)
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(
-            "`label_smoothing` must be in [0, 1). Received: "
-            f"label_smoothing={label_smoothing}"
+    target_views=None,
+    target_support=None,
+    target_threshold=1e-4,
+):
+    """Per-anchor cross-entropies of eq. (4), `H(p_bar)` and the global
+    views' targets, from inputs that `_checked_inputs` has seen."""
+    dtype = loss_dtype(views[0])
+    batch = ops.shape(views[0])[0]
+    labels = _support_targets(
+        support_labels, num_classes, label_smoothing, dtype=dtype
+    )
+    # Step 1: soft nearest neighbours.
+    probs = _classify(views, support, labels, temperature, dtype)
+    # Step 2: sharpened targets, from the two global views.
+    sharp = sharpen(probs, sharpen_temperature)
+    if target_views is None:
+        global_targets = sharp[: 2 * batch]
+    else:
+        # The reference code's targets: the global views' representations
+        # before any prediction head, against the support's.
+        global_targets = sharpen(
+            _classify(target_views, target_support, labels, temperature, dtype),
+            sharpen_temperature,
         )
-    if not 0.0 <= target_threshold < 1.0:
-        raise ValueError(
-            "`target_threshold` must be in [0, 1). Received: "
-            f"target_threshold={target_threshold}"
-        )
-    if num_classes is not None and not (
-        is_int(num_classes) and num_classes >= 1
-    ):
-        raise ValueError(
-            "`num_classes` must be None or an int >= 1. Received: "
-            f"num_classes={num_classes}"
-        )
+    # §3.2: "we only differentiate the cross-entropy loss terms with respect
+    # to the predictions p_i and p_i^+, and not the sharpened targets".
+    global_targets = ops.stop_gradient(global_targets)
+    targets = _view_targets(global_targets, batch, len(views), target_threshold)
+    # Step 3: the cross-entropy of every view's prediction.
+    cross_entropy = soft_cross_entropy(targets, probs=probs)
+    # Step 4: ME-MAX, the entropy of the mean sharpened prediction.
+    mean_entropy = entropy(_global_mean(sharp))
+    return cross_entropy, mean_entropy, global_targets
 
 
-def _check_views(views, support):
-    if isinstance(views, dict) or not isinstance(views, (list, tuple)):
-        raise ValueError(
-            "`views` must be a list of tensors (B, D), the two global views "
-            f"first. Received: views of type {type(views)}"
-        )
-    if len(views) < 2:
-        raise ValueError(
-            "`views` must hold at least the two global views. Received: "
-            f"{len(views)} view(s)"
-        )
-    shapes = [tuple(v.shape) for v in views]
-    if any(len(s) != 2 for s in shapes) or len(support.shape) != 2:
-        raise ValueError(
-            "Every view and `support` must have rank 2 (batch, dim). "
-            f"Received: view shapes={shapes}, "
-            f"support.shape={tuple(support.shape)}"
-        )
-    for axis, what in ((0, "batch size"), (1, "dim")):
-        known = {s[axis] for s in shapes if s[axis] is not None}
-        if axis == 1 and support.shape[1] is not None:
-            known.add(support.shape[1])
-        if len(known) > 1:
-            raise ValueError(
-                f"All views (and the support, for the dim) must have the "
-                f"same {what}. Received: view shapes={shapes}, "
-                f"support.shape={tuple(support.shape)}"
-            )
+def _classify(views, support, labels, temperature, dtype):
+    """Eq. (1) for the rows of every view, against the global support.
+
+    Every replica classifies against the support batch of every replica;
+    the gather is differentiable, so the support embeddings of every
+    replica receive the gradient of every replica's anchors
+    ("accommodation").
+    """
+    queries = ops.concatenate([ops.cast(v, dtype) for v in views], axis=0)
+    keys = distribute.all_gather(ops.cast(support, dtype))
+    return soft_nearest_neighbour(queries, keys, labels, temperature)
 
 
-def _check_class_ids(labels, num_classes):
-    """Class ids in `[0, num_classes)`, where their values are known (a
-    label out of range would be a row of zeros: a support image without a
-    class). Inside a compiled step the ids are symbolic; the models'
-    support batches come from `keras_ssl.data`, which checks them."""
-    try:
-        values = np.asarray(ops.convert_to_numpy(labels))
-    except (RuntimeError, TypeError):
-        return
-    if values.size and (values.min() < 0 or values.max() >= num_classes):
-        raise ValueError(
-            f"`support_labels` must be class ids in [0, num_classes) with "
-            f"num_classes={num_classes}. Received: support_labels in "
-            f"[{values.min()}, {values.max()}]"
-        )
+def _view_targets(global_targets, batch, num_views, threshold):
+    """Eq. (4)'s target of every view's rows, from the two global ones."""
+    t1, t2 = global_targets[:batch], global_targets[batch:]
+    # Each global view targets the other one; each small view targets
+    # the mean of the two global targets (§5, footnote 4).
+    local = [0.5 * (t1 + t2)] * (num_views - 2)
+    targets = ops.concatenate([t2, t1] + local, axis=0)
+    if threshold:
+        # As the reference code does ("numerical stability"): target
+        # probabilities below the threshold count as 0, not renormalised.
+        targets = ops.where(targets < threshold, 0.0, targets)
+    return targets
+
+
+def _global_mean(sharp):
+    """`p_bar` of eq. (4): "the average of the sharpened predictions" of
+    all views of all images, over the global batch. It is differentiated
+    (otherwise ME-MAX would have no effect)."""
+    total = distribute.all_reduce_sum(ops.sum(sharp, axis=0))
+    count = ops.cast(
+        ops.shape(sharp)[0] * distribute.num_replicas(), total.dtype
+    )
+    return total / count
 
 
 def _support_targets(
@@ -132,115 +146,6 @@ def _support_targets(
         uniform = present / ops.maximum(ops.sum(present), 1.0)
         onehot = (1.0 - label_smoothing) * onehot + label_smoothing * uniform
     return onehot
-
-
-def _check_targets(target_views, target_support, views):
-    if (target_views is None) != (target_support is None):
-        raise ValueError(
-            "`target_views` and `target_support` go together. Received: "
-            f"target_views={'None' if target_views is None else 'given'}, "
-            f"target_support="
-            f"{'None' if target_support is None else 'given'}"
-        )
-    if target_views is None:
-        return None, None
-    if not isinstance(target_views, (list, tuple)) or len(target_views) != 2:
-        raise ValueError(
-            "`target_views` must be a list of the two global views' "
-            "target representations. Received: target_views of type "
-            f"{type(target_views).__name__}"
-            + (
-                f" and length {len(target_views)}"
-                if isinstance(target_views, (list, tuple))
-                else ""
-            )
-        )
-    target_views = [ops.convert_to_tensor(v) for v in target_views]
-    target_support = ops.convert_to_tensor(target_support)
-    _check_views(target_views, target_support)
-    rows = {views[0].shape[0], target_views[0].shape[0]} - {None}
-    if len(rows) > 1:
-        raise ValueError(
-            "`target_views` must have the views' batch size. Received: "
-            f"target batch {target_views[0].shape[0]}, view batch "
-            f"{views[0].shape[0]}"
-        )
-    return target_views, target_support
-
-
-def _paws_terms(
-    views,
-    support,
-    support_labels,
-    num_classes,
-    temperature,
-    sharpen_temperature,
-    label_smoothing,
-    target_views=None,
-    target_support=None,
-    target_threshold=1e-4,
-):
-    """Per-anchor cross-entropies of eq. (4), H(p_bar) and the targets."""
-    _check_args(
-        temperature,
-        sharpen_temperature,
-        label_smoothing,
-        num_classes,
-        target_threshold,
-    )
-    views = [ops.convert_to_tensor(v) for v in views]
-    support = ops.convert_to_tensor(support)
-    _check_views(views, support)
-    target_views, target_support = _check_targets(
-        target_views, target_support, views
-    )
-    dtype = loss_dtype(views[0])
-    queries = ops.concatenate([ops.cast(v, dtype) for v in views], axis=0)
-    # Every replica classifies against the global support batch; the
-    # gather is differentiable, so the support embeddings of every replica
-    # receive the gradient of every replica's anchors ("accommodation").
-    keys = distribute.all_gather(ops.cast(support, dtype))
-    labels = _support_targets(
-        support_labels, num_classes, label_smoothing, dtype=dtype
-    )
-    probs = soft_nearest_neighbour(queries, keys, labels, temperature)
-    sharp = sharpen(probs, sharpen_temperature)
-    batch = ops.shape(views[0])[0]
-    target = sharp[: 2 * batch]
-    if target_views is not None:
-        # The reference code's targets: the global views' representations
-        # before any prediction head, against the support's.
-        target = sharpen(
-            soft_nearest_neighbour(
-                ops.concatenate([ops.cast(v, dtype) for v in target_views], 0),
-                distribute.all_gather(ops.cast(target_support, dtype)),
-                labels,
-                temperature,
-            ),
-            sharpen_temperature,
-        )
-    # §3.2: "we only differentiate the cross-entropy loss terms with respect
-    # to the predictions p_i and p_i^+, and not the sharpened targets".
-    target = ops.stop_gradient(target)
-    t1, t2 = target[:batch], target[batch:]
-    # Eq. (4): each global view targets the other one; each small view
-    # targets the mean of the two global targets (§5, footnote 4).
-    local = [0.5 * (t1 + t2)] * (len(views) - 2)
-    targets = ops.concatenate([t2, t1] + local, axis=0)
-    if target_threshold:
-        # As the reference code does ("numerical stability"): target
-        # probabilities below the threshold count as 0, not renormalised.
-        targets = ops.where(targets < target_threshold, 0.0, targets)
-    cross_entropy = soft_cross_entropy(targets, probs=probs)
-    # Eq. (4): p_bar is "the average of the sharpened predictions" of all
-    # views of all images, over the global batch, and it is differentiated
-    # (otherwise ME-MAX would have no effect).
-    total = distribute.all_reduce_sum(ops.sum(sharp, axis=0))
-    count = ops.cast(
-        ops.shape(queries)[0] * distribute.num_replicas(), total.dtype
-    )
-    mean_entropy = entropy(total / count)
-    return cross_entropy, mean_entropy, ops.concatenate([t1, t2], axis=0)
 
 
 def _metrics(cross_entropy, mean_entropy, global_targets):
@@ -350,6 +255,16 @@ def paws(
           by Non-Parametrically Predicting View Assignments with Support
           Samples](https://arxiv.org/abs/2104.13963)
     """
+    _check_args(
+        temperature,
+        sharpen_temperature,
+        label_smoothing,
+        num_classes,
+        target_threshold,
+    )
+    views, support, target_views, target_support = _checked_inputs(
+        views, support, target_views, target_support
+    )
     cross_entropy, mean_entropy, global_targets = _paws_terms(
         views,
         support,
@@ -459,9 +374,12 @@ class PAWS(keras.losses.Loss):
         if len(y_true.shape) == 1:
             # Keras casts `y_true` to the loss dtype; class ids are ints.
             labels = ops.cast(y_true, "int32")
+        views, support, _, _ = _checked_inputs(
+            list(y_pred["views"]), y_pred["support"]
+        )
         cross_entropy, mean_entropy, _ = _paws_terms(
-            list(y_pred["views"]),
-            y_pred["support"],
+            views,
+            support,
             labels,
             self.num_classes,
             self.temperature,
@@ -487,3 +405,112 @@ class PAWS(keras.losses.Loss):
             }
         )
         return config
+
+
+def _check_args(
+    temperature,
+    sharpen_temperature,
+    label_smoothing,
+    num_classes,
+    target_threshold=0.0,
+) -> None:
+    check_positive("temperature", temperature)
+    check_positive("sharpen_temperature", sharpen_temperature)
+    check_in_range("label_smoothing", label_smoothing, 0, 1, include_high=False)
+    check_in_range(
+        "target_threshold", target_threshold, 0, 1, include_high=False
+    )
+    check_positive_int("num_classes", num_classes, optional=True)
+
+
+def _checked_inputs(views, support, target_views=None, target_support=None):
+    """The views, the support and the optional targets as tensors, with
+    shapes that fit together."""
+    views = [ops.convert_to_tensor(v) for v in views]
+    support = ops.convert_to_tensor(support)
+    _check_views(views, support)
+    target_views, target_support = _check_targets(
+        target_views, target_support, views
+    )
+    return views, support, target_views, target_support
+
+
+def _check_views(views, support):
+    if isinstance(views, dict) or not isinstance(views, (list, tuple)):
+        raise ValueError(
+            "`views` must be a list of tensors (B, D), the two global views "
+            f"first. Received: views of type {type(views)}"
+        )
+    if len(views) < 2:
+        raise ValueError(
+            "`views` must hold at least the two global views. Received: "
+            f"{len(views)} view(s)"
+        )
+    shapes = [tuple(v.shape) for v in views]
+    if any(len(s) != 2 for s in shapes) or len(support.shape) != 2:
+        raise ValueError(
+            "Every view and `support` must have rank 2 (batch, dim). "
+            f"Received: view shapes={shapes}, "
+            f"support.shape={tuple(support.shape)}"
+        )
+    for axis, what in ((0, "batch size"), (1, "dim")):
+        known = {s[axis] for s in shapes if s[axis] is not None}
+        if axis == 1 and support.shape[1] is not None:
+            known.add(support.shape[1])
+        if len(known) > 1:
+            raise ValueError(
+                f"All views (and the support, for the dim) must have the "
+                f"same {what}. Received: view shapes={shapes}, "
+                f"support.shape={tuple(support.shape)}"
+            )
+
+
+def _check_class_ids(labels, num_classes):
+    """Class ids in `[0, num_classes)`, where their values are known (a
+    label out of range would be a row of zeros: a support image without a
+    class). Inside a compiled step the ids are symbolic; the models'
+    support batches come from `keras_ssl.data`, which checks them."""
+    try:
+        values = np.asarray(ops.convert_to_numpy(labels))
+    except (RuntimeError, TypeError):
+        return
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(
+            f"`support_labels` must be class ids in [0, num_classes) with "
+            f"num_classes={num_classes}. Received: support_labels in "
+            f"[{values.min()}, {values.max()}]"
+        )
+
+
+def _check_targets(target_views, target_support, views):
+    if (target_views is None) != (target_support is None):
+        raise ValueError(
+            "`target_views` and `target_support` go together. Received: "
+            f"target_views={'None' if target_views is None else 'given'}, "
+            f"target_support="
+            f"{'None' if target_support is None else 'given'}"
+        )
+    if target_views is None:
+        return None, None
+    if not isinstance(target_views, (list, tuple)) or len(target_views) != 2:
+        raise ValueError(
+            "`target_views` must be a list of the two global views' "
+            "target representations. Received: target_views of type "
+            f"{type(target_views).__name__}"
+            + (
+                f" and length {len(target_views)}"
+                if isinstance(target_views, (list, tuple))
+                else ""
+            )
+        )
+    target_views = [ops.convert_to_tensor(v) for v in target_views]
+    target_support = ops.convert_to_tensor(target_support)
+    _check_views(target_views, target_support)
+    rows = {views[0].shape[0], target_views[0].shape[0]} - {None}
+    if len(rows) > 1:
+        raise ValueError(
+            "`target_views` must have the views' batch size. Received: "
+            f"target batch {target_views[0].shape[0]}, view batch "
+            f"{views[0].shape[0]}"
+        )
+    return target_views, target_support

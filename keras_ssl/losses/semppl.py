@@ -18,6 +18,7 @@ from keras import ops
 
 from keras_ssl._checks import check_non_negative
 from keras_ssl._checks import check_positive
+from keras_ssl._checks import check_positive_int
 from keras_ssl.ops.math import knn_vote
 from keras_ssl.ops.math import l2_normalize
 from keras_ssl.ops.math import loss_dtype
@@ -514,11 +515,7 @@ def sample_negative_indices(noise, anchor_indices, num_negatives: int = 10):
     Returns:
         An int32 tensor `(B, num_negatives)`.
     """
-    if not isinstance(num_negatives, int) or num_negatives < 1:
-        raise ValueError(
-            "`num_negatives` must be an int >= 1. Received: "
-            f"num_negatives={num_negatives}"
-        )
+    check_positive_int("num_negatives", num_negatives)
     noise = ops.convert_to_tensor(noise)
     candidates = noise.shape[-1]
     if candidates is not None and num_negatives >= candidates:

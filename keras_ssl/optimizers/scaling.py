@@ -1,7 +1,9 @@
 """`scale_learning_rate`: SimCLR's learning-rate scaling with batch size."""
 
 import math
-import numbers
+
+from keras_ssl._checks import check_positive
+from keras_ssl._checks import check_positive_int
 
 _RULES = ("linear", "sqrt")
 
@@ -41,15 +43,8 @@ def scale_learning_rate(
           Semi-Supervised Learners](https://arxiv.org/abs/2006.10029),
           §3.1.
     """
-    if not base_lr > 0:
-        raise ValueError(f"`base_lr` must be > 0. Received: base_lr={base_lr}")
-    if isinstance(batch_size, bool) or not (
-        isinstance(batch_size, numbers.Integral) and batch_size >= 1
-    ):
-        raise ValueError(
-            "`batch_size` must be an integer >= 1. "
-            f"Received: batch_size={batch_size}"
-        )
+    check_positive("base_lr", base_lr)
+    check_positive_int("batch_size", batch_size)
     if rule == "linear":
         return float(base_lr * batch_size / 256)
     if rule == "sqrt":

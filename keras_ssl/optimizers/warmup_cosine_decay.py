@@ -1,10 +1,14 @@
 """`WarmupCosineDecay`: linear warm-up, then cosine decay (SimCLR)."""
 
 import math
-import numbers
 
 import keras
 from keras import ops
+
+from keras_ssl._checks import check_non_negative
+from keras_ssl._checks import check_positive
+from keras_ssl._checks import check_positive_int
+from keras_ssl._checks import is_int
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -60,29 +64,14 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         end_learning_rate=0.0,
         name="warmup_cosine_decay",
     ):
-        if not base_learning_rate > 0:
+        check_positive("base_learning_rate", base_learning_rate)
+        check_positive_int("total_steps", total_steps)
+        if not (is_int(warmup_steps) and 0 <= warmup_steps <= total_steps):
             raise ValueError(
-                "`base_learning_rate` must be > 0. "
-                f"Received: base_learning_rate={base_learning_rate}"
-            )
-        if not (isinstance(total_steps, numbers.Integral) and total_steps >= 1):
-            raise ValueError(
-                "`total_steps` must be an integer >= 1. "
-                f"Received: total_steps={total_steps}"
-            )
-        if not (
-            isinstance(warmup_steps, numbers.Integral)
-            and 0 <= warmup_steps <= total_steps
-        ):
-            raise ValueError(
-                "`warmup_steps` must be an integer in [0, total_steps="
+                "`warmup_steps` must be an int in [0, total_steps="
                 f"{total_steps}]. Received: warmup_steps={warmup_steps}"
             )
-        if not end_learning_rate >= 0:
-            raise ValueError(
-                "`end_learning_rate` must be >= 0. "
-                f"Received: end_learning_rate={end_learning_rate}"
-            )
+        check_non_negative("end_learning_rate", end_learning_rate)
         self.base_learning_rate = base_learning_rate
         self.total_steps = int(total_steps)
         self.warmup_steps = int(warmup_steps)

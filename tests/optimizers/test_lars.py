@@ -433,3 +433,42 @@ class TestLARS(TestCase):
     def test_invalid_arguments(self, kwargs, message):
         with pytest.raises(ValueError, match=re.escape(message)):
             LARS(**kwargs)
+
+
+class TestKerasPrivateAPI(TestCase):
+    """The two private Keras optimizer methods LARS relies on (checked
+    against Keras 3.15.1): this fails if Keras renames them or changes
+    what they answer."""
+
+    def test_get_variable_index_follows_the_built_variables(self):
+        variables = [
+            keras.Variable(np.ones(shape, "float32"), name=f"v{i}")
+            for i, shape in enumerate([(2,), (3, 2), (1,)])
+        ]
+        optimizer = keras.optimizers.SGD()
+        optimizer.build(variables)
+        for index, variable in enumerate(variables):
+            assert optimizer._get_variable_index(variable) == index
+            # The backend's variable maps to the same slot.
+            assert optimizer._get_variable_index(variable.value) == index
+
+    def test_use_weight_decay_reads_exclude_from_weight_decay(self):
+        kernel = keras.Variable(np.ones((2, 2), "float32"), name="kernel")
+        bias = keras.Variable(np.ones((2,), "float32"), name="bias")
+        other = keras.Variable(np.ones((2,), "float32"), name="other")
+        optimizer = keras.optimizers.SGD(weight_decay=0.1)
+        optimizer.exclude_from_weight_decay(
+            var_list=[kernel], var_names=["bias"]
+        )
+        assert not optimizer._use_weight_decay(kernel)
+        assert not optimizer._use_weight_decay(bias)
+        assert optimizer._use_weight_decay(other)
+
+    def test_lars_goes_through_them(self):
+        kernel = keras.Variable(np.ones((2, 2), "float32"), name="kernel")
+        other = keras.Variable(np.ones((2, 2), "float32"), name="other")
+        optimizer = LARS(weight_decay=0.1)
+        optimizer.exclude_from_weight_decay(var_list=[kernel])
+        optimizer.build([kernel, other])
+        assert optimizer._slot_index(other) == 1
+        assert optimizer._decayed == (False, True)
