@@ -158,6 +158,7 @@ class HostDataset(keras.utils.PyDataset):
         Returns:
             A prefetched `tf.data.Dataset`.
         """
+        # Deferred: TensorFlow is optional for keras_ssl.data.
         import tensorflow as tf
 
         replicas, first, here = replica_slots(input_context)
@@ -192,6 +193,7 @@ class HostDataset(keras.utils.PyDataset):
         return True
 
     def _signature(self, replicas: int):
+        # Deferred: TensorFlow is optional for keras_ssl.data.
         import tensorflow as tf
 
         # A short last batch changes the batch dimension, so it is only

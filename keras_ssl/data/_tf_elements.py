@@ -163,3 +163,22 @@ def resize_uint8(image, image_size):
     )
     image = tf.clip_by_value(tf.round(image), 0.0, 255.0)
     return tf.ensure_shape(tf.cast(image, tf.uint8), (height, width, 3))
+
+
+def images_and_labels(dataset, name, image_key, label_key, image_size):
+    """Maps the elements of `dataset` (dicts, tuples or images; see
+    `element_parts`) to uint8 images, or `(image, int32 label)` pairs
+    unless `label_key` is `None`, resized to `image_size` when given."""
+    parts = element_parts(
+        dataset, name, label_key is not None, image_key, label_key or "label"
+    )
+
+    def convert(element):
+        converted = parts(element)
+        if image_size is None:
+            return converted
+        if label_key is None:
+            return resize_uint8(converted, image_size)
+        return resize_uint8(converted[0], image_size), converted[1]
+
+    return map_elements(dataset, convert, num_parallel_calls=tf.data.AUTOTUNE)

@@ -45,6 +45,7 @@ def list_class_folders(path):
 
 
 def _decode(file_path):
+    # Deferred: TensorFlow is optional for keras_ssl.data.
     import tensorflow as tf
 
     return tf.io.decode_image(
@@ -58,6 +59,7 @@ def _probe(files):
     Files that fail to decode are missing from the result; tf.data's
     `ignore_errors` drops them and the decoding runs in parallel.
     """
+    # Deferred: TensorFlow is optional for keras_ssl.data.
     import tensorflow as tf
 
     probe = (
@@ -154,6 +156,7 @@ def from_directory(
     train.class_names  # ['daisy', 'dandelion', ...]
     ```
     """
+    # Deferred: TensorFlow (and these helpers, which import it) is optional.
     import tensorflow as tf
 
     from keras_ssl.data._tf_elements import resize_uint8

@@ -66,6 +66,7 @@ def distribute_dataset(strategy, dataset, global_batch_size=None):
     distributed = keras_ssl.data.distribute_dataset(strategy, stream)
     ```
     """
+    # Deferred: TensorFlow is optional for keras_ssl.data.
     import tensorflow as tf
 
     replicas = strategy.num_replicas_in_sync

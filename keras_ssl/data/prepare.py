@@ -1,6 +1,7 @@
 """`prepare_images()`: any batch of images as uint8 RGB at one square size."""
 
 import numpy as np
+from keras import ops
 
 from keras_ssl._checks import check_positive_int
 from keras_ssl.data._checks import as_uint8_images
@@ -52,8 +53,6 @@ def _pad(images, image_size, name):
 
 def _resize(images, image_size, batch_size=1024):
     """Centre-crop to a square and resize (bilinear, antialiased)."""
-    from keras import ops
-
     out = np.empty((len(images), image_size, image_size, 3), np.uint8)
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size].astype("float32")

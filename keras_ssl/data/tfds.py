@@ -65,7 +65,10 @@ def from_tfds(
         "cifar10", "train", batch_size=256, shuffle=True)
     ```
     """
+    # Deferred: TensorFlow (and this helper, which imports it) is optional.
     import tensorflow as tf
+
+    from keras_ssl.data._tf_elements import images_and_labels
 
     seed = check_seed(seed)
     buffer = check_positive_int("shuffle_buffer_size", shuffle_buffer_size)
@@ -74,7 +77,7 @@ def from_tfds(
     image_size = check_image_size(image_size)
     raw = _load(name, split, data_dir, shuffle, download, seed, input_context)
     # Converting first checks the keys and the element spec.
-    dataset = _to_images_and_labels(
+    dataset = images_and_labels(
         raw, f"tfds {name!r}", image_key, label_key, image_size
     )
     image_shape = raw.element_spec[image_key].shape
@@ -96,6 +99,7 @@ def from_tfds(
 
 def _load(name, split, data_dir, shuffle, download, seed, input_context):
     """`tfds.load` of the split's dict elements, files shuffled with `seed`."""
+    # Deferred: tensorflow_datasets is needed only for tfds data.
     import tensorflow_datasets as tfds
 
     return tfds.load(
@@ -110,30 +114,6 @@ def _load(name, split, data_dir, shuffle, download, seed, input_context):
     )
 
 
-def _to_images_and_labels(dataset, name, image_key, label_key, image_size):
-    """Maps tfds's dicts to uint8 images (and int32 labels), resized to
-    `image_size` when given."""
-    import tensorflow as tf
-
-    from keras_ssl.data._tf_elements import element_parts
-    from keras_ssl.data._tf_elements import map_elements
-    from keras_ssl.data._tf_elements import resize_uint8
-
-    parts = element_parts(
-        dataset, name, label_key is not None, image_key, label_key or "label"
-    )
-
-    def convert(element):
-        converted = parts(element)
-        if image_size is None:
-            return converted
-        if label_key is None:
-            return resize_uint8(converted, image_size)
-        return resize_uint8(converted[0], image_size), converted[1]
-
-    return map_elements(dataset, convert, num_parallel_calls=tf.data.AUTOTUNE)
-
-
 def prepared_tfds_builder(name: str, data_dir=None):
     """The tfds builder of `name`, which must be prepared under `data_dir`.
 
@@ -146,6 +126,7 @@ def prepared_tfds_builder(name: str, data_dir=None):
         FileNotFoundError: the data set is not prepared under `data_dir`
             (tfds's default folder when `data_dir` is `None`).
     """
+    # Deferred: tensorflow_datasets is needed only for tfds data.
     import tensorflow_datasets as tfds
 
     try:

@@ -145,6 +145,7 @@ class ImageStream:
     def positions(self, input_context=None, start_step: int = 0):
         """The `tf.data` stream of `(table row, stream position)` of this
         input pipeline's images, from global step `start_step` on."""
+        # Deferred: TensorFlow is optional for keras_ssl.data.
         import tensorflow as tf
 
         count = len(self.table)
@@ -179,6 +180,7 @@ class ImageStream:
     def examples(self, rows):
         """Maps `(row, position)` to `(image, label, id)` with the table's
         readers; `rows` is a `tf.data` stream of such pairs."""
+        # Deferred: TensorFlow (and these helpers, which import it) is optional.
         import tensorflow as tf
 
         from keras_ssl.data._decode import decode_crop
@@ -229,6 +231,7 @@ def pipeline_of(input_context) -> int:
 
 def read_rows(table):
     """A function `row -> (encoded image, int32 label, int64 id)`."""
+    # Deferred: TensorFlow (and these helpers, which import it) is optional.
     import tensorflow as tf
 
     from keras_ssl.data._decode import parse_record
@@ -271,6 +274,7 @@ def with_options(dataset, threads=None):
     """Prefetches and sets the stream's `tf.data` options: deterministic
     order (exact resume), autotuned parallelism, and an own thread pool
     of `threads` when given."""
+    # Deferred: TensorFlow is optional for keras_ssl.data.
     import tensorflow as tf
 
     options = tf.data.Options()

@@ -250,12 +250,13 @@ def read_labels(table):
     Reads every record of the table once (the images are not decoded);
     a folder's table already has them and is returned as it is.
     """
+    # Deferred: TensorFlow (and these helpers, which import it) is optional.
     import tensorflow as tf
+
+    from keras_ssl.data._decode import read_record
 
     if table.labels is not None and table.names is not None:
         return table
-    from keras_ssl.data._decode import read_record
-
     record = read_record(table.sources, table.offsets, table.lengths)
 
     def fields(source, offset, length):

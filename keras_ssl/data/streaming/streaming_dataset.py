@@ -79,6 +79,7 @@ class SupportStream:
     def to_tf_dataset(self, input_context=None, start_step: int = 0):
         """Per-replica `(images, labels)` support batches from
         `start_step`, this input pipeline's share of each."""
+        # Deferred: TensorFlow is optional for keras_ssl.data.
         import tensorflow as tf
 
         chunk, per_replica = self.images.per_pipeline(input_context)
@@ -180,6 +181,7 @@ class StreamingDataset:
         Returns:
             A prefetched `tf.data.Dataset` of dicts.
         """
+        # Deferred: TensorFlow is optional for keras_ssl.data.
         import tensorflow as tf
 
         parts = [self.unlabeled.to_tf_dataset(input_context, start_step)]
@@ -190,6 +192,7 @@ class StreamingDataset:
         return with_options(zipped.map(self._to_dict))
 
     def _to_dict(self, *parts):
+        # Deferred: TensorFlow is optional for keras_ssl.data.
         import tensorflow as tf
 
         images, labels, ids = parts[0]
