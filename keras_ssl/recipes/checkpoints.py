@@ -122,6 +122,7 @@ def _close_hdf5(path):
     status 139) after the error was reported. Closing it now may fail the
     same way: that error is dropped (the file is removed).
     """
+    # h5py (Keras's weights files): only when a file is checked.
     import h5py
 
     target = os.path.realpath(path)
@@ -143,6 +144,7 @@ def _check_space(model, path):
     started where it cannot end; a disk filled by another process during
     the write can still fail it (see `_close_hdf5`).
     """
+    # POSIX only: the file-size limit, where the platform has one.
     import resource
 
     variables = list(model.weights)
@@ -446,6 +448,7 @@ class Backups:
 
 def _unreadable(path):
     """Why the HDF5 file at `path` cannot be read in full, or `None`."""
+    # h5py (Keras's weights files): only when a file is checked.
     import h5py
 
     try:
@@ -577,6 +580,7 @@ def _streamed(data, offset):
     """Streamed images from batch `offset` on, reading none before it;
     under several workers or a TPU each input pipeline reads only its
     replicas' share of every global batch."""
+    # TensorFlow: only for a stream that is distributed.
     import tensorflow as tf
 
     from keras_ssl.distribute import in_multi_worker_mode
@@ -634,6 +638,7 @@ class RunLock:
         self.descriptor = None
 
     def acquire(self):
+        # POSIX only: the lock is advisory where the platform has flock.
         import fcntl
 
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
@@ -673,6 +678,7 @@ class RunLock:
         stays: removing it would let two runs lock two different files)."""
         if self.descriptor is None:
             return
+        # POSIX only: the lock is advisory where the platform has flock.
         import fcntl
 
         descriptor, self.descriptor = self.descriptor, None

@@ -28,6 +28,16 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 RUN_FIELDS = ("data_dir", "stages", "output_dir", "export", "overwrite")
 RUN_FIELDS += ("strategy",)
 RUN_FIELDS += ("verbose", "extra", "baselines")
+# What every recipe's `cifar10()` preset shares: CIFAR-10 with 4,000
+# labels (400 per class) on the CIFAR-stem ResNet-18.
+CIFAR10 = {
+    "dataset": "cifar10",
+    "image_size": 32,
+    "labeled_per_class": 400,
+    "labeled_fraction": None,
+    "depth": 18,
+    "stem": "cifar",
+}
 # The small presets' fine-tuning (`digits()`, `cifar10_cpu()`): LP-FT at
 # SimCLRv2's 0.005·√B on crops of at least 80% of the image, 30 epochs of
 # the labeled images; chosen on a validation split of the digits'
@@ -41,6 +51,26 @@ SMALL_FINETUNING = {
     # validation split, every share of it below the probe): WiSE-FT's
     # share is chosen by 3-fold cross-validation on the labeled images.
     "interpolation_folds": 3,
+}
+# What every `cifar10_cpu()` preset shares with its `cifar10()`: 250
+# labels (25 per class), a quarter of the width, the digits' pretraining
+# rate and the small presets' fine-tuning.
+CIFAR10_CPU = {
+    "labeled_per_class": 25,
+    "width_multiplier": 0.25,
+    "learning_rate": 8.0,
+    **SMALL_FINETUNING,
+}
+# What every `digits()` preset shares: scikit-learn's digits at 16 px,
+# 10 labels per class, the CIFAR-stem ResNet-18 at a quarter of the
+# width and the small presets' fine-tuning.
+DIGITS = {
+    **CIFAR10,
+    "dataset": "digits",
+    "image_size": 16,
+    "labeled_per_class": 10,
+    "width_multiplier": 0.25,
+    **SMALL_FINETUNING,
 }
 # `precision` values and the Keras dtype policy each sets for a run.
 PRECISIONS = {

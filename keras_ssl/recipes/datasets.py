@@ -182,6 +182,7 @@ def digits(image_size: int = 16, seed: int = 0) -> ArraySplits:
     Needs no download: the images ship with scikit-learn. They are scaled
     from [0, 16] to [0, 255], upsampled to `image_size` and split 80/20.
     """
+    # scikit-learn, and Keras through keras_ssl.data: loaded when used.
     from sklearn.datasets import load_digits
 
     from keras_ssl.data import prepare_images
@@ -215,6 +216,7 @@ def tfds_arrays(name: str, data_dir=None) -> ArraySplits:
 
     It must be prepared under `data_dir` (see `prepared_tfds_builder`).
     """
+    # Optional: TensorFlow Datasets, only for a tfds data set.
     import tensorflow_datasets as tfds
 
     builder = prepared_tfds_builder(name, data_dir)
@@ -276,6 +278,7 @@ def load(name: str, image_size: int, data_dir=None, seed=0) -> ArraySplits:
 def _images(images, image_size, name):
     """An array, or a folder of class sub-folders, as uint8 RGB images at
     `image_size` (with the folder's class ids, else `None`)."""
+    # Keras (through keras_ssl.data): loaded when used.
     from keras_ssl import data as ssl_data
 
     if isinstance(images, (str, os.PathLike)):

@@ -11,9 +11,12 @@ import sys
 from dataclasses import dataclass
 
 from keras_ssl.recipes import stages
-from keras_ssl.recipes.config import SMALL_FINETUNING
+from keras_ssl.recipes.config import CIFAR10
+from keras_ssl.recipes.config import CIFAR10_CPU
+from keras_ssl.recipes.config import DIGITS
 from keras_ssl.recipes.config import RecipeConfig
 from keras_ssl.recipes.config import main as config_main
+from keras_ssl.recipes.recipe_fit import recipe_fit
 
 
 @dataclass
@@ -80,12 +83,7 @@ class PAWSConfig(RecipeConfig):
         has no WRN, so this preset uses the CIFAR-stem ResNet-18.
         """
         config = cls(
-            dataset="cifar10",
-            image_size=32,
-            labeled_per_class=400,
-            labeled_fraction=None,
-            depth=18,
-            stem="cifar",
+            **CIFAR10,
             projection_dim=128,
             views="paws_cifar",
             batch_size=256,
@@ -112,14 +110,11 @@ class PAWSConfig(RecipeConfig):
         crops of at least 80% of the image (docs/benchmarks.md).
         """
         config = cls.cifar10(
-            labeled_per_class=25,
-            width_multiplier=0.25,
+            **CIFAR10_CPU,
             batch_size=128,
             images_per_class=10,
             me_max=False,
-            learning_rate=8.0,
             pretrain_steps=600,
-            **SMALL_FINETUNING,
             ft_layer=0,
             output_dir="runs/paws_cifar10_cpu",
         )
@@ -137,10 +132,7 @@ class PAWSConfig(RecipeConfig):
         (docs/benchmarks.md, "PAWS and ME-MAX in short runs").
         """
         config = cls.cifar10(
-            dataset="digits",
-            image_size=16,
-            labeled_per_class=10,
-            width_multiplier=0.25,
+            **DIGITS,
             views="paws_cifar",
             crop_scale=None,
             batch_size=128,
@@ -148,7 +140,6 @@ class PAWSConfig(RecipeConfig):
             epochs=20,
             learning_rate=8.0,
             me_max=False,
-            **SMALL_FINETUNING,
             # From the encoder: on a validation split of the training
             # images, 72.1% vs 64.2% from the head's first layer.
             ft_layer=0,
@@ -176,6 +167,7 @@ class PAWSConfig(RecipeConfig):
 
 
 def _pretrainer(run):
+    # Keras: loaded when the stage is built, not with the command line.
     from keras_ssl.layers import ProjectionHead
     from keras_ssl.models import PAWSPretrainer
 
@@ -215,6 +207,7 @@ def prediction_head(dim, synchronized_bn=False):
     """PAWS's 2-layer prediction head with a 4× bottleneck, as the
     reference builds it: BatchNorm, `Dense(dim // 4)`, BatchNorm, ReLU,
     `Dense(dim)`."""
+    # Keras: loaded when the stage is built, not with the command line.
     import keras
 
     from keras_ssl.distribute import batch_normalization
@@ -275,26 +268,16 @@ def _batch(run):
 
 
 STAGES = (
-    stages.Stage(
-        "pretrain",
-        build=_pretrainer,
-        data=_stream,
-        # 0.4·B/256 (6.4 at B = 4096), cosine-decayed to 1% of the peak
-        # (the reference's final rate: 0.064 on ImageNet, 0.032 on CIFAR).
-        optimizer=stages.pretrain_optimizer(_batch, "linear", 0.01),
-        epochs="epochs",
-        batch=_batch,
-        examples=stages.train_images,
-        steps="pretrain_steps",
-        report=(_paws_nn, stages.representation),
-        role="pretrainer",
-        exports="pretrainer",
+    # 0.4·B/256 (6.4 at B = 4096), cosine-decayed to 1% of the peak (the
+    # reference's final rate: 0.064 on ImageNet, 0.032 on CIFAR).
+    stages.pretrain_stage(
+        _pretrainer, _stream, _batch, "linear", (_paws_nn,), end_fraction=0.01
     ),
     *stages.finetune_and_baseline(_fine_tuner),
 )
 
 
-fit = stages.recipe_fit(PAWSConfig, STAGES, "pretrain → PAWS-NN → fine-tune")
+fit = recipe_fit(PAWSConfig, STAGES, "pretrain → PAWS-NN → fine-tune")
 
 
 def main(argv=None):

@@ -9,7 +9,10 @@ import numpy as np
 
 from keras_ssl.evaluation import KNNClassifier
 from keras_ssl.evaluation import embed
+from keras_ssl.export import export_saved_model
+from keras_ssl.models.fine_tuner import logistic_regression
 from keras_ssl.recipes import checkpoints
+from keras_ssl.recipes.config import data_description
 from keras_ssl.recipes.precision import describe as describe_precision
 
 
@@ -79,8 +82,6 @@ BASELINES = {
 def linear_accuracy(train, labels, test, test_labels, num_classes):
     """Test accuracy of a logistic regression fitted to `train` features
     (`keras_ssl.models.fine_tuner.logistic_regression`)."""
-    from keras_ssl.models.fine_tuner import logistic_regression
-
     kernel, bias, _ = logistic_regression(train, labels, num_classes)
     predicted = np.argmax(np.asarray(test, "float64") @ kernel + bias, -1)
     return float(np.mean(predicted == test_labels))
@@ -116,6 +117,7 @@ def pixel_baselines(labeled, splits):
     """What a practitioner tries first, on the labeled images' pixels
     (at the recipe's image size, scaled to [0, 1]): logistic regression
     and the nearest neighbour, measured on the same test images."""
+    # scikit-learn: only for the pixel baselines.
     from sklearn.neighbors import KNeighborsClassifier
 
     train = labeled.x.reshape(len(labeled.x), -1) / 255.0
@@ -147,8 +149,6 @@ def export(result, model, name):
     """Exports `model` to `output_dir/export/<name>`, replacing an older
     export of the same run; records the path in `result.exports` (and as
     `result.export_path`)."""
-    from keras_ssl.export import export_saved_model
-
     path = os.path.join(result.config.output_dir, "export", name)
     result.export_path = export_saved_model(model, path, overwrite=True)
     result.exports[name] = path
@@ -159,8 +159,6 @@ def build_report(result, stages):
     """The report of a finished run, as a JSON-ready dict: one row per
     measurement, each with its group (`representation`, `model`,
     `baseline`), what it is, its stage, test accuracy and export."""
-    from keras_ssl.recipes.config import data_description
-
     rows = []
     for stage in stages:
         if stage.name not in result.stages:
@@ -248,6 +246,7 @@ _COLOURS = {
 def plot_report(report, path):
     """A bar chart of the report's test accuracies, written to `path`
     (PNG); needs matplotlib, imported here."""
+    # Optional: matplotlib, only for report.png.
     import matplotlib
 
     matplotlib.use("Agg")

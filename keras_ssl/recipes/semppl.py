@@ -11,9 +11,12 @@ import sys
 from dataclasses import dataclass
 
 from keras_ssl.recipes import stages
-from keras_ssl.recipes.config import SMALL_FINETUNING
+from keras_ssl.recipes.config import CIFAR10
+from keras_ssl.recipes.config import CIFAR10_CPU
+from keras_ssl.recipes.config import DIGITS
 from keras_ssl.recipes.config import RecipeConfig
 from keras_ssl.recipes.config import main as config_main
+from keras_ssl.recipes.recipe_fit import recipe_fit
 
 
 @dataclass
@@ -99,12 +102,7 @@ class SemPPLConfig(RecipeConfig):
         for the paper's weight on long runs.
         """
         config = cls(
-            dataset="cifar10",
-            image_size=32,
-            labeled_per_class=400,
-            labeled_fraction=None,
-            depth=18,
-            stem="cifar",
+            **CIFAR10,
             views="simclr_cifar",
             batch_size=256,
             labeled_batch_size=64,
@@ -132,14 +130,11 @@ class SemPPLConfig(RecipeConfig):
         (google-deepmind/semppl)").
         """
         config = cls.cifar10(
-            labeled_per_class=25,
-            width_multiplier=0.25,
+            **CIFAR10_CPU,
             batch_size=224,
             labeled_batch_size=32,
             momentum=0.0,
-            learning_rate=8.0,
             pretrain_steps=600,
-            **SMALL_FINETUNING,
             output_dir="runs/semppl_cifar10_cpu",
         )
         return dataclasses.replace(config, **overrides)
@@ -162,17 +157,13 @@ class SemPPLConfig(RecipeConfig):
         invariance term is off as in `cifar10()`.
         """
         config = cls.cifar10(
-            dataset="digits",
-            image_size=16,
-            labeled_per_class=10,
-            width_multiplier=0.25,
+            **DIGITS,
             crop_scale=(0.3, 1.0),
             batch_size=128,
             labeled_batch_size=32,
             epochs=60,
             learning_rate=8.0,
             momentum=0.0,
-            **SMALL_FINETUNING,
             output_dir="runs/semppl_digits",
         )
         return dataclasses.replace(config, **overrides)
@@ -200,6 +191,7 @@ class SemPPLConfig(RecipeConfig):
 
 
 def _pretrainer(run):
+    # Keras: loaded when the stage is built, not with the command line.
     from keras_ssl.models import SemPPLPretrainer
 
     config = run.config
@@ -245,6 +237,7 @@ def pretrain_stream(config, data):
 def knn_accuracy(model, splits, num_train=10000):
     """k-NN (k = 200, τ = 0.1) test accuracy of a pretrainer's encoder
     output, with the first `num_train` training images as the memory."""
+    # Keras (through reports): loaded when used.
     from keras_ssl.recipes.reports import knn_accuracy
 
     return knn_accuracy(model, splits, num_train)
@@ -259,6 +252,10 @@ def _nearest(run, model):
     return {"semppl_nn_accuracy": accuracy["top1"]}
 
 
+def _pretrain_stream(run):
+    return pretrain_stream(run.config, run.splits)
+
+
 def _fine_tuner(run):
     return stages.fine_tuner(run)
 
@@ -268,26 +265,16 @@ def _batch(run):
 
 
 STAGES = (
-    stages.Stage(
-        "pretrain",
-        build=_pretrainer,
-        data=lambda run: pretrain_stream(run.config, run.splits),
-        optimizer=stages.pretrain_optimizer(_batch, "linear"),
-        epochs="epochs",
-        # An epoch is as many images as the training set, labeled and
-        # unlabeled together (B = 4096 per step in the paper).
-        batch=_batch,
-        examples=stages.train_images,
-        steps="pretrain_steps",
-        report=(_nearest, stages.representation),
-        role="pretrainer",
-        exports="pretrainer",
+    # An epoch is as many images as the training set, labeled and
+    # unlabeled together (B = 4096 per step in the paper).
+    stages.pretrain_stage(
+        _pretrainer, _pretrain_stream, _batch, "linear", (_nearest,)
     ),
     *stages.finetune_and_baseline(_fine_tuner),
 )
 
 
-fit = stages.recipe_fit(SemPPLConfig, STAGES, "pretrain → k-NN → fine-tune")
+fit = recipe_fit(SemPPLConfig, STAGES, "pretrain → k-NN → fine-tune")
 
 
 def main(argv=None):

@@ -13,11 +13,15 @@ import sys
 from dataclasses import dataclass
 
 from keras_ssl.recipes import stages
-from keras_ssl.recipes.config import SMALL_FINETUNING
+from keras_ssl.recipes.config import CIFAR10
+from keras_ssl.recipes.config import CIFAR10_CPU
+from keras_ssl.recipes.config import DIGITS
 from keras_ssl.recipes.config import RecipeConfig
 from keras_ssl.recipes.config import check
 from keras_ssl.recipes.config import check_choice
 from keras_ssl.recipes.config import main as config_main
+from keras_ssl.recipes.recipe_fit import recipe_fit
+from keras_ssl.recipes.runner import Stage
 
 
 @dataclass
@@ -105,12 +109,7 @@ class SimCLRv2Config(RecipeConfig):
         without blur, temperature 0.5.
         """
         config = cls(
-            dataset="cifar10",
-            image_size=32,
-            labeled_per_class=400,
-            labeled_fraction=None,
-            depth=18,
-            stem="cifar",
+            **CIFAR10,
             views="simclr_cifar",
             batch_size=512,
             labeled_batch_size=64,
@@ -143,15 +142,12 @@ class SimCLRv2Config(RecipeConfig):
         (docs/benchmarks.md).
         """
         config = cls.cifar10(
-            labeled_per_class=25,
-            width_multiplier=0.25,
+            **CIFAR10_CPU,
             batch_size=256,
             labeled_batch_size=0,
             memory_size=0,
-            learning_rate=8.0,
             pretrain_steps=1000,
             ft_layer=0,
-            **SMALL_FINETUNING,
             stages=("pretrain", "finetune"),
             output_dir="runs/simclrv2_cifar10_cpu",
         )
@@ -176,29 +172,17 @@ class SimCLRv2Config(RecipeConfig):
         images, the head's first layer, higher rates and smaller crops
         each did worse (docs/benchmarks.md).
         """
-        config = cls(
-            dataset="digits",
-            image_size=16,
-            labeled_per_class=10,
-            labeled_fraction=None,
-            depth=18,
-            width_multiplier=0.25,
-            stem="cifar",
-            views="simclr_cifar",
+        config = cls.cifar10(
+            **DIGITS,
             crop_scale=(0.3, 1.0),
             batch_size=128,
             labeled_batch_size=32,
             epochs=30,
             learning_rate=8.0,
-            learning_rate_scaling="linear",
-            weight_decay=1e-6,
-            temperature=0.5,
             memory_size=0,
             ft_layer=0,
             finetune_batch_size=50,
-            **SMALL_FINETUNING,
             distill_epochs=10,
-            distill_temperature=1.0,
             output_dir="runs/simclrv2_digits",
         )
         return dataclasses.replace(config, **overrides)
@@ -263,6 +247,7 @@ def _finetune_learning_rate(run):
 
 
 def _pretrainer(run):
+    # Keras: loaded when the stage is built, not with the command line.
     from keras_ssl.layers import ProjectionHead
     from keras_ssl.models import SimCLRv2Pretrainer
 
@@ -319,6 +304,7 @@ def _teacher(run):
 
 
 def _distiller(run):
+    # Keras: loaded when the stage is built, not with the command line.
     from keras_ssl.models import Distiller
     from keras_ssl.models import FineTuner
 
@@ -359,21 +345,12 @@ def _finetune_batch(run):
 
 
 STAGES = (
-    stages.Stage(
-        "pretrain",
-        build=_pretrainer,
-        data=_unlabeled_stream(0, _pretrain_labels),
-        optimizer=stages.pretrain_optimizer(_batch, _scaling),
-        epochs="epochs",
-        batch=_batch,
-        examples=stages.train_images,
-        steps="pretrain_steps",
-        report=(
-            stages.last_epoch("contrastive_accuracy", "probe_accuracy"),
-            stages.representation,
-        ),
-        role="pretrainer",
-        exports="pretrainer",
+    stages.pretrain_stage(
+        _pretrainer,
+        _unlabeled_stream(0, _pretrain_labels),
+        _batch,
+        _scaling,
+        (stages.last_epoch("contrastive_accuracy", "probe_accuracy"),),
         labels=_pretrain_labels,
     ),
     stages.classifier_stage(
@@ -388,7 +365,7 @@ STAGES = (
         title="fine-tuned (teacher)",
         exports="teacher",
     ),
-    stages.Stage(
+    Stage(
         "distill",
         build=_distiller,
         data=_unlabeled_stream(1, _distill_labels),
@@ -408,9 +385,7 @@ STAGES = (
 )
 
 
-fit = stages.recipe_fit(
-    SimCLRv2Config, STAGES, "pretrain → fine-tune → distill"
-)
+fit = recipe_fit(SimCLRv2Config, STAGES, "pretrain → fine-tune → distill")
 
 
 def main(argv=None):

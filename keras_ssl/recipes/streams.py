@@ -291,6 +291,7 @@ class RecipeStreams:
     def evaluate_classifier(self, model, batch_size: int = 256, output=None):
         """Top-1 / top-5 accuracy of a classifier's logits on the streamed
         validation split."""
+        # Keras: loaded when the stage reports.
         from keras_ssl.evaluation import streamed_accuracy
 
         stream = self.validation_stream(batch_size).to_tf_dataset()
@@ -308,6 +309,7 @@ class RecipeStreams:
         """Weighted k-NN top-1 / top-5 on the validation split, with the
         features of `bank` (a table; the labeled subset by default)
         computed batch by batch."""
+        # Keras: loaded when the stage reports.
         from keras_ssl.evaluation import streamed_knn_accuracy
 
         bank = self.labeled if bank is None else bank

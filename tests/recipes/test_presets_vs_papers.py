@@ -20,9 +20,9 @@ import types
 import pytest
 
 from keras_ssl.recipes import paws
+from keras_ssl.recipes import runner
 from keras_ssl.recipes import semppl
 from keras_ssl.recipes import simclrv2
-from keras_ssl.recipes import stages
 
 IMAGENET_TRAIN = 1_281_167
 LABELED = {0.01: 12_811, 0.1: 128_116}
@@ -117,7 +117,7 @@ def _run(config):
     splits = types.SimpleNamespace(
         num_train=IMAGENET_TRAIN, num_labeled=len(labeled.y), num_classes=1000
     )
-    return stages.Run(config, splits, labeled, sync=True, result=None)
+    return runner.Run(config, splits, labeled, sync=True, result=None)
 
 
 def _stage_values(stage, run):
@@ -147,7 +147,7 @@ def _effective(name):
     run = _run(config)
     values = {}
     for stage in module.STAGES:
-        if stage.selectable and stage.name not in config.stages:
+        if stage.when is None and stage.name not in config.stages:
             continue
         if not stage.runs(config):
             continue

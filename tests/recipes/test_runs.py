@@ -7,8 +7,8 @@ import keras
 import numpy as np
 import pytest
 
+from keras_ssl.recipes import runner
 from keras_ssl.recipes import simclrv2
-from keras_ssl.recipes import stages
 from keras_ssl.recipes.checkpoints import NonFiniteError
 from keras_ssl.recipes.checkpoints import StaleStageError
 
@@ -39,7 +39,7 @@ def test_stage_is_reused_only_with_the_same_settings(
     assert again.stages["pretrain"].reused
     assert again.stages["pretrain"].history == first.stages["pretrain"].history
     # Changed settings are refused before the data are loaded.
-    monkeypatch.setattr(stages, "load_data", _no_data)
+    monkeypatch.setattr(runner, "load_data", _no_data)
     for name, old, new in (("epochs", 1, 2), ("temperature", 0.5, 0.2)):
         with pytest.raises(StaleStageError) as error:
             simclrv2.fit(output_dir=str(tmp_path), **dict(TINY, **{name: new}))
@@ -160,7 +160,7 @@ def test_non_finite_training_stops_and_exports_nothing(tmp_path):
 def test_command_line_mistakes_are_refused_before_the_data(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(stages, "load_data", _no_data)
+    monkeypatch.setattr(runner, "load_data", _no_data)
     path = str(tmp_path / "run")
     with pytest.raises(ValueError, match="`data_dir` is not a folder") as error:
         simclrv2.fit(output_dir=path, data_dir="/nonexistent", **TINY)

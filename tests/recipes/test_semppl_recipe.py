@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from keras_ssl.recipes import semppl
-from keras_ssl.recipes.stages import load_data
+from keras_ssl.recipes.runner import load_data
 
 TINY = dict(
     epochs=1,

@@ -12,7 +12,7 @@ import tensorflow as tf
 from keras_ssl.recipes import paws
 from keras_ssl.recipes import semppl
 from keras_ssl.recipes import simclrv2
-from keras_ssl.recipes import stages
+from keras_ssl.recipes import strategy
 from keras_ssl.recipes.config import config_from_command_line
 
 pytestmark = pytest.mark.slow
@@ -116,9 +116,9 @@ def test_streamed_data_sets_on_the_command_line(folder):
     assert (config.dataset, config.labels) == ("folder", "10pct")
     assert config.strategy == "mirrored"
     assert isinstance(
-        stages.make_strategy(config.strategy), tf.distribute.MirroredStrategy
+        strategy.make_strategy(config.strategy), tf.distribute.MirroredStrategy
     )
-    assert stages.make_strategy("default") is None
+    assert strategy.make_strategy("default") is None
     with pytest.raises(ValueError, match="strategy"):
         simclrv2.SimCLRv2Config.digits(strategy="gpus")
     with pytest.raises(ValueError, match="labels"):

@@ -11,7 +11,7 @@ from sklearn.datasets import load_digits
 
 from keras_ssl.recipes import simclrv2
 from keras_ssl.recipes.checkpoints import StaleStageError
-from keras_ssl.recipes.stages import schedule
+from keras_ssl.recipes.runner import schedule
 
 TINY = dict(
     image_size=8,

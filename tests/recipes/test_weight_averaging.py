@@ -195,3 +195,29 @@ def test_lp_ft_scales_every_step_by_its_trust_ratio():
         baseline = by_name["baseline"].optimizer(run, 10)
         assert finetune.exclude_rank_1 is not adapted
         assert baseline.exclude_rank_1 is True
+
+
+def test_fine_tuning_functions_work_without_a_recipe():
+    """LP-FT then WiSE-FT on a FineTuner and arrays alone."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (12, 16, 16, 3)).astype("uint8")
+    y = np.arange(12) % 3
+    keras.utils.set_random_seed(0)
+    model = FineTuner(
+        tiny_encoder(), num_classes=3, ft_layer=0, frozen_batch_norm=True
+    )
+    with pytest.raises(ValueError, match="folds=7"):
+        fine_tuning.linear_head_first(model, x, y, folds=7)
+    start = fine_tuning.linear_head_first(model, x, y)
+    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    model.fit(x, y, epochs=2, verbose=0)
+    trained = _values(model)
+    fine_tuning.interpolate_with_start(model, start, 0.5)
+    for variable, first, last in zip(model.weights, start, trained):
+        if keras.backend.is_float_dtype(variable.dtype):
+            np.testing.assert_allclose(
+                keras.ops.convert_to_numpy(variable),
+                0.5 * first + 0.5 * last,
+                rtol=1e-6,
+                atol=1e-7,
+            )
