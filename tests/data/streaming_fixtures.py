@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from keras_ssl.data import streaming
+
 SYNSETS = ("n01440764", "n01443537", "n01484850", "n01491361")
 
 
@@ -117,3 +119,12 @@ def prepare_tfds(data_dir, train_per_class=8, subset_per_class=2):
     subset.train, subset.validation = subset_per_class, False
     subset.download_and_prepare()
     return data_dir
+
+
+def folder_tables(root):
+    """The decodable training images of a `write_folder` tree as a table,
+    and a class-balanced subset of 4 per class."""
+    table = streaming.list_folder(os.path.join(root, "train"))
+    good = [i for i, n in enumerate(table.names) if not n.endswith(b"_x.JPEG")]
+    table = table.take(good)
+    return table, streaming.select_balanced(table, per_class=4, seed=0)

@@ -34,7 +34,7 @@ from keras_ssl.data.streaming.image_table import select_balanced
 from keras_ssl.data.streaming.image_table import select_by_name
 from keras_ssl.data.streaming.image_table import subset_file
 from keras_ssl.data.streaming.streaming_dataset import StreamingDataset
-from keras_ssl.data.streaming.streaming_dataset import SupportStream
+from keras_ssl.data.streaming.support_stream import SupportStream
 
 __all__ = [
     "ImageStream",

@@ -1,23 +1,14 @@
-import os
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ssl.data import SupportSampler
 from keras_ssl.data import streaming
 from keras_ssl.testing import TestCase
-
-
-def _tables(root):
-    table = streaming.list_folder(os.path.join(root, "train"))
-    good = [i for i, n in enumerate(table.names) if not n.endswith(b"_x.JPEG")]
-    table = table.take(good)
-    return table, streaming.select_balanced(table, per_class=4, seed=0)
+from tests.data.streaming_fixtures import folder_tables
 
 
 def _stream(root, **kwargs):
-    table, labeled = _tables(root)
+    table, labeled = folder_tables(root)
     support = streaming.SupportStream(labeled, 2, 3, 16, seed=1)
     return streaming.StreamingDataset(
         streaming.ImageStream(table, 8, 16, seed=1),
@@ -27,37 +18,10 @@ def _stream(root, **kwargs):
     )
 
 
-class TestSupportStream(TestCase):
-    def test_rows_are_the_support_samplers(self, image_folder):
-        _, labeled = _tables(image_folder[0])
-        support = streaming.SupportStream(labeled, 3, 2, 16, seed=7)
-        sampler = SupportSampler(
-            np.zeros((len(labeled), 1, 1, 3), np.uint8),
-            labeled.labels,
-            classes_per_batch=3,
-            images_per_class=2,
-            seed=7,
-        )
-        batches = support.to_tf_dataset(start_step=5).as_numpy_iterator()
-        for step in range(5, 8):
-            images, labels = next(batches)
-            assert images.shape == (6, 16, 16, 3)
-            np.testing.assert_array_equal(
-                labels, labeled.labels[sampler.indices(step)]
-            )
-            # Class-balanced: 3 distinct classes, 2 images each.
-            assert sorted(np.bincount(labels)[np.unique(labels)]) == [2] * 3
-
-    def test_needs_labels(self, tfds_dir):
-        table = streaming.list_tfds("imagenet2012", "train", tfds_dir)
-        with pytest.raises(ValueError, match="read_labels"):
-            streaming.SupportStream(table, 2, 2, 16)
-
-
 class TestStreamingDataset(TestCase):
     def test_dict_batches(self, image_folder):
         stream = _stream(image_folder[0], image_ids=True, monitor_labels=True)
-        table, labeled = _tables(image_folder[0])
+        table, labeled = folder_tables(image_folder[0])
         assert stream.num_batches is None and stream.steps_per_epoch == 6
         batch = next(stream.to_tf_dataset().as_numpy_iterator())
         shapes = {k: v.shape for k, v in batch.items()}
@@ -97,7 +61,7 @@ class TestStreamingDataset(TestCase):
                 )
 
     def test_bad_parts_raise(self, image_folder):
-        table, _ = _tables(image_folder[0])
+        table, _ = folder_tables(image_folder[0])
         with pytest.raises(ValueError, match="`unlabeled` must be"):
             streaming.StreamingDataset(table)
         with pytest.raises(ValueError, match="`support` must be"):
@@ -113,12 +77,3 @@ def test_distribute_under_a_strategy(image_folder):
     batch = next(iter(stream.distribute(strategy, start_step=2)))
     for key, value in expected.items():
         np.testing.assert_array_equal(batch[key].numpy(), value)
-
-
-def test_support_with_replacement_beyond_the_table(image_folder):
-    table, _ = _tables(image_folder[0])
-    few = streaming.select_balanced(table, per_class=1)
-    support = streaming.SupportStream(few, 4, 3, 16, replacement=True)
-    images, labels = next(support.to_tf_dataset().as_numpy_iterator())
-    assert images.shape == (12, 16, 16, 3)
-    assert sorted(np.bincount(labels)) == [3, 3, 3, 3]
