@@ -135,10 +135,8 @@ class PAWSConfig(RecipeConfig):
             **DIGITS,
             views="paws_cifar",
             crop_scale=None,
-            batch_size=128,
             images_per_class=4,
             epochs=20,
-            learning_rate=8.0,
             me_max=False,
             # From the encoder: on a validation split of the training
             # images, 72.1% vs 64.2% from the head's first layer.
@@ -210,7 +208,7 @@ def prediction_head(dim, synchronized_bn=False):
     # Keras: loaded when the stage is built, not with the command line.
     import keras
 
-    from keras_ssl.distribute import batch_normalization
+    from keras_ssl.layers.fused_batch_normalization import batch_normalization
 
     return keras.Sequential(
         [

@@ -159,10 +159,8 @@ class SemPPLConfig(RecipeConfig):
         config = cls.cifar10(
             **DIGITS,
             crop_scale=(0.3, 1.0),
-            batch_size=128,
             labeled_batch_size=32,
             epochs=60,
-            learning_rate=8.0,
             momentum=0.0,
             output_dir="runs/semppl_digits",
         )

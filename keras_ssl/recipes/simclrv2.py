@@ -175,10 +175,8 @@ class SimCLRv2Config(RecipeConfig):
         config = cls.cifar10(
             **DIGITS,
             crop_scale=(0.3, 1.0),
-            batch_size=128,
             labeled_batch_size=32,
             epochs=30,
-            learning_rate=8.0,
             memory_size=0,
             ft_layer=0,
             finetune_batch_size=50,
