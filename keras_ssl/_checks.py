@@ -1,19 +1,22 @@
 """Argument checks shared by the whole package (plain Python, no backend).
 
 One check per concept: a number within bounds (`check_number`, with the
-named cases `check_positive`, `check_non_negative`, `check_in_range`), an
-int >= 1 (`check_positive_int`) and a `(min, max)` pair
-(`check_crop_scale`, `check_aspect_ratio`). Each raises `ValueError`
-naming the argument and showing the value ("`temperature` must be > 0
-and finite. Received: temperature=0"), so a bad argument fails where it
-is given, before any tensor is built.
+named cases `check_positive`, `check_non_negative`, `check_in_range`,
+`check_probability`), an int >= 1 (`check_positive_int`), a choice
+(`check_one_of`) and a `(min, max)` pair (`check_crop_scale`,
+`check_aspect_ratio`); `refuse` raises for any other requirement. Each
+raises `ValueError` naming the argument and showing the value
+("`temperature` must be > 0 and finite. Received: temperature=0"), so a
+bad argument fails where it is given, before any tensor is built.
 """
 
 import math
 import numbers
 
 
-def _refuse(name: str, requirement: str, shown) -> None:
+def refuse(name: str, requirement: str, shown) -> None:
+    """Raises the package's `ValueError` for a bad argument: "`name` must
+    be <requirement>. Received: name=<shown>"."""
     raise ValueError(
         f"`{name}` must be {requirement}. Received: {name}={shown}"
     )
@@ -43,7 +46,7 @@ def check_number(
     except (TypeError, OverflowError):
         inside = False
     if not inside:
-        _refuse(name, _bounds(low, high, low_open, high_open), value)
+        refuse(name, _bounds(low, high, low_open, high_open), value)
     return value
 
 
@@ -77,6 +80,13 @@ def check_probability(name: str, value):
     return check_number(name, value, 0, 1)
 
 
+def check_one_of(name: str, value, choices):
+    """Returns `value`, or raises if it is not one of `choices`."""
+    if value not in choices:
+        refuse(name, f"one of {tuple(choices)}", repr(value))
+    return value
+
+
 def is_int(value) -> bool:
     """Whether `value` is an integer, `bool` excluded."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
@@ -89,7 +99,7 @@ def check_positive_int(name: str, value, optional: bool = False):
         return None
     if not is_int(value) or value < 1:
         requirement = "None or an int >= 1" if optional else "an int >= 1"
-        _refuse(name, requirement, repr(value))
+        refuse(name, requirement, repr(value))
     return int(value)
 
 
@@ -98,7 +108,7 @@ def _check_pair(name: str, value, high=None) -> tuple:
     pair = tuple(float(v) for v in value)
     if len(pair) != 2 or not 0.0 < pair[0] <= pair[1] <= (high or math.inf):
         bound = "" if high is None else f" <= {high}"
-        _refuse(name, f"two floats with 0 < min <= max{bound}", repr(value))
+        refuse(name, f"two floats with 0 < min <= max{bound}", repr(value))
     return pair
 
 

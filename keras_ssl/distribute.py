@@ -79,36 +79,6 @@ def all_reduce_sum(x):
     return context.all_reduce(tf.distribute.ReduceOp.SUM, x)
 
 
-def batch_normalization(synchronized=False, **kwargs):
-    """A BatchNormalization layer, synchronized where it can be.
-
-    The layer is a `keras_ssl.layers.FusedBatchNormalization`: Keras's
-    layer, whose unsynchronized training step runs in one fused kernel on
-    TensorFlow.
-
-    `synchronized=True` computes the statistics over every replica's batch
-    on the TensorFlow backend. Keras raises for it on other backends, where
-    it is not needed: under JAX a `jit` over the global batch already
-    gives global statistics. So it is passed on only on TensorFlow.
-
-    Args:
-        synchronized: bool. Whether the statistics should be global.
-            Defaults to `False`.
-        **kwargs: the other `BatchNormalization` arguments.
-
-    Returns:
-        The layer.
-    """
-    synchronized = bool(synchronized) and keras.backend.backend() == (
-        "tensorflow"
-    )
-    from keras_ssl.layers.fused_batch_normalization import (
-        FusedBatchNormalization,
-    )
-
-    return FusedBatchNormalization(synchronized=synchronized, **kwargs)
-
-
 def in_multi_worker_mode() -> bool:
     """Whether the current strategy spans more than one worker.
 

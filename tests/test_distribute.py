@@ -1,4 +1,3 @@
-import keras
 import numpy as np
 import pytest
 
@@ -15,17 +14,6 @@ class TestDistribute(TestCase):
         assert distribute.num_replicas() == 1
         assert distribute.replica_id() == 0
         assert not distribute.in_multi_worker_mode()
-
-    @pytest.mark.parametrize("synchronized", [False, True])
-    def test_batch_normalization_synchronizes_on_tensorflow_only(
-        self, synchronized
-    ):
-        layer = distribute.batch_normalization(
-            synchronized, momentum=0.9, epsilon=1e-5, name="bn"
-        )
-        on_tensorflow = keras.backend.backend() == "tensorflow"
-        assert layer.synchronized == (synchronized and on_tensorflow)
-        assert (layer.momentum, layer.epsilon, layer.name) == (0.9, 1e-5, "bn")
 
     @pytest.mark.distributed
     def test_all_gather_values_and_gradients_on_two_replicas(self):

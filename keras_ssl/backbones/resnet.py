@@ -5,6 +5,11 @@ import numbers
 
 import keras
 
+from keras_ssl._checks import check_in_range
+from keras_ssl._checks import check_one_of
+from keras_ssl._checks import check_positive
+from keras_ssl._checks import is_int
+from keras_ssl._checks import refuse
 from keras_ssl.backbones import resnet_blocks
 
 # Blocks per stage; 18/34 use basic blocks, 50+ bottlenecks.
@@ -20,6 +25,8 @@ STEMS = ("imagenet", "cifar")
 CONV_PADDINGS = ("symmetric", "same")
 POOL_PADDINGS = ("same", "symmetric")
 SHORTCUT_POOLS = ("strided", "all")
+# The arguments the blocks read from `layout`.
+LAYOUT_ARGS = ("resnet_d", "shortcut_pool", "conv_padding", "pool_padding")
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
@@ -132,10 +139,14 @@ class ResNet(keras.Model):
         input_std=None,
         **kwargs,
     ):
-        _validate(
-            depth, width_multiplier, sk_ratio, stem, bn_momentum, bn_epsilon
-        )
-        _validate_layout(
+        config = _plain_config(
+            depth,
+            width_multiplier,
+            sk_ratio,
+            stem,
+            bn_momentum,
+            bn_epsilon,
+            synchronized_bn,
             resnet_d,
             shortcut_pool,
             conv_padding,
@@ -143,91 +154,34 @@ class ResNet(keras.Model):
             input_mean,
             input_std,
         )
-        if input_mean is not None:
-            input_mean = [float(v) for v in input_mean]
-            input_std = [float(v) for v in input_std]
-        # Plain Python numbers keep the config JSON-serialisable.
-        depth = int(depth)
-        width_multiplier = (
-            int(width_multiplier)
-            if float(width_multiplier).is_integer()
-            else float(width_multiplier)
-        )
-        sk_ratio = float(sk_ratio)
-        bn_momentum, bn_epsilon = float(bn_momentum), float(bn_epsilon)
-        input_shape = tuple(input_shape)
-        bottleneck = depth >= 50
-        bn = {
-            "momentum": bn_momentum,
-            "epsilon": bn_epsilon,
-            "synchronized": bool(synchronized_bn),
-        }
-
-        # === Layers ===
-        apply_block = (
-            resnet_blocks.apply_bottleneck_block
-            if bottleneck
-            else resnet_blocks.apply_basic_block
-        )
-
-        # === Functional Model ===
-        layout = {
-            "resnet_d": sk_ratio > 0 if resnet_d is None else bool(resnet_d),
-            "shortcut_pool": shortcut_pool,
-            "conv_padding": conv_padding,
-            "pool_padding": pool_padding,
-        }
         # Every layer follows `dtype` (e.g. "mixed_bfloat16"), or the
         # global policy when it is not given.
         dtype = kwargs.pop("dtype", None)
         with _dtype_policy(dtype):
-            inputs = keras.Input(shape=input_shape, name="images")
-            x = inputs
-            if input_mean is not None:
-                x = keras.layers.Normalization(
-                    mean=input_mean,
-                    variance=[s**2 for s in input_std],
-                    name="input_normalization",
-                )(x)
-            x = resnet_blocks.apply_stem(
-                x, stem, width_multiplier, layout["resnet_d"], bn, layout
-            )
-            for stage, num_blocks in enumerate(STAGE_BLOCKS[depth]):
-                filters = int(64 * 2**stage * width_multiplier)
-                for block in range(num_blocks):
-                    # SimCLR projects in the first block of every stage, also
-                    # in stage 1 of ResNet-18/34 where the shapes already match.
-                    x = apply_block(
-                        x,
-                        filters,
-                        strides=2 if stage > 0 and block == 0 else 1,
-                        projection=block == 0,
-                        sk_ratio=sk_ratio,
-                        name=f"stage{stage + 1}_block{block + 1}",
-                        bn=bn,
-                        layout=layout,
-                    )
-            outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+            inputs, outputs = _build_graph(config, tuple(input_shape))
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
         self._policy_name = (
             None if dtype is None else keras.dtype_policies.get(dtype).name
         )
 
         # === Config ===
-        self.depth = depth
-        self.width_multiplier = width_multiplier
-        self.sk_ratio = sk_ratio
+        self.depth = config["depth"]
+        self.width_multiplier = config["width_multiplier"]
+        self.sk_ratio = config["sk_ratio"]
         self.stem = stem
-        self.bn_momentum = bn_momentum
-        self.bn_epsilon = bn_epsilon
-        self.synchronized_bn = bool(synchronized_bn)
+        self.bn_momentum = config["bn_momentum"]
+        self.bn_epsilon = config["bn_epsilon"]
+        self.synchronized_bn = config["synchronized_bn"]
         self.resnet_d = resnet_d if resnet_d is None else bool(resnet_d)
         self.shortcut_pool = shortcut_pool
         self.conv_padding = conv_padding
         self.pool_padding = pool_padding
-        self.input_mean = input_mean
-        self.input_std = input_std
-        self.output_dim = int((2048 if bottleneck else 512) * width_multiplier)
+        self.input_mean = config["input_mean"]
+        self.input_std = config["input_std"]
+        bottleneck = self.depth >= 50
+        self.output_dim = int(
+            (2048 if bottleneck else 512) * self.width_multiplier
+        )
 
     def get_config(self):
         # A functional model's own config lists the layer graph; this one is
@@ -272,60 +226,140 @@ def _dtype_policy(dtype):
         keras.config.set_dtype_policy(previous)
 
 
-def _is_int(value):
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+def _plain_config(
+    depth,
+    width_multiplier,
+    sk_ratio,
+    stem,
+    bn_momentum,
+    bn_epsilon,
+    synchronized_bn,
+    resnet_d,
+    shortcut_pool,
+    conv_padding,
+    pool_padding,
+    input_mean,
+    input_std,
+):
+    """The checked arguments as plain Python numbers and lists, which keep
+    the config JSON-serialisable."""
+    _validate(depth, width_multiplier, sk_ratio, stem, bn_momentum, bn_epsilon)
+    _validate_layout(
+        resnet_d,
+        shortcut_pool,
+        conv_padding,
+        pool_padding,
+        input_mean,
+        input_std,
+    )
+    if input_mean is not None:
+        input_mean = [float(v) for v in input_mean]
+        input_std = [float(v) for v in input_std]
+    if float(width_multiplier).is_integer():
+        width_multiplier = int(width_multiplier)
+    else:
+        width_multiplier = float(width_multiplier)
+    return {
+        "depth": int(depth),
+        "width_multiplier": width_multiplier,
+        "sk_ratio": float(sk_ratio),
+        "stem": stem,
+        "bn_momentum": float(bn_momentum),
+        "bn_epsilon": float(bn_epsilon),
+        "synchronized_bn": bool(synchronized_bn),
+        "resnet_d": sk_ratio > 0 if resnet_d is None else bool(resnet_d),
+        "shortcut_pool": shortcut_pool,
+        "conv_padding": conv_padding,
+        "pool_padding": pool_padding,
+        "input_mean": input_mean,
+        "input_std": input_std,
+    }
+
+
+def _build_graph(config, input_shape):
+    """The functional graph: images in, globally pooled features out."""
+    bn = {
+        "momentum": config["bn_momentum"],
+        "epsilon": config["bn_epsilon"],
+        "synchronized": config["synchronized_bn"],
+    }
+    layout = {name: config[name] for name in LAYOUT_ARGS}
+    width = config["width_multiplier"]
+    inputs = keras.Input(shape=input_shape, name="images")
+    x = inputs
+    if config["input_mean"] is not None:
+        x = keras.layers.Normalization(
+            mean=config["input_mean"],
+            variance=[s**2 for s in config["input_std"]],
+            name="input_normalization",
+        )(x)
+    x = resnet_blocks.apply_stem(
+        x, config["stem"], width, layout["resnet_d"], bn, layout
+    )
+    x = _apply_stages(x, config, bn, layout)
+    outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return inputs, outputs
+
+
+def _apply_stages(x, config, bn, layout):
+    """The four stages of residual blocks; 18/34 use basic blocks, 50+
+    bottlenecks."""
+    apply_block = (
+        resnet_blocks.apply_bottleneck_block
+        if config["depth"] >= 50
+        else resnet_blocks.apply_basic_block
+    )
+    for stage, num_blocks in enumerate(STAGE_BLOCKS[config["depth"]]):
+        filters = int(64 * 2**stage * config["width_multiplier"])
+        for block in range(num_blocks):
+            # SimCLR projects in the first block of every stage, also in
+            # stage 1 of ResNet-18/34 where the shapes already match.
+            x = apply_block(
+                x,
+                filters,
+                strides=2 if stage > 0 and block == 0 else 1,
+                projection=block == 0,
+                sk_ratio=config["sk_ratio"],
+                name=f"stage{stage + 1}_block{block + 1}",
+                bn=bn,
+                layout=layout,
+            )
+    return x
 
 
 def _validate(depth, width_multiplier, sk_ratio, stem, momentum, epsilon):
-    def fail(name, requirement, value):
-        raise ValueError(
-            f"`{name}` must be {requirement}. Received: {name}={value!r}"
-        )
-
-    if not _is_int(depth) or depth not in STAGE_BLOCKS:
-        fail("depth", f"one of {tuple(STAGE_BLOCKS)}", depth)
+    if not is_int(depth) or depth not in STAGE_BLOCKS:
+        refuse("depth", f"one of {tuple(STAGE_BLOCKS)}", repr(depth))
     if (
         not isinstance(width_multiplier, numbers.Real)
         or isinstance(width_multiplier, bool)
         or not width_multiplier > 0
         or not float(32 * width_multiplier).is_integer()
     ):
-        fail(
+        refuse(
             "width_multiplier",
             "> 0 with 32 * width_multiplier a whole number",
-            width_multiplier,
+            repr(width_multiplier),
         )
-    if not isinstance(sk_ratio, numbers.Real) or not 0 <= sk_ratio < 1:
-        fail("sk_ratio", "in [0, 1)", sk_ratio)
-    if stem not in STEMS:
-        fail("stem", f"one of {STEMS}", stem)
-    if not isinstance(momentum, numbers.Real) or not 0 <= momentum < 1:
-        fail("bn_momentum", "in [0, 1)", momentum)
-    if not isinstance(epsilon, numbers.Real) or not epsilon > 0:
-        fail("bn_epsilon", "> 0", epsilon)
+    check_in_range("sk_ratio", sk_ratio, 0, 1, include_high=False)
+    check_one_of("stem", stem, STEMS)
+    check_in_range("bn_momentum", momentum, 0, 1, include_high=False)
+    check_positive("bn_epsilon", epsilon)
 
 
 def _validate_layout(
     resnet_d, shortcut_pool, conv_padding, pool_padding, mean, std
 ):
-    def fail(name, requirement, value):
-        raise ValueError(
-            f"`{name}` must be {requirement}. Received: {name}={value!r}"
-        )
-
     if resnet_d is not None and not isinstance(resnet_d, bool):
-        fail("resnet_d", "None, True or False", resnet_d)
-    if shortcut_pool not in SHORTCUT_POOLS:
-        fail("shortcut_pool", f"one of {SHORTCUT_POOLS}", shortcut_pool)
-    if conv_padding not in CONV_PADDINGS:
-        fail("conv_padding", f"one of {CONV_PADDINGS}", conv_padding)
-    if pool_padding not in POOL_PADDINGS:
-        fail("pool_padding", f"one of {POOL_PADDINGS}", pool_padding)
+        refuse("resnet_d", "None, True or False", repr(resnet_d))
+    check_one_of("shortcut_pool", shortcut_pool, SHORTCUT_POOLS)
+    check_one_of("conv_padding", conv_padding, CONV_PADDINGS)
+    check_one_of("pool_padding", pool_padding, POOL_PADDINGS)
     if (mean is None) != (std is None):
-        fail("input_std", "given exactly when `input_mean` is", std)
+        refuse("input_std", "given exactly when `input_mean` is", repr(std))
     if mean is not None:
         for name, value in (("input_mean", mean), ("input_std", std)):
             if len(value) != 3:
-                fail(name, "a sequence of 3 floats", value)
+                refuse(name, "a sequence of 3 floats", repr(value))
         if not all(s > 0 for s in std):
-            fail("input_std", "> 0", std)
+            refuse("input_std", "> 0", repr(std))

@@ -10,7 +10,8 @@ that cannot be written with stock Keras layers.
 import keras
 from keras import ops
 
-from keras_ssl import distribute
+from keras_ssl._checks import check_in_range
+from keras_ssl.layers.fused_batch_normalization import batch_normalization
 
 # SimCLR initialises every conv with `VarianceScaling()` (scale 1, fan-in,
 # truncated normal) and never uses conv biases: each conv feeds a BN.
@@ -31,7 +32,7 @@ def batch_norm(name, config, zero_init=False, dtype=None):
     Returns:
         A `keras.layers.BatchNormalization`.
     """
-    return distribute.batch_normalization(
+    return batch_normalization(
         synchronized=config["synchronized"],
         momentum=config["momentum"],
         epsilon=config["epsilon"],
@@ -271,10 +272,9 @@ class SelectiveKernelAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not 0 < sk_ratio < 1:
-            raise ValueError(
-                f"`sk_ratio` must be in (0, 1). Received: sk_ratio={sk_ratio}"
-            )
+        check_in_range(
+            "sk_ratio", sk_ratio, 0, 1, include_low=False, include_high=False
+        )
         self.sk_ratio = sk_ratio
         self.min_dim = min_dim
         self.bn_momentum = bn_momentum

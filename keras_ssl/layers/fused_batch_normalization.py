@@ -43,6 +43,31 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return outputs
 
 
+def batch_normalization(synchronized=False, **kwargs):
+    """A BatchNormalization layer, synchronized where it can be.
+
+    The layer is a `FusedBatchNormalization`: Keras's layer, whose
+    unsynchronized training step runs in one fused kernel on TensorFlow.
+
+    `synchronized=True` computes the statistics over every replica's batch
+    on the TensorFlow backend. Keras raises for it on other backends, where
+    it is not needed: under JAX a `jit` over the global batch already
+    gives global statistics. So it is passed on only on TensorFlow.
+
+    Args:
+        synchronized: bool. Whether the statistics should be global.
+            Defaults to `False`.
+        **kwargs: the other `BatchNormalization` arguments.
+
+    Returns:
+        The layer.
+    """
+    synchronized = bool(synchronized) and keras.backend.backend() == (
+        "tensorflow"
+    )
+    return FusedBatchNormalization(synchronized=synchronized, **kwargs)
+
+
 def fusable(layer, inputs, mask=None):
     """Whether `fused_batch_statistics` can normalise `inputs` for `layer`.
 

@@ -2,8 +2,8 @@
 
 import keras
 
-from keras_ssl import distribute
 from keras_ssl._checks import check_positive_int
+from keras_ssl.layers.fused_batch_normalization import batch_normalization
 
 
 def _per_layer(name, value, num_layers):
@@ -136,7 +136,7 @@ class ProjectionHead(keras.layers.Layer):
             self.dense_layers.append(dense)
             norm = None
             if self.batch_norm[i]:
-                norm = distribute.batch_normalization(
+                norm = batch_normalization(
                     self.synchronized_bn,
                     momentum=self.bn_momentum,
                     epsilon=self.bn_epsilon,

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from keras_ssl.layers import FusedBatchNormalization
+from keras_ssl.layers.fused_batch_normalization import batch_normalization
 from keras_ssl.testing import TestCase
 
 SHAPES = [(4, 5, 6, 3), (8, 7), (3, 4, 5)]
@@ -140,3 +141,14 @@ class TestFusedBatchNormalization(TestCase):
         self.assertAllClose(
             fused(x, training=True), keras_bn(x, training=True), atol=1e-6
         )
+
+
+@pytest.mark.parametrize("synchronized", [False, True])
+def test_batch_normalization_synchronizes_on_tensorflow_only(synchronized):
+    layer = batch_normalization(
+        synchronized, momentum=0.9, epsilon=1e-5, name="bn"
+    )
+    on_tensorflow = keras.backend.backend() == "tensorflow"
+    assert isinstance(layer, FusedBatchNormalization)
+    assert layer.synchronized == (synchronized and on_tensorflow)
+    assert (layer.momentum, layer.epsilon, layer.name) == (0.9, 1e-5, "bn")
