@@ -9,12 +9,19 @@ every example) they are the identity.
 import keras
 
 
+def _tensorflow():
+    """The `tensorflow` module, on the TensorFlow backend only."""
+    # TensorFlow is an optional extra: the JAX backend runs without it.
+    import tensorflow as tf
+
+    return tf
+
+
 def _replica_context():
     """The TensorFlow replica context when there is more than one replica."""
     if keras.backend.backend() != "tensorflow":
         return None
-    import tensorflow as tf
-
+    tf = _tensorflow()
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync <= 1:
         return None
@@ -57,8 +64,7 @@ def all_gather(x):
     context = _replica_context()
     if context is None:
         return x
-    import tensorflow as tf
-
+    tf = _tensorflow()
     x = tf.convert_to_tensor(x)
     slots = tf.scatter_nd(
         indices=[[context.replica_id_in_sync_group]],
@@ -74,8 +80,7 @@ def all_reduce_sum(x):
     context = _replica_context()
     if context is None:
         return x
-    import tensorflow as tf
-
+    tf = _tensorflow()
     return context.all_reduce(tf.distribute.ReduceOp.SUM, x)
 
 
@@ -90,8 +95,7 @@ def in_multi_worker_mode() -> bool:
     """
     if keras.backend.backend() != "tensorflow":
         return False
-    import tensorflow as tf
-
+    tf = _tensorflow()
     strategy = tf.distribute.get_strategy()
     if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return False

@@ -102,6 +102,7 @@ def fused_batch_statistics(layer, inputs):
         `(outputs, mean, variance)`: the outputs in the layer's compute
         dtype, and the batch's float32 mean and biased variance.
     """
+    # TensorFlow is an optional extra; `fusable` holds on it alone.
     import tensorflow as tf
 
     x = tf.convert_to_tensor(inputs)
