@@ -388,7 +388,7 @@ def semi_supervised(
             **options,
             **kwargs,
         )
-    # TensorFlow only for tf.data sources: the NumPy path runs without it.
+    # Deferred: this imports TensorFlow, needed only for tf.data sources.
     from keras_ssl.data._semi_supervised_tf import semi_supervised_tf
 
     return semi_supervised_tf(
