@@ -156,7 +156,7 @@ def from_directory(
     train.class_names  # ['daisy', 'dandelion', ...]
     ```
     """
-    # Deferred: TensorFlow (and these helpers, which import it) is optional.
+    # Deferred: TensorFlow is optional (the helper below imports it too).
     import tensorflow as tf
 
     from keras_ssl.data._tf_elements import resize_uint8

@@ -132,7 +132,7 @@ def check_selection(per_class, fraction, index_file):
 def _from_dataset(
     dataset, select, index_file, filenames, image_key, label_key, file_key
 ):
-    # Deferred: TensorFlow (and these helpers, which import it) is optional.
+    # Deferred: TensorFlow is optional (the helpers below import it too).
     import tensorflow as tf
 
     from keras_ssl.data._tf_elements import element_parts

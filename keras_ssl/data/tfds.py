@@ -65,7 +65,7 @@ def from_tfds(
         "cifar10", "train", batch_size=256, shuffle=True)
     ```
     """
-    # Deferred: TensorFlow (and this helper, which imports it) is optional.
+    # Deferred: TensorFlow is optional (the helper below imports it too).
     import tensorflow as tf
 
     from keras_ssl.data._tf_elements import images_and_labels

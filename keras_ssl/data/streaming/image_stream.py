@@ -180,7 +180,7 @@ class ImageStream:
     def examples(self, rows):
         """Maps `(row, position)` to `(image, label, id)` with the table's
         readers; `rows` is a `tf.data` stream of such pairs."""
-        # Deferred: TensorFlow (and these helpers, which import it) is optional.
+        # Deferred: TensorFlow is optional (the helper below imports it too).
         import tensorflow as tf
 
         from keras_ssl.data._decode import decode_crop
@@ -231,7 +231,7 @@ def pipeline_of(input_context) -> int:
 
 def read_rows(table):
     """A function `row -> (encoded image, int32 label, int64 id)`."""
-    # Deferred: TensorFlow (and these helpers, which import it) is optional.
+    # Deferred: TensorFlow is optional (the helpers below import it too).
     import tensorflow as tf
 
     from keras_ssl.data._decode import parse_record

@@ -250,7 +250,7 @@ def read_labels(table):
     Reads every record of the table once (the images are not decoded);
     a folder's table already has them and is returned as it is.
     """
-    # Deferred: TensorFlow (and these helpers, which import it) is optional.
+    # Deferred: TensorFlow is optional (the helper below imports it too).
     import tensorflow as tf
 
     from keras_ssl.data._decode import read_record
