@@ -230,16 +230,22 @@ def _stream(run):
     return run.splits.pretrain_stream(config.batch_size, support=support)
 
 
-def paws_nn_accuracy(model, data, temperature):
+def paws_nn_accuracy(model, labeled, splits, config):
     """PAWS-NN: soft nearest neighbours of the test projections among the
     labeled images' projections (PAWS §5, τ as in training).
 
     Args:
         model: a `PAWSPretrainer`.
-        data: a run's data (`datasets.ArraySplits` or
-            `streams.RecipeStreams`).
-        temperature: float. τ of the soft neighbours.
+        labeled: `keras_ssl.data.LabeledSubset` with its images.
+        splits: `datasets.ArraySplits`; its test images are measured.
+        config: `PAWSConfig`; its `temperature` is τ.
     """
+    data = dataclasses.replace(splits, labeled=labeled)
+    return _soft_nearest_accuracy(model, data, config.temperature)
+
+
+def _soft_nearest_accuracy(model, data, temperature):
+    """PAWS-NN on a run's data, arrays or streams alike."""
     from keras_ssl.evaluation import SoftNearestNeighbour  # Keras.
 
     support, labels, queries, truth = data.embeddings(model, "projection")
@@ -251,7 +257,8 @@ def paws_nn_accuracy(model, data, temperature):
 
 
 def _paws_nn(run, model):
-    accuracy = paws_nn_accuracy(model, run.splits, run.config.temperature)
+    temperature = run.config.temperature
+    accuracy = _soft_nearest_accuracy(model, run.splits, temperature)
     return {"paws_nn_accuracy": accuracy}
 
 
