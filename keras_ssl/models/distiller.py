@@ -129,13 +129,8 @@ class Distiller(SSLModel):
 
     def compute_ssl_loss(self, data, training=True):
         batch = unpack_batch(data)
-        unlabeled, labeled, labels = (
-            batch.unlabeled,
-            batch.labeled,
-            batch.labels,
-        )
-        if unlabeled is None:
-            unlabeled = labeled
+        labeled = batch.labeled
+        unlabeled = labeled if batch.unlabeled is None else batch.unlabeled
         images = to_float_images(unlabeled)
         n = ops.shape(images)[0]
         if labeled is not None and self.alpha < 1.0:
@@ -147,7 +142,7 @@ class Distiller(SSLModel):
             teacher_logits[:n],
             student_logits[:n],
             temperature=self.temperature,
-            labels=labels if labeled is not None else None,
+            labels=batch.labels if labeled is not None else None,
             labeled_logits=student_logits[n:],
             alpha=self.alpha,
             return_metrics=True,

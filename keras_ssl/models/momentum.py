@@ -45,7 +45,7 @@ def clone_layer(layer, input_shape, batch_statistics=False):
 def _freeze(copy, batch_statistics):
     copy.trainable = False
     if batch_statistics:
-        for layer in _all_layers(copy):
+        for layer in all_layers(copy):
             if isinstance(layer, keras.layers.BatchNormalization):
                 if layer.renorm:
                     raise ValueError(
@@ -55,22 +55,30 @@ def _freeze(copy, batch_statistics):
                     )
                 # The copy's own layer objects take the behaviour: its
                 # weights, paths and structure stay those of the original.
+                # (Keras internals: see `CHECKED_KERAS_VERSIONS`.)
                 layer.__class__ = _on_batch_statistics(type(layer))
     return copy
 
 
-# Keras versions in which `_all_layers` has been checked
-# (tests/models/test_momentum.py): the one use of a private Keras API here.
+# This module holds the library's two uses of Keras internals, checked on
+# Keras 3.15.1; tests/models/test_momentum.py fails on a Keras version
+# outside this list, or when either use stops working:
+# - `all_layers` calls the private `Layer._flatten_layers`: Keras 3.15 has
+#   no public recursive listing (`Model.layers` stops at the top level and
+#   misses the sublayers of custom layers).
+# - `_freeze` gives a copy's BatchNormalization layers a subclass by
+#   assigning `layer.__class__`: `clone_model`'s public `clone_function`
+#   reaches only a functional model's top-level layers, not those nested
+#   in custom layers; `_BatchStatistics.call` reads BatchNormalization's
+#   attributes (`axis`, `synchronized`, `gamma`, `beta`, ...).
 CHECKED_KERAS_VERSIONS = ((3, 15),)
 
 
-def _all_layers(layer):
-    """`layer` and every layer nested in it, however deep.
+def all_layers(layer):
+    """`layer` and every layer nested in it, however deep, `layer` first.
 
-    Keras has no public recursive listing: `Model.layers` stops at the top
-    level and misses the sublayers of custom layers (the projection head's
-    Dense and BatchNormalization layers). `_flatten_layers` is private;
-    this is its only use, and a test pins the Keras versions checked.
+    The projection head's Dense and BatchNormalization layers included,
+    which `Model.layers` leaves out (see `CHECKED_KERAS_VERSIONS`).
     """
     return list(layer._flatten_layers(include_self=True))
 

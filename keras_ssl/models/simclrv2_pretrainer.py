@@ -20,6 +20,7 @@ from keras_ssl.models.momentum import clone_layer
 from keras_ssl.models.momentum import clone_network
 from keras_ssl.models.momentum import ema_update
 from keras_ssl.models.ssl_model import SSLModel
+from keras_ssl.ops.math import loss_dtype
 from keras_ssl.optimizers.lars import LARS
 
 
@@ -285,16 +286,13 @@ class SimCLRv2Pretrainer(SSLModel):
 
     def compute_ssl_loss(self, data, training=True):
         batch = unpack_batch(data)
-        unlabeled, labeled, labels = (
-            batch.unlabeled,
-            batch.labeled,
-            batch.labels,
-        )
-        ids = batch.image_ids()
+        labels, ids = batch.labels, batch.image_ids()
         if self.queue is not None and training:
             self._update_memory_network()
         parts = [
-            to_float_images(x) for x in (unlabeled, labeled) if x is not None
+            to_float_images(x)
+            for x in (batch.unlabeled, batch.labeled)
+            if x is not None
         ]
         images = ops.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
         view1, view2 = compiled_call(self.views, images, training)
@@ -335,10 +333,7 @@ class SimCLRv2Pretrainer(SSLModel):
         # The loss and accuracy in float32 under a mixed policy too, and
         # in float64 with the rest of a float64 model's loss.
         logits = self.probe(features)
-        dtype = keras.backend.standardize_dtype(logits.dtype)
-        logits = ops.cast(
-            logits, "float64" if dtype == "float64" else "float32"
-        )
+        logits = ops.cast(logits, loss_dtype(logits))
         loss = ops.mean(
             keras.losses.sparse_categorical_crossentropy(
                 labels, logits, from_logits=True

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_ssl.models.momentum import all_layers
 from keras_ssl.optimizers import LARS
 from keras_ssl.testing import TestCase
 from tests.models.model_cases import MODELS
@@ -58,7 +59,7 @@ def losses(model, data, policy="float32"):
 def low_precision_layers(model):
     return [
         layer
-        for layer in model._flatten_layers(include_self=False)
+        for layer in all_layers(model)[1:]
         if layer.compute_dtype in ("bfloat16", "float16")
     ]
 

@@ -97,22 +97,37 @@ class TestCloneNetwork(TestCase):
             batch(x, training=False)[-1], frozen(x, training=False)[-1]
         )
 
-    def test_private_keras_use_is_checked_for_this_version(self):
-        # `_all_layers` is the one use of a private Keras API (layer
-        # listing); a Keras outside the checked versions must be checked
-        # again (nested layers found, below) and added to the list.
+    def test_keras_internals_are_checked_for_this_version(self):
+        # `all_layers` and the class swap of `_freeze` use Keras internals;
+        # a Keras outside the checked versions must be checked again (the
+        # nested layers found, below, and the batch-statistics tests) and
+        # added to the list.
         version = tuple(int(p) for p in keras.version().split(".")[:2])
         assert version in momentum.CHECKED_KERAS_VERSIONS, version
         head = ProjectionHead(num_layers=2, output_dim=3, hidden_dim=4)
         head.build((None, 5))
-        found = momentum._all_layers(head)
-        assert head in found
+        found = momentum.all_layers(head)
+        assert found[0] is head
         norms = [
             layer
             for layer in found
             if isinstance(layer, keras.layers.BatchNormalization)
         ]
         assert len(norms) == 2  # the hidden layer's and the output's
+        # The class swap: the copy's nested BatchNorm layers normalise by
+        # the batch, with the variables and paths of a plain copy.
+        plain = clone_layer(head, (None, 5))
+        batch = clone_layer(head, (None, 5), batch_statistics=True)
+        swapped = [
+            layer
+            for layer in momentum.all_layers(batch)
+            if isinstance(layer, keras.layers.BatchNormalization)
+        ]
+        assert len(swapped) == 2
+        assert all(isinstance(b, momentum._BatchStatistics) for b in swapped)
+        assert [v.path for v in batch.weights] == [
+            v.path for v in plain.weights
+        ]
 
     def test_batch_statistics_copy_rejects_masks(self):
         copy = clone_network(make_network(), batch_statistics=True)
