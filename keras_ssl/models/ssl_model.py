@@ -86,7 +86,9 @@ class SSLModel(
     State the method updates (momentum encoders, queues, BN statistics) is
     assigned inside `compute_ssl_loss`; momentum encoders are updated at
     the start of the next forward pass, as in MoCo, so nothing has to run
-    after the optimizer step.
+    after the optimizer step. It names its constructor's arguments in
+    `config_objects` and `config_values` (`ConfigFromArguments`), from
+    which its config is written and read.
 
     `train_step` only takes gradients, applies them and updates the
     trackers, with one variant per backend around the same
