@@ -5,7 +5,7 @@ import os
 import numpy as np
 
 # What `tf.io.decode_image` reads.
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 def _list_files(folder):
@@ -54,11 +54,11 @@ def _check_array(array, path):
 class ImageSource:
     """The images to run a model on: a folder or an array file.
 
-    A folder's image files (JPEG, PNG, BMP, GIF, in sub-folders too) are
-    named by their path relative to the folder and read batch by batch;
-    only the list of names is held. An `.npy` file is memory-mapped; an
-    `.npz` file's array (the only one, or `images` or `x`) is loaded. An
-    array's images are named by their index.
+    A folder's image files (JPEG, PNG, BMP, GIF, WebP, in sub-folders
+    too) are named by their path relative to the folder and read batch by
+    batch; only the list of names is held. An `.npy` file is
+    memory-mapped; an `.npz` file's array (the only one, or `images` or
+    `x`) is loaded. An array's images are named by their index.
 
     Args:
         path: str. A folder, or a `.npy` / `.npz` file of uint8 images

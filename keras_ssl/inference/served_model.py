@@ -128,7 +128,7 @@ class ServedModel:
             return {k: np.asarray(v) for k, v in outputs.items()}, list(
                 range(len(contents))
             )
-        except tf.errors.OpError:
+        except tf.errors.InvalidArgumentError:
             if len(contents) == 1:
                 return {}, []
         # A file in the batch does not decode: find it, one by one.
@@ -152,7 +152,7 @@ class ServedModel:
                 image = tf.io.decode_image(
                     data, channels=3, expand_animations=False
                 )
-            except tf.errors.OpError:
+            except tf.errors.InvalidArgumentError:
                 continue
             images.append(resize(image, self.image_size).numpy())
             good.append(i)
