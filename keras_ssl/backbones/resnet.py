@@ -4,6 +4,7 @@ import contextlib
 import numbers
 
 import keras
+import numpy as np
 
 from keras_ssl._checks import check_in_range
 from keras_ssl._checks import check_one_of
@@ -288,9 +289,12 @@ def _build_graph(config, input_shape):
     inputs = keras.Input(shape=input_shape, name="images")
     x = inputs
     if config["input_mean"] is not None:
+        # float64 constants, cast to the layer's dtype when it builds: a
+        # Python list would be made float32 first, which puts a float64
+        # network's input 8e-8 off the exact normalization.
         x = keras.layers.Normalization(
-            mean=config["input_mean"],
-            variance=[s**2 for s in config["input_std"]],
+            mean=np.asarray(config["input_mean"], "float64"),
+            variance=np.square(np.asarray(config["input_std"], "float64")),
             name="input_normalization",
         )(x)
     x = resnet_blocks.apply_stem(
