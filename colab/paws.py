@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from keras_ssl.evaluation import embed
 from keras_ssl.recipes import paws
-from keras_ssl.recipes.stages import load_data
+from keras_ssl.recipes.runner import load_data
 
 # CI runs this notebook with KERAS_SSL_NOTEBOOK_TINY=1: a few steps only.
 TINY = os.environ.get("KERAS_SSL_NOTEBOOK_TINY") == "1"

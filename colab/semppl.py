@@ -25,7 +25,7 @@ from keras_ssl.evaluation import embed
 from keras_ssl.models.semppl_pretrainer import VOTE_FRACTIONS
 from keras_ssl.recipes import semppl
 from keras_ssl.recipes.reports import probe_accuracies
-from keras_ssl.recipes.stages import load_data
+from keras_ssl.recipes.runner import load_data
 
 # CI runs this notebook with KERAS_SSL_NOTEBOOK_TINY=1: a few steps only.
 TINY = os.environ.get("KERAS_SSL_NOTEBOOK_TINY") == "1"
