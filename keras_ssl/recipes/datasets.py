@@ -45,10 +45,6 @@ class ArraySplits:
     def num_labeled(self) -> int:
         return len(self.labeled.y)
 
-    def labeled_images(self):
-        """The labeled subset in memory (`keras_ssl.data.LabeledSubset`)."""
-        return self.labeled
-
     def identity(self, labels=True) -> dict:
         """The sizes and a hash of a sample of the training images and of
         every label, for the stages' fingerprints; with `labels=False`,

@@ -175,10 +175,6 @@ class RecipeStreams:
     def num_labeled(self) -> int:
         return len(self.labeled)
 
-    def labeled_images(self):
-        """`None`: the labeled subset is listed, not held in memory."""
-        return None
-
     def identity(self, labels=True) -> dict:
         """The data's name, sizes and a hash of the labeled subset, for
         the stages' fingerprints; with `labels=False`, the names and sizes
