@@ -24,6 +24,8 @@ pytestmark = pytest.mark.skipif(
 
 
 class TestXLA(TestCase):
+    # XLA compiles each whole training step: half a minute to minutes.
+    @pytest.mark.slow
     @pytest.mark.parametrize("name", MODELS)
     def test_training_step_compiles_with_xla(self, name):
         keras.utils.set_random_seed(0)
