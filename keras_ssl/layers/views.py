@@ -254,22 +254,16 @@ class Views(keras.layers.Layer):
                 dtype=self.dtype_policy,
             ),
         ]
-        if spec.blur_p > 0:
-            layers.append(
-                RandomGaussianBlur(
-                    spec.blur_p,
-                    seed=_sub_seed(self.seed, i, 2),
-                    dtype=self.dtype_policy,
-                )
-            )
-        if spec.solarize_p > 0:
-            layers.append(
-                RandomSolarize(
-                    spec.solarize_p,
-                    seed=_sub_seed(self.seed, i, 3),
-                    dtype=self.dtype_policy,
-                )
-            )
+        # Blur and solarization only where they can happen; their seeds
+        # keep their slots 2 and 3 either way.
+        optional = [
+            (RandomGaussianBlur, spec.blur_p, 2),
+            (RandomSolarize, spec.solarize_p, 3),
+        ]
+        for layer, p, slot in optional:
+            if p > 0:
+                seed = _sub_seed(self.seed, i, slot)
+                layers.append(layer(p, seed=seed, dtype=self.dtype_policy))
         return layers
 
     @classmethod

@@ -10,6 +10,11 @@ from keras_ssl.ops.math import l2_normalize
 from keras_ssl.ops.math import loss_dtype
 
 
+def _differ(a, b) -> bool:
+    """Whether two static dims are both known and different."""
+    return a is not None and b is not None and a != b
+
+
 def _check_shapes(z1, z2, negatives, negatives_mask) -> None:
     # Static checks only: dimensions unknown at trace time pass through.
     if len(z1.shape) != 2 or len(z2.shape) != 2:
@@ -18,13 +23,12 @@ def _check_shapes(z1, z2, negatives, negatives_mask) -> None:
             f"Received: z1.shape={tuple(z1.shape)}, "
             f"z2.shape={tuple(z2.shape)}"
         )
-    for a, b in zip(z1.shape, z2.shape):
-        if a is not None and b is not None and a != b:
-            raise ValueError(
-                "`z1` and `z2` must have the same shape (the two views of "
-                f"the same images). Received: z1.shape={tuple(z1.shape)}, "
-                f"z2.shape={tuple(z2.shape)}"
-            )
+    if any(_differ(a, b) for a, b in zip(z1.shape, z2.shape)):
+        raise ValueError(
+            "`z1` and `z2` must have the same shape (the two views of "
+            f"the same images). Received: z1.shape={tuple(z1.shape)}, "
+            f"z2.shape={tuple(z2.shape)}"
+        )
     if negatives is None:
         if negatives_mask is not None:
             raise ValueError("`negatives_mask` was given without `negatives`.")
@@ -36,7 +40,7 @@ def _check_shapes(z1, z2, negatives, negatives_mask) -> None:
             f"Received: negatives.shape={tuple(negatives.shape)}"
         )
     queue_dim = negatives.shape[-1]
-    if dim is not None and queue_dim is not None and dim != queue_dim:
+    if _differ(dim, queue_dim):
         raise ValueError(
             "The last dim of `negatives` (the queue dim) must equal the "
             f"projection dim of `z1` and `z2`. Received: queue dim="
@@ -48,8 +52,7 @@ def _check_shapes(z1, z2, negatives, negatives_mask) -> None:
     rank = len(negatives_mask.shape)
     expected = (z1.shape[0], negatives.shape[0])[-rank:] if rank else ()
     if rank not in (1, 2) or any(
-        a is not None and b is not None and a != b
-        for a, b in zip(negatives_mask.shape, expected)
+        _differ(a, b) for a, b in zip(negatives_mask.shape, expected)
     ):
         raise ValueError(
             "`negatives_mask` must have shape (queue size,) or (batch, "
