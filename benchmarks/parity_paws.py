@@ -63,6 +63,11 @@ by default):
 - LARS trust ratio with weight decay. suncet divides by
   `||g|| + wd·||w|| + 1e-8`, ours (SimCLR's) by `||g + wd·w||`. They agree
   when `--weight-decay` is 0 (default here; the paper's is 1e-6).
+- LARS trust ratio's guard (`--trust-epsilon`). suncet adds `eps = 1e-8`
+  to the norm it divides by; ours adds nothing (a zero norm takes the
+  plain rate instead). With gradient norms of 1e-3 to 1e-2 that moves
+  each step by 1e-6 to 1e-5 relative, which float64 shows. `0` (default)
+  sets the reference's `eps` to 0; `reference` keeps its 1e-8.
 """
 
 import argparse
@@ -200,6 +205,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--lars-exclusions", choices=("reference", "ours"), default="reference"
     )
+    parser.add_argument(
+        "--trust-epsilon", choices=("0", "reference"), default="0"
+    )
     parser.add_argument("--no-me-max", dest="me_max", action="store_false")
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
@@ -307,6 +315,10 @@ class _Reference:
             weight_decay=args.weight_decay,
             final_lr=args.final_lr,
         )
+        if args.trust_epsilon == "0":
+            # suncet's LARS wrapper divides by `||g|| + eps` (1e-8); ours
+            # by `||g||`.
+            self.optimizer.eps = 0.0
         self.paws = init_paws_loss(
             multicrop=args.multicrop, tau=0.1, T=0.25, me_max=args.me_max
         )
@@ -716,6 +728,7 @@ def _print_report(args, losses, results, seconds):
         f"lr {args.start_lr:g} -> {args.ref_lr:g} over {args.warmup} steps, "
         f"cosine to {args.final_lr:g} at {args.total_steps}; weight decay "
         f"{args.weight_decay:g}; LARS exclusions {args.lars_exclusions}; "
+        f"reference trust epsilon {args.trust_epsilon}; "
         f"ME-MAX {'on' if args.me_max else 'off'}; {seconds:.0f} s"
     )
     print("| step | lr ref / ours | loss ref | loss ours | me_max ref | ours |")
