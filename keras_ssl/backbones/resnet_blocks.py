@@ -196,9 +196,7 @@ def apply_basic_block(
     """Two 3x3 convs (the first one strided, SK if `sk_ratio`)."""
     layout = layout or default_layout(sk_ratio)
     padding = layout["conv_padding"]
-    shortcut = x
-    if projection:
-        shortcut = apply_shortcut(x, filters, strides, layout, name, bn)
+    shortcut = _shortcut(x, filters, strides, projection, layout, name, bn)
     x = apply_3x3(x, filters, strides, sk_ratio, name, bn, 1, padding)
     x = conv_bn(
         x,
@@ -212,8 +210,7 @@ def apply_basic_block(
         zero_init=True,
         padding=padding,
     )
-    x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
-    return keras.layers.ReLU(name=f"{name}_out")(x)
+    return _add_and_relu(shortcut, x, name)
 
 
 def apply_bottleneck_block(
@@ -222,14 +219,24 @@ def apply_bottleneck_block(
     """1x1 reduce, 3x3 (or SK) with the stride, 1x1 expand to `4*filters`."""
     layout = layout or default_layout(sk_ratio)
     padding = layout["conv_padding"]
-    shortcut = x
-    if projection:
-        shortcut = apply_shortcut(x, 4 * filters, strides, layout, name, bn)
+    shortcut = _shortcut(x, 4 * filters, strides, projection, layout, name, bn)
     x = conv_bn(x, filters, 1, 1, name, bn, index=1)
     x = apply_3x3(x, filters, strides, sk_ratio, name, bn, 2, padding)
     x = conv_bn(
         x, 4 * filters, 1, 1, name, bn, index=3, relu=False, zero_init=True
     )
+    return _add_and_relu(shortcut, x, name)
+
+
+def _shortcut(x, filters, strides, projection, layout, name, bn):
+    """A block's shortcut: projected in a stage's first block, else `x`."""
+    if not projection:
+        return x
+    return apply_shortcut(x, filters, strides, layout, name, bn)
+
+
+def _add_and_relu(shortcut, x, name):
+    """The end of every residual block: `relu(shortcut + x)`."""
     x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
     return keras.layers.ReLU(name=f"{name}_out")(x)
 
@@ -295,29 +302,25 @@ class SelectiveKernelAttention(keras.layers.Layer):
             "epsilon": self.bn_epsilon,
             "synchronized": self.synchronized_bn,
         }
+        self.reduce_conv = self._conv_1x1(mid_dim, "reduce_conv")
         # The sublayers follow this layer's dtype policy (mixed precision).
-        self.reduce_conv = keras.layers.Conv2D(
-            mid_dim,
-            1,
-            use_bias=False,
-            kernel_initializer=CONV_INITIALIZER,
-            name="reduce_conv",
-            dtype=self.dtype_policy,
-        )
         self.reduce_bn = batch_norm("reduce_bn", bn, dtype=self.dtype_policy)
-        self.expand_conv = keras.layers.Conv2D(
-            channels,
-            1,
-            use_bias=False,
-            kernel_initializer=CONV_INITIALIZER,
-            name="expand_conv",
-            dtype=self.dtype_policy,
-        )
+        self.expand_conv = self._conv_1x1(channels, "expand_conv")
         descriptor_shape = (input_shape[0], 1, 1, filters)
         self.reduce_conv.build(descriptor_shape)
         reduced_shape = (input_shape[0], 1, 1, mid_dim)
         self.reduce_bn.build(reduced_shape)
         self.expand_conv.build(reduced_shape)
+
+    def _conv_1x1(self, filters, name):
+        return keras.layers.Conv2D(
+            filters,
+            1,
+            use_bias=False,
+            kernel_initializer=CONV_INITIALIZER,
+            name=name,
+            dtype=self.dtype_policy,
+        )
 
     def call(self, inputs, training=None):
         a, b = ops.split(inputs, 2, axis=-1)
