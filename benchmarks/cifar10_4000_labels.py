@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from keras_ssl.recipes import paws  # noqa: E402
 from keras_ssl.recipes import semppl  # noqa: E402
 from keras_ssl.recipes.reports import knn_accuracy  # noqa: E402
-from keras_ssl.recipes.stages import load_data  # noqa: E402
+from keras_ssl.recipes.runner import load_data  # noqa: E402
 
 RECIPES = {
     "paws": (paws, paws.PAWSConfig),

@@ -26,7 +26,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from keras_ssl.recipes import simclrv2  # noqa: E402
-from keras_ssl.recipes.stages import load_data  # noqa: E402
+from keras_ssl.recipes.runner import load_data  # noqa: E402
 
 
 def _unit(z):

@@ -23,8 +23,10 @@ import argparse
 import numpy as np
 
 from keras_ssl import data as ssl_data
+from keras_ssl.models import fine_tuning
 from keras_ssl.recipes import paws
 from keras_ssl.recipes import reports
+from keras_ssl.recipes import runner
 from keras_ssl.recipes import semppl
 from keras_ssl.recipes import simclrv2
 from keras_ssl.recipes import stages
@@ -57,9 +59,9 @@ def main(argv=None):
     overrides = {"data_dir": args.data_dir} if args.data_dir else {}
     preset = getattr(config_cls, args.preset)
     config = preset(**overrides)
-    splits, labeled = stages.load_data(config)
+    splits, labeled = runner.load_data(config)
     result = reports.RecipeResult(config=config)
-    run = stages.Run(config, splits, labeled, False, result)
+    run = runner.Run(config, splits, labeled, False, result)
     pretrainer = module.STAGES[0].build(run)
     pretrainer.load_weights(f"{args.output_dir}/pretrain/final.weights.h5")
     run.models["pretrainer"] = pretrainer
@@ -102,8 +104,8 @@ def main(argv=None):
         )
         end = model.get_weights()
         shares = []
-        for share in stages.SHARES:
-            stages.assign_interpolated(model, start, end, share)
+        for share in fine_tuning.SHARES:
+            fine_tuning.assign_interpolated(model, start, end, share)
             shares.append(f"{share:g}: {_accuracy(model, x_val, y_val):.4f}")
         print(
             f"{setting}: validation by share of the fine-tuned weights "
