@@ -130,6 +130,9 @@ class PAWSConfig(RecipeConfig):
         which the consistency term cannot leave at this budget. With it
         the 20 epochs end at 34.3% PAWS-NN; without it at 96.1%
         (docs/benchmarks.md, "PAWS and ME-MAX in short runs").
+        suncet's own PAWS does the same at this budget: with ME-MAX its
+        targets stay near uniform and its k-NN ends 6 points lower
+        (docs/parity.md, "PAWS (suncet)").
         """
         config = cls.cifar10(
             **DIGITS,
