@@ -140,14 +140,10 @@ class ResNet(keras.Model):
         input_std=None,
         **kwargs,
     ):
-        config = _plain_config(
-            depth,
-            width_multiplier,
-            sk_ratio,
-            stem,
-            bn_momentum,
-            bn_epsilon,
-            synchronized_bn,
+        _validate(
+            depth, width_multiplier, sk_ratio, stem, bn_momentum, bn_epsilon
+        )
+        _validate_layout(
             resnet_d,
             shortcut_pool,
             conv_padding,
@@ -155,6 +151,23 @@ class ResNet(keras.Model):
             input_mean,
             input_std,
         )
+        # The arguments as plain Python numbers and lists, which keep the
+        # config JSON-serialisable; `resnet_d` keeps `None` ("as SK").
+        config = {
+            "depth": int(depth),
+            "width_multiplier": _plain_width(width_multiplier),
+            "sk_ratio": float(sk_ratio),
+            "stem": stem,
+            "bn_momentum": float(bn_momentum),
+            "bn_epsilon": float(bn_epsilon),
+            "synchronized_bn": bool(synchronized_bn),
+            "resnet_d": resnet_d if resnet_d is None else bool(resnet_d),
+            "shortcut_pool": shortcut_pool,
+            "conv_padding": conv_padding,
+            "pool_padding": pool_padding,
+            "input_mean": _floats(input_mean),
+            "input_std": _floats(input_std),
+        }
         # Every layer follows `dtype` (e.g. "mixed_bfloat16"), or the
         # global policy when it is not given.
         dtype = kwargs.pop("dtype", None)
@@ -166,19 +179,9 @@ class ResNet(keras.Model):
         )
 
         # === Config ===
-        self.depth = config["depth"]
-        self.width_multiplier = config["width_multiplier"]
-        self.sk_ratio = config["sk_ratio"]
-        self.stem = stem
-        self.bn_momentum = config["bn_momentum"]
-        self.bn_epsilon = config["bn_epsilon"]
-        self.synchronized_bn = config["synchronized_bn"]
-        self.resnet_d = resnet_d if resnet_d is None else bool(resnet_d)
-        self.shortcut_pool = shortcut_pool
-        self.conv_padding = conv_padding
-        self.pool_padding = pool_padding
-        self.input_mean = config["input_mean"]
-        self.input_std = config["input_std"]
+        self._arg_names = tuple(config)
+        for name, value in config.items():
+            setattr(self, name, value)
         bottleneck = self.depth >= 50
         self.output_dim = int(
             (2048 if bottleneck else 512) * self.width_multiplier
@@ -190,21 +193,9 @@ class ResNet(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "depth": self.depth,
-            "width_multiplier": self.width_multiplier,
-            "sk_ratio": self.sk_ratio,
-            "stem": self.stem,
-            "bn_momentum": self.bn_momentum,
-            "bn_epsilon": self.bn_epsilon,
-            "synchronized_bn": self.synchronized_bn,
+            **{name: getattr(self, name) for name in self._arg_names},
             # `Model.input_shape` includes the batch axis.
             "input_shape": tuple(self.input_shape[1:]),
-            "resnet_d": self.resnet_d,
-            "shortcut_pool": self.shortcut_pool,
-            "conv_padding": self.conv_padding,
-            "pool_padding": self.pool_padding,
-            "input_mean": self.input_mean,
-            "input_std": self.input_std,
             "dtype": self._policy_name,
         }
 
@@ -227,54 +218,16 @@ def _dtype_policy(dtype):
         keras.config.set_dtype_policy(previous)
 
 
-def _plain_config(
-    depth,
-    width_multiplier,
-    sk_ratio,
-    stem,
-    bn_momentum,
-    bn_epsilon,
-    synchronized_bn,
-    resnet_d,
-    shortcut_pool,
-    conv_padding,
-    pool_padding,
-    input_mean,
-    input_std,
-):
-    """The checked arguments as plain Python numbers and lists, which keep
-    the config JSON-serialisable."""
-    _validate(depth, width_multiplier, sk_ratio, stem, bn_momentum, bn_epsilon)
-    _validate_layout(
-        resnet_d,
-        shortcut_pool,
-        conv_padding,
-        pool_padding,
-        input_mean,
-        input_std,
-    )
-    if input_mean is not None:
-        input_mean = [float(v) for v in input_mean]
-        input_std = [float(v) for v in input_std]
+def _plain_width(width_multiplier):
+    """`width_multiplier` as an int where it is whole, else a float."""
     if float(width_multiplier).is_integer():
-        width_multiplier = int(width_multiplier)
-    else:
-        width_multiplier = float(width_multiplier)
-    return {
-        "depth": int(depth),
-        "width_multiplier": width_multiplier,
-        "sk_ratio": float(sk_ratio),
-        "stem": stem,
-        "bn_momentum": float(bn_momentum),
-        "bn_epsilon": float(bn_epsilon),
-        "synchronized_bn": bool(synchronized_bn),
-        "resnet_d": sk_ratio > 0 if resnet_d is None else bool(resnet_d),
-        "shortcut_pool": shortcut_pool,
-        "conv_padding": conv_padding,
-        "pool_padding": pool_padding,
-        "input_mean": input_mean,
-        "input_std": input_std,
-    }
+        return int(width_multiplier)
+    return float(width_multiplier)
+
+
+def _floats(values):
+    """`values` as a list of floats, or `None`."""
+    return None if values is None else [float(v) for v in values]
 
 
 def _build_graph(config, input_shape):
@@ -285,6 +238,9 @@ def _build_graph(config, input_shape):
         "synchronized": config["synchronized_bn"],
     }
     layout = {name: config[name] for name in LAYOUT_ARGS}
+    if layout["resnet_d"] is None:
+        # SimCLRv2 uses ResNet-D exactly where it uses SK.
+        layout["resnet_d"] = config["sk_ratio"] > 0
     width = config["width_multiplier"]
     inputs = keras.Input(shape=input_shape, name="images")
     x = inputs
