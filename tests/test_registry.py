@@ -32,6 +32,10 @@ def test_table_names_every_registered_class():
         for name, obj in keras.saving.get_custom_objects().items()
         if name.startswith("keras_ssl>")
     }
+    missing = {
+        k: v for k, v in registered.items() if k not in _registry.CLASSES
+    }
+    assert not missing, f"Add to keras_ssl/_registry.py CLASSES: {missing}"
     assert registered == _registry.CLASSES
 
 
