@@ -26,7 +26,10 @@ identity). Its initial weights are saved with `torch.save` in the layout
 ...}`) and read on our side with `keras_ssl.pretrained.load_paws`: the
 encoder, projection head and prediction head of a `PAWSPretrainer`.
 `paws_train.py` imports `apex`, used only for synchronized BatchNorm on
-several processes: the worker gives it an empty stand-in module.
+several processes: the worker gives it an empty stand-in module. With
+`--dtype float64` the worker builds `make_labels_matrix`'s rows in
+float64 (it makes them with `torch.zeros` in the default dtype, and
+float32 rows cast to float64 carry smoothed values rounded to float32).
 
 Both sides get the same float tensors every step (NumPy, one seed): two
 global 32-px views and `--multicrop` small 18-px crops of `--batch`
@@ -68,6 +71,14 @@ by default):
   plain rate instead). With gradient norms of 1e-3 to 1e-2 that moves
   each step by 1e-6 to 1e-5 relative, which float64 shows. `0` (default)
   sets the reference's `eps` to 0; `reference` keeps its 1e-8.
+- Learning rate's precision (`--reference-rate`). Our
+  `WarmupCosineDecay`, like Keras's own schedules, computes the rate in
+  float32 whatever the model's dtype; suncet's schedule in Python floats.
+  In float64 that scales every step by up to 1e-6 relative (0.08 rounds
+  to float32 by 2.2e-8; the cosine part is up to 9.6e-7 off the exact
+  rate), which moves the loss after the first update by 1e-6. `ours`
+  (default) runs the reference's step at our rate (its own rate is still
+  printed next to ours); `reference` keeps its own.
 """
 
 import argparse
@@ -208,6 +219,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--trust-epsilon", choices=("0", "reference"), default="0"
     )
+    parser.add_argument(
+        "--reference-rate", choices=("ours", "reference"), default="ours"
+    )
     parser.add_argument("--no-me-max", dest="me_max", action="store_false")
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
@@ -322,14 +336,22 @@ class _Reference:
         self.paws = init_paws_loss(
             multicrop=args.multicrop, tau=0.1, T=0.25, me_max=args.me_max
         )
-        self.labels = make_labels_matrix(
-            num_classes=args.classes,
-            s_batch_size=args.images_per_class,
-            world_size=1,
-            device=torch.device("cpu"),
-            unique_classes=False,
-            smoothing=args.label_smoothing,
-        ).to(self.dtype)
+        # make_labels_matrix builds its rows with `torch.zeros` in the
+        # default dtype: in float32 its smoothed values (0.925, 0.025) would
+        # reach a float64 step rounded to float32.
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            self.labels = make_labels_matrix(
+                num_classes=args.classes,
+                s_batch_size=args.images_per_class,
+                world_size=1,
+                device=torch.device("cpu"),
+                unique_classes=False,
+                smoothing=args.label_smoothing,
+            )
+        finally:
+            torch.set_default_dtype(default_dtype)
         self.mean = torch.tensor(IMAGENET_MEAN, dtype=self.dtype)[:, None, None]
         self.std = torch.tensor(IMAGENET_STD, dtype=self.dtype)[:, None, None]
         self.steps = 0
@@ -339,14 +361,21 @@ class _Reference:
         x = self.torch.from_numpy(array).to(self.dtype).permute(0, 3, 1, 2)
         return ((x - self.mean) / self.std).contiguous()
 
-    def step(self):
+    def step(self, lr=None):
+        """One step; at the learning rate `lr` when given (the scheduler's
+        own rate is reported as `own_lr` either way)."""
         args, torch = self.args, self.torch
+        own_lr = self.optimizer.param_groups[0]["lr"]
+        if lr is not None:
+            # The scheduler sets every group's rate again after the step.
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
         data = step_data(args, self.steps)
         simgs = [self._images(x) for x in data["support"]]
         uimgs = [self._images(x) for x in data["global"] + data["small"]]
         labels = torch.cat([self.labels for _ in range(args.support_views)])
         self.steps += 1
-        return reference_step(
+        result = reference_step(
             self.encoder,
             self.optimizer,
             self.scheduler,
@@ -356,6 +385,8 @@ class _Reference:
             labels,
             args.batch,
         )
+        result["own_lr"] = float(own_lr)
+        return result
 
     def save(self, path):
         """Weights in `paws_train.py`'s layout, and the momentum buffers
@@ -456,7 +487,7 @@ def worker(args):
     for line in sys.stdin:
         request = json.loads(line)
         if request["command"] == "step":
-            reply = reference.step()
+            reply = reference.step(request.get("lr"))
         else:
             reply = reference.save(request["path"])
         channel.write(json.dumps(reply) + "\n")
@@ -573,6 +604,10 @@ class _Ours:
             views.append(images[:, :SMALL_SIZE, :SMALL_SIZE, 3 * i : 3 * i + 3])
         return [ops.convert_to_tensor(v) for v in views]
 
+    def rate(self):
+        """The learning rate of our next step, as a Python float."""
+        return float(self.optimizer.learning_rate)
+
     def step(self):
         import numpy as np
 
@@ -592,7 +627,7 @@ class _Ours:
             "support": np.concatenate(data["support"], axis=-1),
             "support_labels": data["labels"],
         }
-        lr = float(self.optimizer.learning_rate)
+        lr = self.rate()
         original = paws_pretrainer.compiled_call
         paws_pretrainer.compiled_call = self._feed
         try:
@@ -692,7 +727,8 @@ def main(argv=None):
         ours = _Ours(args, init["weights"])
         losses = []
         for step in range(1, args.compare[-1] + 1):
-            theirs = reference.ask(command="step")
+            rate = ours.rate() if args.reference_rate == "ours" else None
+            theirs = reference.ask(command="step", lr=rate)
             mine = ours.step()
             losses.append((step, theirs, mine))
             print(
@@ -728,14 +764,19 @@ def _print_report(args, losses, results, seconds):
         f"lr {args.start_lr:g} -> {args.ref_lr:g} over {args.warmup} steps, "
         f"cosine to {args.final_lr:g} at {args.total_steps}; weight decay "
         f"{args.weight_decay:g}; LARS exclusions {args.lars_exclusions}; "
-        f"reference trust epsilon {args.trust_epsilon}; "
+        f"reference trust epsilon {args.trust_epsilon}; reference rate "
+        f"{args.reference_rate}; "
         f"ME-MAX {'on' if args.me_max else 'off'}; {seconds:.0f} s"
     )
-    print("| step | lr ref / ours | loss ref | loss ours | me_max ref | ours |")
+    print(
+        "| step | lr ref's own / ref's applied / ours | loss ref | loss ours "
+        "| me_max ref | ours |"
+    )
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for step, theirs, mine in losses:
         print(
-            f"| {step} | {theirs['lr']:.6g} / {mine['lr']:.6g} | "
+            f"| {step} | {theirs['own_lr']:.10g} / {theirs['lr']:.10g} / "
+            f"{mine['lr']:.10g} | "
             f"{theirs['loss']:.8f} | {mine['loss']:.8f} | "
             f"{theirs['me_max']:.8f} | {mine['me_max']:.8f} |"
         )
