@@ -9,6 +9,7 @@ from keras import ops
 from keras_ssl._checks import check_in_range
 from keras_ssl._checks import check_non_negative
 from keras_ssl._checks import check_probability
+from keras_ssl.layers._image_augmentation import ImageAugmentation
 from keras_ssl.layers.random_resized_crop import to_float_images
 
 # Luma weights of `tf.image.rgb_to_grayscale` (ITU-R BT.601).
@@ -103,7 +104,7 @@ _IDENTITY, _GRAY = 4, 5
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class ColorDistortion(keras.layers.Layer):
+class ColorDistortion(ImageAugmentation):
     """SimCLR's colour distortion, batched, with a random op order per image.
 
     With probability `p_jitter` an image gets brightness, contrast, saturation
@@ -173,6 +174,16 @@ class ColorDistortion(keras.layers.Layer):
           hue 0.2s, in a random order.
     """
 
+    config_args = (
+        "strength",
+        "p_jitter",
+        "p_grayscale",
+        "brightness",
+        "contrast",
+        "saturation",
+        "hue",
+    )
+
     def __init__(
         self,
         strength=1.0,
@@ -185,7 +196,7 @@ class ColorDistortion(keras.layers.Layer):
         seed=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         check_non_negative("strength", strength)
         check_probability("p_jitter", p_jitter)
         check_probability("p_grayscale", p_grayscale)
@@ -211,9 +222,6 @@ class ColorDistortion(keras.layers.Layer):
         self.contrast = contrast
         self.saturation = saturation
         self.hue = hue
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.built = True
 
     @property
     def amounts(self):
@@ -302,31 +310,9 @@ class ColorDistortion(keras.layers.Layer):
         # Grey levels of values in [0, 1] stay in [0, 1]: no clip.
         return _apply_affine(x, matrices[:, 4], clip=False)
 
-    def call(self, images, training=True):
-        unbatched = len(images.shape) == 3
-        if unbatched:
-            images = ops.expand_dims(images, 0)
+    def augment(self, images, training):
         outputs = to_float_images(images)
         if training:
             params = self.sample_params(ops.shape(outputs)[0])
             outputs = self.distort(outputs, params)
-        return outputs[0] if unbatched else outputs
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "strength": self.strength,
-                "p_jitter": self.p_jitter,
-                "p_grayscale": self.p_grayscale,
-                "brightness": self.brightness,
-                "contrast": self.contrast,
-                "saturation": self.saturation,
-                "hue": self.hue,
-                "seed": self.seed,
-            }
-        )
-        return config
+        return outputs

@@ -9,6 +9,7 @@ from keras import ops
 from keras_ssl._checks import check_aspect_ratio
 from keras_ssl._checks import check_in_range
 from keras_ssl._checks import check_probability
+from keras_ssl.layers._image_augmentation import ImageAugmentation
 from keras_ssl.layers.random_resized_crop import to_float_images
 
 
@@ -213,7 +214,7 @@ def blur_selected(images, sigma, apply, kernel_fraction=0.1, capacity=None):
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class RandomGaussianBlur(keras.layers.Layer):
+class RandomGaussianBlur(ImageAugmentation):
     """SimCLR's Gaussian blur, applied to each image with probability `p`.
 
     Each image draws its own standard deviation from `sigma` (uniform) and is
@@ -255,6 +256,8 @@ class RandomGaussianBlur(keras.layers.Layer):
           is set to be 10% of the image height/width."
     """
 
+    config_args = ("p", "sigma", "kernel_fraction")
+
     def __init__(
         self,
         p=0.5,
@@ -263,7 +266,7 @@ class RandomGaussianBlur(keras.layers.Layer):
         seed=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         check_probability("p", p)
         check_in_range(
             "kernel_fraction", kernel_fraction, 0, 1, include_low=False
@@ -271,9 +274,6 @@ class RandomGaussianBlur(keras.layers.Layer):
         self.p = float(p)
         self.sigma = check_aspect_ratio("sigma", sigma)
         self.kernel_fraction = float(kernel_fraction)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.built = True
 
     def sample_params(self, batch_size):
         """Draws each image's sigma and whether it is blurred.
@@ -288,10 +288,7 @@ class RandomGaussianBlur(keras.layers.Layer):
         sigma = self.sigma[0] + (self.sigma[1] - self.sigma[0]) * u[:, 0]
         return sigma, u[:, 1] < self.p
 
-    def call(self, images, training=True):
-        unbatched = len(images.shape) == 3
-        if unbatched:
-            images = ops.expand_dims(images, 0)
+    def augment(self, images, training):
         outputs = to_float_images(images)
         if training and self.p > 0.0:
             batch_size = outputs.shape[0]
@@ -302,19 +299,4 @@ class RandomGaussianBlur(keras.layers.Layer):
             outputs = blur_selected(
                 outputs, sigma, apply, self.kernel_fraction, capacity
             )
-        return outputs[0] if unbatched else outputs
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "p": self.p,
-                "sigma": self.sigma,
-                "kernel_fraction": self.kernel_fraction,
-                "seed": self.seed,
-            }
-        )
-        return config
+        return outputs

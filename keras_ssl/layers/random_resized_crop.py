@@ -8,6 +8,7 @@ from keras import ops
 from keras_ssl._checks import check_aspect_ratio
 from keras_ssl._checks import check_crop_scale
 from keras_ssl._checks import check_in_range
+from keras_ssl.layers._image_augmentation import ImageAugmentation
 
 # torchvision's RandomResizedCrop also tries 10 windows before falling back.
 _NUM_CANDIDATES = 10
@@ -178,7 +179,7 @@ def center_box(height, width, size, proportion):
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class RandomResizedCrop(keras.layers.Layer):
+class RandomResizedCrop(ImageAugmentation):
     """Inception-style random crop, resized to `size`, with a random flip.
 
     Each image gets its own window: the area fraction is drawn uniformly from
@@ -239,6 +240,8 @@ class RandomResizedCrop(keras.layers.Layer):
           [0.08, 1.0], aspect ratio in [3/4, 4/3].
     """
 
+    config_args = ("size", "scale", "ratio", "flip", "eval_crop_proportion")
+
     def __init__(
         self,
         size,
@@ -249,7 +252,7 @@ class RandomResizedCrop(keras.layers.Layer):
         seed=None,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         self.size = normalize_size(size)
         scale = check_crop_scale("scale", scale)
         ratio = check_aspect_ratio("ratio", ratio)
@@ -264,9 +267,6 @@ class RandomResizedCrop(keras.layers.Layer):
         self.ratio = ratio
         self.flip = bool(flip)
         self.eval_crop_proportion = float(eval_crop_proportion)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.built = True
 
     def sample_boxes(self, batch_size, height, width):
         """Draws one crop window and flip per image.
@@ -308,10 +308,7 @@ class RandomResizedCrop(keras.layers.Layer):
         flips = u[:, 2 * k + 2] < (0.5 if self.flip else 0.0)
         return boxes, flips
 
-    def call(self, images, training=True):
-        unbatched = len(images.shape) == 3
-        if unbatched:
-            images = ops.expand_dims(images, 0)
+    def augment(self, images, training):
         shape = ops.shape(images)
         if training:
             boxes, flips = self.sample_boxes(shape[0], shape[1], shape[2])
@@ -326,21 +323,7 @@ class RandomResizedCrop(keras.layers.Layer):
             )
             boxes = ops.broadcast_to(box[None, :], (shape[0], 4))
             outputs = crop_and_resize(images, boxes, self.size)
-        return outputs[0] if unbatched else outputs
+        return outputs
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-3]) + self.size + (input_shape[-1],)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "size": self.size,
-                "scale": self.scale,
-                "ratio": self.ratio,
-                "flip": self.flip,
-                "eval_crop_proportion": self.eval_crop_proportion,
-                "seed": self.seed,
-            }
-        )
-        return config

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_ssl._checks import check_probability
+from keras_ssl.layers._image_augmentation import ImageAugmentation
 from keras_ssl.layers.random_resized_crop import to_float_images
 
 
@@ -21,7 +22,7 @@ def solarize(images, threshold=0.5):
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class RandomSolarize(keras.layers.Layer):
+class RandomSolarize(ImageAugmentation):
     """Solarizes each image with probability `p`.
 
     Pixel values at or above `threshold` become `1 - x` (BYOL's and PIL's
@@ -54,40 +55,24 @@ class RandomSolarize(keras.layers.Layer):
           and 20% (odd views), threshold 0.5.
     """
 
+    config_args = ("p", "threshold")
+
     def __init__(self, p=0.2, threshold=0.5, seed=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(seed=seed, **kwargs)
         check_probability("p", p)
         check_probability("threshold", threshold)
         self.p = float(p)
         self.threshold = float(threshold)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.built = True
 
     def sample_params(self, batch_size):
         """Draws whether each image is solarized: bool (B,)."""
         u = keras.random.uniform((batch_size,), seed=self.seed_generator)
         return u < self.p
 
-    def call(self, images, training=True):
+    def augment(self, images, training):
         outputs = to_float_images(images)
         if training and self.p > 0.0:
-            batch_size = 1 if len(images.shape) == 3 else ops.shape(images)[0]
-            apply = self.sample_params(batch_size)
-            if len(images.shape) == 3:
-                apply = apply[0]
-            else:
-                apply = apply[:, None, None, None]
+            apply = self.sample_params(ops.shape(outputs)[0])
             solarized = solarize(outputs, self.threshold)
-            outputs = ops.where(apply, solarized, outputs)
+            outputs = ops.where(apply[:, None, None, None], solarized, outputs)
         return outputs
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {"p": self.p, "threshold": self.threshold, "seed": self.seed}
-        )
-        return config
