@@ -112,30 +112,19 @@ class ArrayDataset(HostDataset):
         return self.x[rows], self.y[rows]
 
 
-def from_arrays(
-    x,
-    y=None,
-    *,
-    batch_size: int = 32,
-    shuffle: bool = True,
-    seed: int = 0,
-    drop_remainder: bool = False,
-    repeat: bool = False,
-    num_classes=None,
-    **kwargs,
-) -> ArrayDataset:
+def from_arrays(x, y=None, **kwargs) -> ArrayDataset:
     """Batches in-memory images (and labels) on the host, without TF.
+
+    The same as `ArrayDataset(x, y, **kwargs)`, with every other argument
+    given by keyword.
 
     Args:
         x: array of shape `(N, H, W, 3)`, uint8 (or float in [0, 1]).
         y: optional integer labels of shape `(N,)`.
-        batch_size: int. Defaults to `32`.
-        shuffle: bool. Defaults to `True`.
-        seed: int. Defaults to `0`.
-        drop_remainder: bool. Defaults to `False`.
-        repeat: bool. Defaults to `False`.
-        num_classes: optional int bounding the labels.
-        **kwargs: passed to `keras.utils.PyDataset`.
+        **kwargs: the keyword arguments of `ArrayDataset`, with its
+            defaults: `batch_size` (`32`), `shuffle` (`True`), `seed`
+            (`0`), `drop_remainder` (`False`), `repeat` (`False`),
+            `num_classes` (`None`), and those of `keras.utils.PyDataset`.
 
     Returns:
         An `ArrayDataset` yielding uint8 image batches, or
@@ -149,14 +138,4 @@ def from_arrays(
     tf_ds = ds.to_tf_dataset()  # tf.data, for tf.distribute
     ```
     """
-    return ArrayDataset(
-        x,
-        y,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        seed=seed,
-        drop_remainder=drop_remainder,
-        repeat=repeat,
-        num_classes=num_classes,
-        **kwargs,
-    )
+    return ArrayDataset(x, y, **kwargs)

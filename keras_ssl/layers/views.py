@@ -74,6 +74,32 @@ class ViewSpec:
         return dataclasses.asdict(self)
 
 
+# The layers of a view, in order (the slot of their seed).
+_VIEW_LAYERS = (
+    RandomResizedCrop,
+    ColorDistortion,
+    RandomGaussianBlur,
+    RandomSolarize,
+)
+# The `ViewSpec` fields of the layers' arguments they are not named after.
+_RENAMED = {
+    (ColorDistortion, "strength"): "color_strength",
+    (RandomGaussianBlur, "p"): "blur_p",
+    (RandomSolarize, "p"): "solarize_p",
+}
+
+
+def _layer_args(layer, spec):
+    """The arguments of `layer` that `spec` sets (the others keep the
+    layer's defaults, e.g. the blur's `sigma`)."""
+    args = {}
+    for name in layer.config_args:
+        field = _RENAMED.get((layer, name), name)
+        if hasattr(spec, field):
+            args[name] = getattr(spec, field)
+    return args
+
+
 def _sub_seed(seed, view, index):
     # Distinct seeds per sub-layer: equal seeds would give equal streams,
     # e.g. the same crop for every view.
@@ -232,38 +258,14 @@ class Views(keras.layers.Layer):
         self.built = True
 
     def _make_view(self, spec, i):
-        layers = [
-            RandomResizedCrop(
-                spec.size,
-                scale=spec.scale,
-                ratio=spec.ratio,
-                flip=spec.flip,
-                eval_crop_proportion=spec.eval_crop_proportion,
-                seed=_sub_seed(self.seed, i, 0),
-                dtype=self.dtype_policy,
-            ),
-            ColorDistortion(
-                strength=spec.color_strength,
-                p_jitter=spec.p_jitter,
-                p_grayscale=spec.p_grayscale,
-                brightness=spec.brightness,
-                contrast=spec.contrast,
-                saturation=spec.saturation,
-                hue=spec.hue,
-                seed=_sub_seed(self.seed, i, 1),
-                dtype=self.dtype_policy,
-            ),
-        ]
-        # Blur and solarization only where they can happen; their seeds
-        # keep their slots 2 and 3 either way.
-        optional = [
-            (RandomGaussianBlur, spec.blur_p, 2),
-            (RandomSolarize, spec.solarize_p, 3),
-        ]
-        for layer, p, slot in optional:
-            if p > 0:
+        layers = []
+        for slot, layer in enumerate(_VIEW_LAYERS):
+            args = _layer_args(layer, spec)
+            # Blur and solarization only where they can happen; their
+            # seeds keep their slots 2 and 3 either way.
+            if args.get("p", 1.0) > 0:
                 seed = _sub_seed(self.seed, i, slot)
-                layers.append(layer(p, seed=seed, dtype=self.dtype_policy))
+                layers.append(layer(**args, seed=seed, dtype=self.dtype_policy))
         return layers
 
     @classmethod
