@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_ssl import distribute
 from keras_ssl._checks import check_in_range
+from keras_ssl._checks import check_positive
 from keras_ssl._checks import is_int
 from keras_ssl.layers.memory_queue import MemoryQueue
 from keras_ssl.layers.projection_head import ProjectionHead
@@ -22,6 +23,9 @@ from keras_ssl.models.momentum import ema_update
 from keras_ssl.models.ssl_model import SSLModel
 from keras_ssl.ops.math import loss_dtype
 from keras_ssl.optimizers.lars import LARS
+
+# The probe's own learning rate (see `SimCLRv2Pretrainer`).
+PROBE_LEARNING_RATE = 0.01
 
 
 def _check_args(temperature, memory_size, momentum, memory_views, num_classes):
@@ -85,7 +89,26 @@ class SimCLRv2Pretrainer(SSLModel):
     As SimCLR treats its supervised head, a `LARS` optimizer updates the
     probe by plain SGD with momentum (no trust ratio, no coupled decay),
     and the probe's kernel is regularised by an L2 loss
-    `weight_decay / 2 · ||W||²` with LARS's `weight_decay`.
+    `weight_decay / 2 · ||W||²` with LARS's `weight_decay`. The probe's
+    terms join the gradient, but the `loss` log is the contrastive loss
+    alone.
+
+    The probe steps at `probe_learning_rate`, not at the pretraining rate:
+    its loss is multiplied by `probe_learning_rate / rate` with the
+    optimizer's current rate, so plain SGD with momentum steps it by
+    `probe_learning_rate · g` at every step. The rate is then constant,
+    whatever the optimizer's schedule (no warm-up, no decay; on a step
+    whose scheduled rate is 0 nothing moves, the probe included). Softmax
+    regression on the unnormalised, non-negative ResNet features is only
+    stable below a rate of about `4 / ||h||²`, and `||h||²` grows during
+    pretraining (from 29 to 300 in the first 10 epochs of the digits
+    recipe): at that recipe's rate of 4 the probe's loss went from 4.7 to
+    89 in two epochs and stayed above 100, while at `0.01` it falls
+    (docs/benchmarks.md, "The online probe's learning rate"). SimCLR's
+    coupling, the probe at the pretraining rate, is `probe_learning_rate=
+    None`. The scaling is exact for optimizers whose step is linear in
+    the gradient (LARS for the probe, SGD); adaptive ones such as Adam
+    normalise it away.
 
     `call(images)` returns a dict with the `"embedding"` (encoder output),
     the `"projection"` and, with a probe, its `"logits"`.
@@ -110,6 +133,9 @@ class SimCLRv2Pretrainer(SSLModel):
             forward cost (the queue then refreshes half as fast).
         num_classes: optional int. Classes of the online linear probe;
             `None` trains no probe. Defaults to `None`.
+        probe_learning_rate: float > 0 or `None`. The probe's constant
+            learning rate; `None` steps the probe at the optimizer's own
+            (scheduled) rate, as SimCLR does. Defaults to `0.01`.
         **kwargs: base `keras.Model` arguments.
 
     Example:
@@ -138,6 +164,7 @@ class SimCLRv2Pretrainer(SSLModel):
         "momentum",
         "num_classes",
         "memory_views",
+        "probe_learning_rate",
     )
     metric_names = (
         "loss",
@@ -158,11 +185,14 @@ class SimCLRv2Pretrainer(SSLModel):
         momentum=0.999,
         num_classes=None,
         memory_views=2,
+        probe_learning_rate=PROBE_LEARNING_RATE,
         **kwargs,
     ):
         _check_args(
             temperature, memory_size, momentum, memory_views, num_classes
         )
+        if probe_learning_rate is not None:
+            check_positive("probe_learning_rate", probe_learning_rate)
         super().__init__(**kwargs)
         # The layers made here follow the model's dtype policy.
         dtype = self.dtype_policy
@@ -207,6 +237,7 @@ class SimCLRv2Pretrainer(SSLModel):
         self.momentum = momentum
         self.num_classes = num_classes
         self.memory_views = memory_views
+        self.probe_learning_rate = probe_learning_rate
         self.image_size = image_size
         self._probe_l2 = 0.0
         self.built = True
@@ -315,16 +346,43 @@ class SimCLRv2Pretrainer(SSLModel):
         )
         if keys is not None:
             self.queue.enqueue(keys[0], ids=keys[1])
-        logs = dict(logs, contrastive_loss=contrastive)
+        # The reported `loss` is the contrastive loss alone: the probe's
+        # terms join the gradient but are reported as `probe_loss`.
+        logs = dict(logs, contrastive_loss=contrastive, loss=contrastive)
         loss = contrastive
         if self.probe is not None and labels is not None:
             probe_loss, probe_accuracy = self._probe(h, labels, batch)
             logs.update(probe_loss=probe_loss, probe_accuracy=probe_accuracy)
-            loss = loss + probe_loss
+            objective = probe_loss
             if self._probe_l2:
                 kernel = ops.convert_to_tensor(self.probe.kernel)
-                loss = loss + 0.5 * self._probe_l2 * ops.sum(kernel**2)
+                objective = objective + 0.5 * self._probe_l2 * ops.sum(
+                    kernel**2
+                )
+            ratio = self._probe_rate_ratio(training)
+            loss = loss + ops.cast(ratio, objective.dtype) * objective
         return loss, logs
+
+    def _probe_rate_ratio(self, training):
+        """`probe_learning_rate / rate` with the optimizer's current rate.
+
+        The probe's loss (which reaches the probe's variables only) is
+        multiplied by it, so that an optimizer whose step is linear in the
+        gradient, such as LARS's plain SGD with momentum for the probe,
+        steps the probe by `probe_learning_rate * g`.
+        """
+        optimizer = getattr(self, "optimizer", None)
+        if self.probe_learning_rate is None or not training or not optimizer:
+            return 1.0
+        rate = ops.cast(optimizer.learning_rate, "float32")
+        # While the optimizer's rate is 0 (the first warm-up step) nothing
+        # moves, the probe included; `where` avoids dividing by it.
+        positive = rate > 0
+        return ops.where(
+            positive,
+            self.probe_learning_rate / ops.where(positive, rate, 1.0),
+            0.0,
+        )
 
     def _probe(self, h, labels, batch):
         num_labeled = ops.shape(labels)[0]

@@ -83,6 +83,9 @@ class SSLModel(
     A subclass implements `compute_ssl_loss(data, training)`, which returns
     the scalar loss of this replica's examples and a dict of values for the
     metric trackers named in `metric_names`, all written on `keras.ops`.
+    The `loss` tracker reports the returned loss unless the dict holds a
+    `"loss"` of its own (a method whose gradient also trains a monitor,
+    such as an online probe, reports its own objective there).
     State the method updates (momentum encoders, queues, BN statistics) is
     assigned inside `compute_ssl_loss`; momentum encoders are updated at
     the start of the next forward pass, as in MoCo, so nothing has to run
@@ -155,7 +158,7 @@ class SSLModel(
             return self._jax_test_step(*args)
         (data,) = args
         loss, logs = self.compute_ssl_loss(data, training=False)
-        return self.update_trackers(dict(logs, loss=loss))
+        return self.update_trackers({"loss": loss, **logs})
 
     def _tensorflow_train_step(self, data):
         # Each backend is optional: its own step imports it.
@@ -168,7 +171,7 @@ class SSLModel(
             scaled = self.optimizer.scale_loss(scaled)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
-        return self.update_trackers(dict(logs, loss=loss))
+        return self.update_trackers({"loss": loss, **logs})
 
     def _stateless_ssl_loss(
         self, trainable, non_trainable, data, training, optimizer_variables
@@ -181,6 +184,9 @@ class SSLModel(
         """
         mapping = list(zip(self.trainable_variables, trainable))
         mapping += list(zip(self.non_trainable_variables, non_trainable))
+        if optimizer_variables is not None:
+            # The loss may read the optimizer's current step and rate.
+            mapping += list(zip(self.optimizer.variables, optimizer_variables))
         with keras.StatelessScope(state_mapping=mapping) as scope:
             loss, logs = self.compute_ssl_loss(data, training=training)
         new_non_trainable = [
@@ -206,7 +212,7 @@ class SSLModel(
             optimizer_variables, grads, trainable
         )
         results, metrics = self._stateless_update_trackers(
-            metrics, dict(logs, loss=loss)
+            metrics, {"loss": loss, **logs}
         )
         return results, (trainable, non_trainable, optimizer_variables, metrics)
 
@@ -216,7 +222,7 @@ class SSLModel(
             trainable, non_trainable, data, False, None
         )
         results, metrics = self._stateless_update_trackers(
-            metrics, dict(logs, loss=loss)
+            metrics, {"loss": loss, **logs}
         )
         return results, (trainable, non_trainable, metrics)
 
