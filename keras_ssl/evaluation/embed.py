@@ -1,14 +1,20 @@
 """`embed()`: a model's embeddings of many images, in batches."""
 
 import numpy as np
+from keras import tree
+
+from keras_ssl._checks import check_positive_int
 
 
 def embed(model, images, batch_size: int = 256, output: str | None = None):
     """Runs `model` in inference mode over `images` and returns NumPy.
 
-    Uses `model.predict`, so the images may be an array (uint8 or float, as
-    the model takes them), a `tf.data.Dataset` or a `keras.utils.PyDataset`
-    of batches (labels, if present, are ignored).
+    An array of images is run in batches of exactly `batch_size` (the last
+    one padded, see `predict_batches`), so that a model's compiled predict
+    function is traced once, whatever the number of images: embedding
+    the labeled images and then the test images does not trace it again.
+    A `tf.data.Dataset` or a `keras.utils.PyDataset` of batches (labels,
+    if present, are ignored) goes through `model.predict`.
 
     Args:
         model: `keras.Model`. An encoder returning a tensor, or a model
@@ -28,8 +34,54 @@ def embed(model, images, batch_size: int = 256, output: str | None = None):
     z = keras_ssl.evaluation.embed(pretrainer, x_test, output="projection")
     ```
     """
-    outputs = model.predict(images, batch_size=batch_size, verbose=0)
+    if isinstance(images, np.ndarray):
+        outputs = predict_batches(model, images, batch_size)
+    else:
+        outputs = model.predict(images, batch_size=batch_size, verbose=0)
     return select_output(outputs, output)
+
+
+def predict_batches(model, images, batch_size: int = 256):
+    """`model`'s outputs on an array of `images`, in batches of exactly
+    `batch_size` (the last one padded with zeros, its padding dropped).
+
+    Every call has the same input shape, so the compiled predict function
+    of a `keras.Model` (`predict_on_batch`) is traced once for all the
+    arrays it is given, where `model.predict` traces it again for each new
+    batch shape (an array's last, short batch, or an array shorter than
+    `batch_size`). `model` may also be a function from a batch of images
+    to outputs.
+
+    Args:
+        model: `keras.Model`, or a function of a batch.
+        images: array `(N, ...)`, N >= 1.
+        batch_size: int >= 1. Defaults to `256`.
+
+    Returns:
+        The outputs of all `N` images: an array, or a dict of arrays.
+    """
+    batch_size = check_positive_int("batch_size", batch_size)
+    images = np.asarray(images)
+    if len(images) == 0:
+        raise ValueError(
+            "`images` must hold at least one image. Received: "
+            f"images.shape={images.shape}"
+        )
+    call = (
+        model.predict_on_batch if hasattr(model, "predict_on_batch") else model
+    )
+    parts = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        count = len(batch)
+        padding = np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)
+        outputs = call(np.concatenate([batch, padding]))
+        # Under several replicas the outputs may hold more rows than the
+        # batch; the first `count` are the batch's own.
+        parts.append(
+            tree.map_structure(lambda t: np.asarray(t)[:count], outputs)
+        )
+    return tree.map_structure(lambda *t: np.concatenate(t), *parts)
 
 
 def select_output(outputs, output):

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_ssl._checks import check_positive_int
+from keras_ssl.evaluation.embed import predict_batches
 from keras_ssl.evaluation.embed import select_output
 from keras_ssl.evaluation.knn import KNNClassifier
 
@@ -47,7 +48,7 @@ class KNNMonitor(keras.callbacks.Callback):
     so that epochs compare) is classified by the other folds, and the
     accuracy is over all of them.
 
-    The accuracy goes into the epoch's `logs` as `knn_accuracy` (so
+    The accuracy goes into the epoch's `logs` as `name` (so
     `History`, `EarlyStopping` and a `keras.callbacks.TensorBoard` listed
     after this callback see it), and, with `log_dir` or
     `summary_writer`, to a TensorBoard scalar at step `epoch`.
@@ -78,6 +79,8 @@ class KNNMonitor(keras.callbacks.Callback):
         summary_writer: optional `tf.summary.SummaryWriter` to write to
             instead. Defaults to `None`.
         seed: int. Seed of the folds. Defaults to `0`.
+        name: str. The accuracy's key in the epoch's `logs` and the
+            TensorBoard scalar's name. Defaults to `"knn_accuracy"`.
 
     Example:
 
@@ -111,8 +114,14 @@ class KNNMonitor(keras.callbacks.Callback):
         log_dir=None,
         summary_writer=None,
         seed=0,
+        name="knn_accuracy",
     ):
         super().__init__()
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f"`name` must be a non-empty str. Received: name={name!r}"
+            )
+        self.name = name
         self.x, self.y = _check_labeled(x, y, "x, y")
         self.validation_data = None
         if validation_data is not None:
@@ -166,33 +175,21 @@ class KNNMonitor(keras.callbacks.Callback):
         accuracy = self.evaluate()
         self.results[epoch] = accuracy
         if logs is not None:
-            logs["knn_accuracy"] = accuracy
+            logs[self.name] = accuracy
         if self.summary_writer is not None:
             import tensorflow as tf
 
             with self.summary_writer.as_default():
-                tf.summary.scalar("knn_accuracy", accuracy, step=epoch)
+                tf.summary.scalar(self.name, accuracy, step=epoch)
             self.summary_writer.flush()
 
     def encode(self, images):
         """Features `(N, D)` of `images`, in batches of `batch_size`."""
         encoder = self.model if self.encoder is None else self.encoder
-        call = (
-            encoder.predict_on_batch
-            if isinstance(encoder, keras.Model)
-            else encoder
+        # One input shape for every call: the encoder is traced once.
+        return _select(
+            predict_batches(encoder, images, self.batch_size), self.output
         )
-        features = []
-        for start in range(0, len(images), self.batch_size):
-            batch = images[start : start + self.batch_size]
-            count = len(batch)
-            # One input shape for every call: the encoder is traced once.
-            padding = np.zeros(
-                (self.batch_size - count, *batch.shape[1:]), batch.dtype
-            )
-            outputs = call(np.concatenate([batch, padding]))
-            features.append(_select(outputs, self.output)[:count])
-        return np.concatenate(features)
 
     def evaluate(self):
         """The k-NN accuracy of the current features (a float)."""

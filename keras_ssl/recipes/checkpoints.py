@@ -507,13 +507,25 @@ class StageGuard(keras.callbacks.Callback):
 
 
 def fit_stage(
-    name, model, data, *, epochs, steps, stage_dir, verbose, callbacks
+    name,
+    model,
+    data,
+    *,
+    epochs,
+    steps,
+    stage_dir,
+    verbose,
+    callbacks,
+    monitors=(),
 ):
     """Trains one stage so that an interrupted run resumes where it was.
 
     `stage_dir` must have been checked by `prepare`. A finished stage is
     loaded instead of retrained; otherwise training starts from the newest
     readable backup, on the batches the uninterrupted run would see.
+    `monitors` are callbacks that add to the epoch's logs: they run first,
+    so that the history, the TensorBoard log and the backups record what
+    they add; `callbacks` run last.
 
     Returns:
         A `StageResult`.
@@ -542,6 +554,7 @@ def fit_stage(
         initial_epoch=initial,
         steps_per_epoch=steps,
         callbacks=[
+            *monitors,
             StageGuard(name, backups, history),
             keras.callbacks.TensorBoard(result.log_dir, write_graph=False),
             *callbacks,

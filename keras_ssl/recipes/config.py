@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 import math
 import numbers
+import os
 import re
 import types
 import typing
@@ -27,7 +28,7 @@ STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 # they are left out of the stages' fingerprints.
 RUN_FIELDS = ("data_dir", "stages", "output_dir", "export", "overwrite")
 RUN_FIELDS += ("strategy",)
-RUN_FIELDS += ("verbose", "extra", "baselines")
+RUN_FIELDS += ("verbose", "extra", "baselines", "knn_monitor_every")
 # What every recipe's `cifar10()` preset shares: CIFAR-10 with 4,000
 # labels (400 per class) on the CIFAR-stem ResNet-18.
 CIFAR10 = {
@@ -130,6 +131,13 @@ class RecipeConfig:
             up the learning rate, in [0, 1].
         weight_decay: float. Pretraining's LARS weight decay.
         temperature: float. Softmax temperature of the pretraining loss.
+        knn_monitor_every: int. Pretraining's k-NN monitor: every this many
+            epochs (and after the last) the weighted k-NN accuracy of the
+            encoder's features (k = 200, τ = 0.1, as the report's),
+            cross-validated on the labeled images, is logged as
+            `labeled_knn_accuracy` to the stage's history and TensorBoard
+            log; 0 turns it off. It reads no test image, and changes
+            nothing that trains (a stage is reused whatever its value).
         finetune_epochs: int. Fine-tuning epochs (0 skips fine-tuning).
         finetune_learning_rate: float. Fine-tuning's base LARS learning
             rate, scaled by the square root of the batch size.
@@ -222,6 +230,7 @@ class RecipeConfig:
     warmup_fraction: float = 0.1
     weight_decay: float = 1e-6
     temperature: float = 0.1
+    knn_monitor_every: int = 1
     # Fine-tuning.
     finetune_epochs: int = 0
     finetune_learning_rate: float = 0.05
@@ -264,6 +273,7 @@ class RecipeConfig:
             ("warmup_fraction", "[0,1]"),
             ("weight_decay", ">=0"),
             ("temperature", ">0"),
+            ("knn_monitor_every", "int>=0"),
             ("finetune_epochs", "int>=0"),
             ("finetune_learning_rate", ">0|None"),
             ("linear_probe_first", "bool"),
@@ -539,15 +549,14 @@ def config_from_command_line(config_cls, prog, argv=None):
 
 
 def main(config_cls, fit, prog, argv=None):
-    """Runs `fit` on the config of the command line and prints its report
-    (the table, where the report and the exports were written)."""
+    """Runs `fit` on the config of the command line, then prints each
+    stage's metrics and where the report was written. The report's table
+    is printed once: by the run itself, or here when `--verbose 0` kept
+    the run quiet."""
     result = fit(config_from_command_line(config_cls, prog, argv))
-    name = config_cls.__name__[: -len("Config")]
-    print(
-        f"\n{name} on {data_description(result.config)} "
-        f"({result.seconds / 60:.1f} min):"
-    )
-    print(result.summary())
+    print(f"\n{result.summary(table=not result.config.verbose)}")
+    report = os.path.join(result.config.output_dir, "report.json")
+    print(f"\nThe report: {report}")
     return result
 
 

@@ -135,7 +135,9 @@ class ArraySplits:
 
     def evaluate_classifier(self, model):
         """Top-1 accuracy of a classifier's logits on the test images."""
-        logits = model.predict(self.x_test, batch_size=256, verbose=0)
+        from keras_ssl.evaluation import embed  # Keras: loaded when run.
+
+        logits = embed(model, self.x_test, batch_size=256)
         return {"top1": float(np.mean(np.argmax(logits, -1) == self.y_test))}
 
     def evaluate_knn(self, model, k=200, temperature=0.1, output=None):

@@ -50,15 +50,15 @@ class RecipeResult:
     models: dict = field(default_factory=dict, repr=False)
     started: float = field(default_factory=time.time, repr=False)
 
-    def summary(self) -> str:
-        """Each stage's metrics, then the report's table."""
+    def summary(self, table=True) -> str:
+        """Each stage's metrics, then (with `table`) the report's table."""
         lines = []
         for name, stage in self.stages.items():
             metrics = ", ".join(
                 f"{k}={v:.4f}" for k, v in sorted(stage.metrics.items())
             )
             lines.append(f"{name:>9}: {metrics}")
-        if self.report:
+        if table and self.report:
             lines += ["", report_table(self.report)]
         return "\n".join(lines)
 

@@ -57,6 +57,10 @@ class Stage:
             labels (`None`: always). A stage that reads none is
             fingerprinted without them, so one pretraining serves every
             labeled subset of the same images.
+        monitors: `(run, model) -> list` of Keras callbacks or `None`.
+            Callbacks that add to each epoch's logs (e.g. the k-NN
+            monitor): they run before the epoch is recorded in the
+            stage's history, its TensorBoard log and its backup.
     """
 
     name: str
@@ -76,6 +80,7 @@ class Stage:
     exports: str = ""
     when: Callable | None = None
     labels: Callable | None = None
+    monitors: Callable | None = None
 
     def reads_labels(self, config):
         return self.labels is None or bool(self.labels(config))
@@ -295,11 +300,7 @@ def _train(stage, state, model, schedule, fingerprint, reuse_only=False):
         stage_plan.stale_advice(stage, config, reuse_only),
         on_delete=stage_plan.deleting(config),
     )
-    if status == "finished":
-        print(
-            f"Stage '{stage.name}': reusing the finished stage in {stage_dir} "
-            "(same settings and data)."
-        )
+    print(start_line(stage.name, epochs, steps, stage_dir, status))
     result = checkpoints.fit_stage(
         stage.name,
         model,
@@ -309,6 +310,7 @@ def _train(stage, state, model, schedule, fingerprint, reuse_only=False):
         stage_dir=stage_dir,
         verbose=config.verbose,
         callbacks=state.callbacks,
+        monitors=stage.monitors(state, model) if stage.monitors else (),
     )
     if result.resumed_from:
         print(
@@ -316,6 +318,23 @@ def _train(stage, state, model, schedule, fingerprint, reuse_only=False):
             f"{result.resumed_from} in {stage_dir}."
         )
     state.result.stages[stage.name] = result
+
+
+def start_line(name, epochs, steps, stage_dir, status=None):
+    """The one line a stage starts with: its name, its step budget and its
+    folder (and, for a finished stage, that it is reused)."""
+    line = (
+        f"Stage '{name}': {_count(epochs * steps, 'step')} "
+        f"({_count(epochs, 'epoch')} × {_count(steps, 'step')}), "
+        f"in {stage_dir}"
+    )
+    if status == "finished":
+        return f"{line}: reusing the finished stage (same settings and data)."
+    return f"{line}."
+
+
+def _count(number, noun):
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _export(stages, state, result):

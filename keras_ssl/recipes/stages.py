@@ -121,7 +121,36 @@ def pretrain_stage(
         role="pretrainer",
         exports="pretrainer",
         labels=labels,
+        monitors=knn_monitor,
     )
+
+
+def knn_monitor(run, model):
+    """The pretraining's k-NN monitor (`keras_ssl.evaluation.KNNMonitor`):
+    every `knn_monitor_every` epochs (and after the last), the weighted
+    k-NN accuracy (k = 200, τ = 0.1, as the report's) of the encoder's
+    features of the labeled images, 5-fold cross-validated on them (no
+    test image is read during training), as `labeled_knn_accuracy` in the
+    stage's history and TensorBoard log. None where the period is 0, the
+    labeled images are streamed or fewer than 2."""
+    config = run.config
+    every = config.knn_monitor_every
+    if not every or run.labeled is None or len(run.labeled.y) < 2:
+        return []
+    from keras_ssl.evaluation import KNNMonitor  # Keras: loaded when run.
+
+    return [
+        KNNMonitor(
+            run.labeled.x,
+            run.labeled.y,
+            output="embedding",
+            every=every,
+            num_classes=run.splits.num_classes,
+            folds=min(5, len(run.labeled.y)),
+            seed=config.seed,
+            name="labeled_knn_accuracy",
+        )
+    ]
 
 
 def train_images(run):

@@ -57,6 +57,7 @@ from keras_ssl.recipes.config import config_from_command_line
         ({"precision": "float64"}, "precision='float64'"),
         ({"baselines": "no"}, "baselines='no'"),
         ({"linear_probe_first": 1}, "linear_probe_first=1"),
+        ({"knn_monitor_every": -1}, "knn_monitor_every=-1"),
     ],
 )
 def test_simclrv2_config_is_checked_when_made(overrides, match):

@@ -97,6 +97,62 @@ class TestSimCLRv2Recipe:
         for a, b in zip(_state(first), _state(again)):
             np.testing.assert_array_equal(a, b)
 
+    def test_command_line_reports_once_and_traces_each_model_once(
+        self, tmp_path, capsys
+    ):
+        argv = [f"--{k}={v}" for k, v in TINY.items() if k != "verbose"]
+        argv += ["--epochs=2", "--verbose=2", f"--output_dir={tmp_path}"]
+        result = simclrv2.main(argv)
+        out = capsys.readouterr().out
+        # The report's heading and table, once.
+        assert out.count("SimCLRv2 on digits") == 1
+        assert out.count("group           test acc.") == 1
+        lines = out.splitlines()
+        for name in ("pretrain", "finetune", "distill"):
+            starts = [s for s in lines if s.startswith(f"Stage '{name}': ")]
+            assert starts == [
+                f"Stage '{name}': {4 if name == 'pretrain' else 2} steps "
+                f"({2 if name == 'pretrain' else 1} epoch"
+                f"{'s' if name == 'pretrain' else ''} × 2 steps), in "
+                f"{tmp_path / name}."
+            ]
+        # The k-NN monitor after each pretraining epoch and the report's
+        # evaluations share one trace of the pretrainer's predict function;
+        # so do the test images' batches of each classifier.
+        predicted = {
+            role: model.predict_function.experimental_get_tracing_count()
+            for role, model in result.models.items()
+            if getattr(model, "predict_function", None) is not None
+        }
+        assert set(predicted) == {"pretrainer", "teacher", "student"}
+        assert predicted == dict.fromkeys(predicted, 1)
+        monitored = result.stages["pretrain"].history["labeled_knn_accuracy"]
+        assert len(monitored) == 2
+        assert all(0.0 <= value <= 1.0 for value in monitored)
+
+
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_command_line_prints_the_report_table_once(verbose, tmp_path, capsys):
+    from keras_ssl.recipes import reports
+    from keras_ssl.recipes.checkpoints import StageResult
+    from keras_ssl.recipes.config import main
+
+    def fit(config):
+        result = reports.RecipeResult(config=config)
+        result.stages["finetune"] = StageResult(
+            "finetune", metrics={"test_accuracy": 0.75}
+        )
+        reports.save_report(result, simclrv2.STAGES)
+        return result
+
+    argv = [f"--verbose={verbose}", f"--output_dir={tmp_path}"]
+    main(simclrv2.SimCLRv2Config, fit, "simclrv2", argv)
+    out = capsys.readouterr().out
+    assert out.count("SimCLRv2 on digits") == 1
+    assert out.count("75.0%  fine-tuned (teacher)") == 1
+    assert out.count("finetune: test_accuracy=0.7500") == 1
+    assert f"The report: {tmp_path / 'report.json'}" in out
+
 
 @pytest.mark.parametrize(
     "overrides, match",
