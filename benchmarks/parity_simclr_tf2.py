@@ -67,6 +67,32 @@ checkout itself is not modified.
 Prints the command, the machine, and per case a table: weight (group) ->
 max relative difference after each compared step, then every tensor
 above `--show-above`.
+
+Short runs (`--short-runs --data-dir DIR`, CIFAR-10 as the NumPy arrays
+`train.npz` and `test.npz`): each side trains from its own
+initialisation with its own augmentations on the same `--images`
+CIFAR-10 training images (a fixed shuffle), the same image indices each
+step (per seed), the same settings and step budget, one run at a time,
+each in a fresh worker process. The reference: `model.Model` (CIFAR stem
+at 32 px and below, `--width_multiplier` `--width`), its `run.py`
+`single_step` with the linear-eval head, its warm-up + cosine schedule
+and LARS as above, and its views as `data.py` makes them for
+pretraining: `data_util.preprocess_image(..., is_training=True,
+color_jitter_strength=--color-strength, test_crop=False)` twice per
+image (random crop and resize, flip, colour jitter with probability 0.8
+and greyscale with 0.2; no blur: `--use_blur=False` for CIFAR), in a
+`tf.data` map. Ours: `SimCLRv2Pretrainer(memory_size=0, num_classes=10)`
+on the CIFAR-stem `ResNet` of the same depth and width with the
+`simclr_cifar` `Views` preset making its views in the step, and the
+recipe's LARS (`recipes.stages.lars`). Both: `--warmup-fraction` of the
+steps warming up, then cosine decay to 0. Every image of a batch is
+labeled, for both probes. Per run it prints NT-Xent (the mean of its two
+directions, SimCLR's eq. 1: half the sum the reference's code reports)
+averaged over windows of `--window` steps, the probe's accuracy on the
+last window's batches, and k-NN accuracy (k = 20, cosine, majority
+vote) of the encoder output of 1,000 test images against the training
+images, before the first step and after the last; then means ± standard
+deviations over the seeds, per side.
 """
 
 import argparse
@@ -161,9 +187,47 @@ def parse_args(argv=None):
         default=1e-5,
         help="list every tensor whose difference exceeds this",
     )
+    # Short runs side by side.
+    parser.add_argument(
+        "--short-runs",
+        action="store_true",
+        help="train both sides with their own augmentations on CIFAR-10",
+    )
+    parser.add_argument(
+        "--data-dir", help="folder with CIFAR-10's train.npz and test.npz"
+    )
+    parser.add_argument("--images", type=int, default=4000)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--sides", default="reference,ours")
+    parser.add_argument(
+        "--width",
+        type=float,
+        help="ResNet-18 width multiplier of the short runs (default 0.25; "
+        "the comparisons run width 1)",
+    )
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--warmup-fraction", type=float, default=0.1)
+    parser.add_argument(
+        "--color-strength",
+        type=float,
+        default=0.5,
+        help="the reference's --color_jitter_strength (simclr_cifar's)",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        help="steps per loss window (default: a fifth of --steps)",
+    )
     parser.add_argument("--worker", choices=("ours", "reference"))
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.short_runs:
+        return _check_short_runs(args)
+    if args.width not in (None, 1):
+        raise ValueError(
+            "`--width` is for `--short-runs`; the step comparisons run "
+            f"width 1. Received: width={args.width}"
+        )
     if args.batch < 2 or args.batch % 2 or args.steps < 1:
         raise ValueError(
             "`--batch` must be even and >= 2 (it is split over 2 replicas), "
@@ -193,6 +257,159 @@ def parse_args(argv=None):
     # What vs_simclr_tf2's flags read.
     args.width = 1
     return args
+
+
+SIDES = ("reference", "ours")
+IMAGE_SIZES = (32, 16)
+
+
+def _check_short_runs(args):
+    """Checks the short runs' arguments; `args` with them parsed."""
+    if not args.data_dir or not all(
+        os.path.isfile(os.path.join(args.data_dir, f"{name}.npz"))
+        for name in ("train", "test")
+    ):
+        raise ValueError(
+            "`--short-runs` needs `--data-dir`, a folder holding CIFAR-10 "
+            "as train.npz and test.npz (arrays `x`, `y`). Received: "
+            f"data_dir={args.data_dir!r}"
+        )
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        seeds = []
+    if not seeds:
+        raise ValueError(
+            "`--seeds` must list integers, e.g. 0,1,2. Received: "
+            f"seeds={args.seeds!r}"
+        )
+    sides = [s for s in args.sides.split(",") if s]
+    if not sides or any(s not in SIDES for s in sides):
+        raise ValueError(
+            f"`--sides` must be among {', '.join(SIDES)}. Received: "
+            f"sides={args.sides!r}"
+        )
+    if args.image_size not in IMAGE_SIZES:
+        raise ValueError(
+            f"`--image-size` must be one of {IMAGE_SIZES} (CIFAR-10's 32 "
+            f"px, or averaged down 2x2). Received: image_size="
+            f"{args.image_size}"
+        )
+    if args.width is None:
+        args.width = 0.25
+    if args.window is None:
+        args.window = max(1, args.steps // 5)
+    if not 0 <= args.warmup_fraction <= 1:
+        raise ValueError(
+            "`--warmup-fraction` must be in [0, 1]. Received: "
+            f"warmup_fraction={args.warmup_fraction}"
+        )
+    checks = (
+        ("batch", args.batch >= 2),
+        ("steps", args.steps >= 1),
+        ("images", args.batch <= args.images <= 50000),
+        ("width", args.width > 0 and (64 * args.width).is_integer()),
+        ("window", 1 <= args.window <= args.steps),
+    )
+    for name, ok in checks:
+        if not ok:
+            raise ValueError(
+                f"`--{name}` must be: batch >= 2, steps >= 1, batch <= "
+                "images <= 50000, width > 0 with 64·width whole, 1 <= "
+                f"window <= steps. Received: {name}={getattr(args, name)}"
+            )
+    args.seed_list, args.side_list = seeds, sides
+    if args.worker != "ours" and "reference" in sides:
+        args.simclr_tf2 = check_simclr_dir(args.simclr_dir, REFERENCE_FILES)
+    return args
+
+
+def run_settings(args):
+    """The short runs' schedule, and the reference's flags for it.
+
+    The reference's warm-up is `round(warmup_epochs · examples // batch)`
+    steps (`model.WarmUpAndCosineDecay`); `warmup_epochs` is chosen so
+    that it is `round(warmup_fraction · steps)`, ours.
+    """
+    warmup_steps = int(round(args.warmup_fraction * args.steps))
+    warmup_epochs = warmup_steps * args.batch / args.images
+    theirs = int(round(warmup_epochs * args.images // args.batch))
+    if theirs != warmup_steps:
+        # Rounding of the epochs' float: half a step more fixes it.
+        warmup_epochs = (warmup_steps + 0.5) * args.batch / args.images
+    return {
+        "warmup_steps": warmup_steps,
+        "flags": {
+            "train_mode": "pretrain",
+            "lineareval_while_pretraining": True,
+            "width_multiplier": args.width,
+            "image_size": args.image_size,
+            "learning_rate": args.learning_rate,
+            "learning_rate_scaling": "linear",
+            "weight_decay": args.weight_decay,
+            "temperature": args.temperature,
+            "warmup_epochs": warmup_epochs,
+            "train_steps": args.steps,
+            "train_epochs": 1,
+            "color_jitter_strength": args.color_strength,
+        },
+    }
+
+
+def step_indices(num_images, batch, steps, seed):
+    """`(steps, batch)` image indices, each step without repeats; the same
+    for both sides of a seed."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return np.stack(
+        [rng.choice(num_images, batch, replace=False) for _ in range(steps)]
+    )
+
+
+def load_images(args):
+    """`--images` shuffled CIFAR-10 training images, 1,000 test images
+    (`parity_semppl.load_cifar`'s fixed shuffle), at `--image-size`."""
+    import types
+
+    from parity_semppl import load_cifar
+
+    data = load_cifar(
+        types.SimpleNamespace(
+            data_dir=args.data_dir, images=args.images, labels_per_class=0
+        )
+    )
+    if args.image_size != SIZE:
+        for key in ("x", "test_x"):
+            data[key] = downsample(data[key])
+    return data
+
+
+def downsample(images):
+    """uint8 images averaged over 2x2 blocks (half the size), rounded."""
+    import numpy as np
+
+    n, h, w, c = images.shape
+    blocks = images.reshape(n, h // 2, 2, w // 2, 2, c).astype("float32")
+    return np.round(blocks.mean(axis=(2, 4))).astype("uint8")
+
+
+def loss_windows(curve, window):
+    """Means of `curve` over consecutive windows of `window` steps (a
+    shorter last one when `window` does not divide its length)."""
+    import numpy as np
+
+    return [
+        float(np.mean(curve[i : i + window]))
+        for i in range(0, len(curve), window)
+    ]
+
+
+def mean_std(values):
+    """(mean, population standard deviation) of `values`."""
+    import numpy as np
+
+    return float(np.mean(values)), float(np.std(values))
 
 
 def case_settings(args, case):
@@ -450,7 +667,6 @@ def _ours_model(args, settings, strategy, prefix):
 
     from keras_ssl.backbones import ResNet
     from keras_ssl.layers import ProjectionHead
-    from keras_ssl.layers import Views
     from keras_ssl.models import FineTuner
     from keras_ssl.pretrained import load_simclr
     from keras_ssl.pretrained.pretrained_model import relative_path
@@ -473,14 +689,7 @@ def _ours_model(args, settings, strategy, prefix):
         )
         head.build(tuple(encoder.output.shape))
         if settings["mode"] == "pretrain":
-            model = _pretrainer(args)(
-                encoder,
-                head=head,
-                views=Views.from_preset("simclr_cifar", size=SIZE),
-                temperature=args.temperature,
-                memory_size=0,
-                num_classes=NUM_CLASSES,
-            )
+            model = _pretrainer(args, encoder, head, SIZE)
             classifier = model.probe
         else:
             model = FineTuner(
@@ -519,11 +728,13 @@ def _ours_model(args, settings, strategy, prefix):
     }
 
 
-def _pretrainer(args):
-    """`SimCLRv2Pretrainer`, or with `--contrastive-loss sum` or
+def _pretrainer(args, encoder, head, size):
+    """`SimCLRv2Pretrainer` without memory, with a probe and the
+    `simclr_cifar` views at `size` px; with `--contrastive-loss sum` or
     `--probe-views both` a subclass aligned with SimCLR's code there."""
     from keras import ops
 
+    from keras_ssl.layers import Views
     from keras_ssl.models import SimCLRv2Pretrainer
 
     class Aligned(SimCLRv2Pretrainer):
@@ -543,7 +754,14 @@ def _pretrainer(args):
             labels = ops.concatenate([labels, labels])
             return super()._probe(h, labels, 2 * batch)
 
-    return Aligned
+    return Aligned(
+        encoder,
+        head=head,
+        views=Views.from_preset("simclr_cifar", size=size),
+        temperature=args.temperature,
+        memory_size=0,
+        num_classes=NUM_CLASSES,
+    )
 
 
 def _pairs(settings, encoder, head, classifier):
@@ -718,9 +936,285 @@ def markdown(rows_by_step):
     return "\n".join(lines)
 
 
+# === Short runs ===
+
+
+def _reference_run(args):
+    """The reference's short run of `--seed`: its step, views, schedule."""
+    import time
+
+    import numpy as np
+    import tensorflow as tf
+
+    strategy = _strategy(tf, 1)
+    sys.path.insert(0, args.simclr_tf2)
+    FLAGS = _define_reference_flags(args, **run_settings(args)["flags"])
+    import data_util
+    import model as model_lib
+
+    data = load_images(args)
+    size = args.image_size
+    tf.random.set_seed(args.seed)
+    with strategy.scope():
+        model = model_lib.Model(NUM_CLASSES)
+        schedule = model_lib.WarmUpAndCosineDecay(
+            FLAGS.learning_rate, args.images
+        )
+        optimizer = model_lib.build_optimizer(schedule)
+        model(tf.zeros((2, size, size, 6)), training=False)
+    single_step = ReferenceStep(model, optimizer, strategy)
+    accuracy_metric = single_step.supervised_metrics[1]
+
+    def views(image, label):
+        # data.py's map_fn for pretraining: two of get_preprocess_fn's
+        # views stacked on channels (test_crop is off at 32 px and below),
+        # one-hot labels.
+        pair = [
+            data_util.preprocess_image(
+                image,
+                size,
+                size,
+                is_training=True,
+                color_jitter_strength=FLAGS.color_jitter_strength,
+                test_crop=size > 32,
+            )
+            for _ in range(2)
+        ]
+        return tf.concat(pair, -1), tf.one_hot(label, NUM_CLASSES)
+
+    order = step_indices(len(data["y"]), args.batch, args.steps, args.seed)
+    order = order.reshape(-1)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((data["x"][order], data["y"][order]))
+        .map(views, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(args.batch)
+        .prefetch(2)
+    )
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+
+    @tf.function
+    def train_step(iterator):
+        def replica_step(features, labels):
+            return single_step(features, labels)[0]
+
+        return strategy.run(replica_step, next(iterator))
+
+    def embed(images):
+        # preprocess_for_eval without its crop: the images in [0, 1].
+        x = tf.convert_to_tensor(images.astype("float32") / 255.0)
+        return np.concatenate(
+            [
+                model.resnet_model(x[i : i + 500], training=False).numpy()
+                for i in range(0, len(images), 500)
+            ]
+        )
+
+    def step():
+        accuracy_metric.reset_state()
+        # SimCLR's code sums the two directions: eq. (1) is half of it.
+        loss = float(train_step(iterator).numpy()) / 2
+        return loss, float(accuracy_metric.result().numpy())
+
+    return _run(args, data, step, embed, time.perf_counter())
+
+
+def _ours_run(args):
+    """Our short run of `--seed`: keras-ssl's step with its own views."""
+    import time
+
+    import keras
+    import numpy as np
+
+    from keras_ssl.backbones import ResNet
+    from keras_ssl.layers import ProjectionHead
+    from keras_ssl.recipes import stages
+
+    data = load_images(args)
+    size = args.image_size
+    keras.utils.set_random_seed(args.seed)
+    encoder = ResNet(
+        depth=18,
+        width_multiplier=args.width,
+        stem="cifar",
+        input_shape=(size, size, 3),
+    )
+    head = ProjectionHead(num_layers=3, output_dim=128)
+    model = _pretrainer(args, encoder, head, size)
+    model.compile(
+        optimizer=stages.lars(
+            args.learning_rate,
+            args.batch,
+            "linear",
+            args.steps,
+            warmup_steps=run_settings(args)["warmup_steps"],
+            weight_decay=args.weight_decay,
+        )
+    )
+    order = iter(
+        step_indices(len(data["y"]), args.batch, args.steps, args.seed)
+    )
+
+    def embed(images):
+        x = images.astype("float32") / 255.0
+        return np.asarray(encoder.predict(x, batch_size=500, verbose=0))
+
+    def step():
+        rows = next(order)
+        logs = model.train_on_batch(
+            data["x"][rows], data["y"][rows], return_dict=True
+        )
+        return float(logs["contrastive_loss"]), float(logs["probe_accuracy"])
+
+    return _run(args, data, step, embed, time.perf_counter())
+
+
+def _run(args, data, step, embed, start):
+    """Runs `step` `--steps` times between two k-NN evaluations."""
+    import time
+
+    from parity_semppl import knn_accuracy
+
+    def knn():
+        return knn_accuracy(
+            embed(data["x"]), data["y"], embed(data["test_x"]), data["test_y"]
+        )
+
+    before = knn()
+    losses, accuracies, times = [], [], []
+    for i in range(args.steps):
+        times.append(time.perf_counter())
+        loss, accuracy = step()
+        losses.append(loss)
+        accuracies.append(accuracy)
+        if (i + 1) % args.window == 0:
+            print(
+                f"step {i + 1}: loss {loss:.4f} "
+                f"({time.perf_counter() - start:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    times.append(time.perf_counter())
+    return {
+        "loss": losses,
+        "probe_accuracy": accuracies,
+        "knn_start": before,
+        "knn": knn(),
+        "seconds": time.perf_counter() - start,
+        # Wall time a step after the first (which traces the step).
+        "step_seconds": (times[-1] - times[1]) / max(1, args.steps - 1),
+    }
+
+
+def _runs_start(args):
+    run = _reference_run if args.worker == "reference" else _ours_run
+
+    def handle(request):
+        return run(args)
+
+    return {"ready": True}, handle
+
+
+def summarize(args, results):
+    """Markdown rows per side: loss windows, probe and k-NN, mean ± std
+    over the seeds."""
+    import numpy as np
+
+    windows = loss_windows(list(range(1, args.steps + 1)), args.window)
+    spans = [
+        f"{i * args.window + 1}–{min((i + 1) * args.window, args.steps)}"
+        for i in range(len(windows))
+    ]
+    lines = [
+        "| side | seeds | NT-Xent, steps "
+        + ", ".join(spans)
+        + f" | probe, last {args.window} steps | k-NN before | k-NN after "
+        "| s/step |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for side in args.side_list:
+        rows = [r for r in results if r["side"] == side]
+        if not rows:
+            continue
+        curves = np.array([loss_windows(r["loss"], args.window) for r in rows])
+        cells = ", ".join(
+            "{:.3f} ± {:.3f}".format(*mean_std(curves[:, i]))
+            for i in range(curves.shape[1])
+        )
+        probe = [np.mean(r["probe_accuracy"][-args.window :]) for r in rows]
+        stats = [
+            "{:.1%} ± {:.1%}".format(*mean_std(values))
+            for values in (
+                probe,
+                [r["knn_start"] for r in rows],
+                [r["knn"] for r in rows],
+            )
+        ]
+        seconds = np.mean([r["step_seconds"] for r in rows])
+        lines.append(
+            f"| {side} | {len(rows)} | {cells} | {' | '.join(stats)} | "
+            f"{seconds:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def short_runs(args, argv):
+    """Every side's run of every seed, one at a time."""
+    import time
+
+    import numpy as np
+
+    if "reference" in args.side_list:
+        check_reference_python(args.reference_python)
+    print("python " + " ".join([os.path.relpath(__file__), *argv]))
+    print(machine())
+    settings = run_settings(args)
+    print(
+        f"CIFAR ResNet-18 width {args.width:g}, {args.image_size} px, "
+        f"{args.images} CIFAR-10 images, batch {args.batch}, {args.steps} "
+        f"steps, LARS {args.learning_rate:g}·B/256 with "
+        f"{settings['warmup_steps']} warm-up steps and cosine decay, weight "
+        f"decay {args.weight_decay:g}, temperature {args.temperature:g}; "
+        f"our NT-Xent: {args.contrastive_loss} of its two directions, our "
+        f"probe on {args.probe_views} view(s)"
+    )
+    results = []
+    for seed in args.seed_list:
+        for side in args.side_list:
+            started = time.perf_counter()
+            worker = Worker(
+                side, args, [*argv, "--seed", str(seed)], script=__file__
+            )
+            try:
+                result = worker.ask("run", side)
+            finally:
+                worker.close()
+            result.update(side=side, seed=seed)
+            results.append(result)
+            windows = loss_windows(result["loss"], args.window)
+            print(
+                f"{side:9s} seed={seed} NT-Xent (means of {args.window} "
+                "steps) "
+                + " ".join(f"{w:.3f}" for w in windows)
+                + " | probe (last window) "
+                f"{np.mean(result['probe_accuracy'][-args.window :]):.1%}"
+                f" | k-NN {result['knn_start']:.1%} -> {result['knn']:.1%}"
+                f" | {time.perf_counter() - started:.0f} s with the worker's "
+                f"start ({result['step_seconds']:.2f} s a step after the "
+                "first)",
+                flush=True,
+            )
+    print()
+    print(summarize(args, results))
+    return results
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.short_runs and args.worker:
+        return serve(lambda: _runs_start(args))
+    if args.short_runs:
+        return short_runs(args, argv)
     if args.worker == "reference":
         return serve(lambda: _reference_start(args))
     if args.worker == "ours":
