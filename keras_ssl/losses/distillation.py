@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_ssl._checks import check_in_range
 from keras_ssl._checks import check_positive
+from keras_ssl.losses._loss import ArgumentsLoss
 from keras_ssl.ops.math import loss_dtype
 from keras_ssl.ops.math import soft_cross_entropy
 
@@ -155,7 +156,7 @@ def distillation(
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class Distillation(keras.losses.Loss):
+class Distillation(ArgumentsLoss):
     """SimCLRv2's distillation loss (eq. 2) as a `keras.losses.Loss`.
 
     `y_true` holds the teacher's logits and `y_pred` the student's; the
@@ -182,6 +183,8 @@ class Distillation(keras.losses.Loss):
           Semi-Supervised Learners](https://arxiv.org/abs/2006.10029)
     """
 
+    config_args = ("temperature",)
+
     def __init__(
         self,
         temperature: float = 1.0,
@@ -195,8 +198,3 @@ class Distillation(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         return _per_example(y_true, y_pred, self.temperature)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"temperature": self.temperature})
-        return config

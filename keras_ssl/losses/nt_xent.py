@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_ssl import distribute
 from keras_ssl._checks import check_positive
+from keras_ssl.losses._loss import PredictionsOnlyLoss
 from keras_ssl.ops.math import MASKED_LOGIT
 from keras_ssl.ops.math import l2_normalize
 from keras_ssl.ops.math import loss_dtype
@@ -235,7 +236,7 @@ def nt_xent(
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class NTXent(keras.losses.Loss):
+class NTXent(PredictionsOnlyLoss):
     """NT-Xent contrastive loss (SimCLR eq. 1) as a `keras.losses.Loss`.
 
     Use it where a Keras loss object is wanted (`compile(loss=...)`, or a
@@ -290,6 +291,8 @@ class NTXent(keras.losses.Loss):
           Semi-Supervised Learners](https://arxiv.org/abs/2006.10029)
     """
 
+    config_args = ("temperature",)
+
     def __init__(
         self,
         temperature: float = 0.1,
@@ -300,11 +303,6 @@ class NTXent(keras.losses.Loss):
         check_positive("temperature", temperature)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.temperature = temperature
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        # Keras converts `y_true` to a tensor, which fails on `None`; it
-        # carries nothing here, so an empty structure stands in for it.
-        return super().__call__((), y_pred, sample_weight=sample_weight)
 
     def call(self, y_true, y_pred):
         if isinstance(y_pred, dict):
@@ -332,8 +330,3 @@ class NTXent(keras.losses.Loss):
             z1, z2, self.temperature, negatives, negatives_mask
         )
         return ops.cast(_per_anchor_loss(logits, positive), self.dtype)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"temperature": self.temperature})
-        return config

@@ -7,6 +7,8 @@ regulariser. The entry points, `paws()` and `PAWS`, follow; the checks
 of their arguments and inputs come last.
 """
 
+from typing import NamedTuple
+
 import keras
 import numpy as np
 from keras import ops
@@ -15,6 +17,7 @@ from keras_ssl import distribute
 from keras_ssl._checks import check_in_range
 from keras_ssl._checks import check_positive
 from keras_ssl._checks import check_positive_int
+from keras_ssl.losses._loss import ArgumentsLoss
 from keras_ssl.ops.math import entropy
 from keras_ssl.ops.math import loss_dtype
 from keras_ssl.ops.math import sharpen
@@ -22,42 +25,55 @@ from keras_ssl.ops.math import soft_cross_entropy
 from keras_ssl.ops.math import soft_nearest_neighbour
 
 
+class _Settings(NamedTuple):
+    """The hyper-parameters of eq. (4) that `paws` and `PAWS` share
+    (`_check_settings` checks them)."""
+
+    num_classes: int | None
+    temperature: float
+    sharpen_temperature: float
+    label_smoothing: float
+    target_threshold: float
+
+
 def _paws_terms(
     views,
     support,
     support_labels,
-    num_classes,
-    temperature,
-    sharpen_temperature,
-    label_smoothing,
+    settings,
     target_views=None,
     target_support=None,
-    target_threshold=1e-4,
 ):
     """Per-anchor cross-entropies of eq. (4), `H(p_bar)` and the global
-    views' targets, from inputs that `_checked_inputs` has seen."""
+    views' targets, from inputs that `_checked_inputs` has seen and
+    `_Settings`."""
+    s = settings
     dtype = loss_dtype(views[0])
     batch = ops.shape(views[0])[0]
     labels = _support_targets(
-        support_labels, num_classes, label_smoothing, dtype=dtype
+        support_labels, s.num_classes, s.label_smoothing, dtype=dtype
     )
     # Step 1: soft nearest neighbours.
-    probs = _classify(views, support, labels, temperature, dtype)
+    probs = _classify(views, support, labels, s.temperature, dtype)
     # Step 2: sharpened targets, from the two global views.
-    sharp = sharpen(probs, sharpen_temperature)
+    sharp = sharpen(probs, s.sharpen_temperature)
     if target_views is None:
         global_targets = sharp[: 2 * batch]
     else:
         # The reference code's targets: the global views' representations
         # before any prediction head, against the support's.
         global_targets = sharpen(
-            _classify(target_views, target_support, labels, temperature, dtype),
-            sharpen_temperature,
+            _classify(
+                target_views, target_support, labels, s.temperature, dtype
+            ),
+            s.sharpen_temperature,
         )
     # §3.2: "we only differentiate the cross-entropy loss terms with respect
     # to the predictions p_i and p_i^+, and not the sharpened targets".
     global_targets = ops.stop_gradient(global_targets)
-    targets = _view_targets(global_targets, batch, len(views), target_threshold)
+    targets = _view_targets(
+        global_targets, batch, len(views), s.target_threshold
+    )
     # Step 3: the cross-entropy of every view's prediction.
     cross_entropy = soft_cross_entropy(targets, probs=probs)
     # Step 4: ME-MAX, the entropy of the mean sharpened prediction.
@@ -255,27 +271,19 @@ def paws(
           by Non-Parametrically Predicting View Assignments with Support
           Samples](https://arxiv.org/abs/2104.13963)
     """
-    _check_args(
+    settings = _Settings(
+        num_classes,
         temperature,
         sharpen_temperature,
         label_smoothing,
-        num_classes,
         target_threshold,
     )
+    _check_settings(settings)
     views, support, target_views, target_support = _checked_inputs(
         views, support, target_views, target_support
     )
     cross_entropy, mean_entropy, global_targets = _paws_terms(
-        views,
-        support,
-        support_labels,
-        num_classes,
-        temperature,
-        sharpen_temperature,
-        label_smoothing,
-        target_views,
-        target_support,
-        target_threshold,
+        views, support, support_labels, settings, target_views, target_support
     )
     loss = ops.mean(cross_entropy)
     if me_max:
@@ -286,7 +294,7 @@ def paws(
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class PAWS(keras.losses.Loss):
+class PAWS(ArgumentsLoss):
     """The PAWS loss (eq. 4 of Assran et al., 2021) as a `keras.losses.Loss`.
 
     Use it where a Keras loss object is wanted; the math is
@@ -335,6 +343,8 @@ class PAWS(keras.losses.Loss):
           Samples](https://arxiv.org/abs/2104.13963)
     """
 
+    config_args = (*_Settings._fields, "me_max")
+
     def __init__(
         self,
         num_classes: int | None = None,
@@ -347,20 +357,20 @@ class PAWS(keras.losses.Loss):
         name: str = "paws",
         dtype=None,
     ):
-        _check_args(
-            temperature,
-            sharpen_temperature,
-            label_smoothing,
-            num_classes,
-            target_threshold,
-        )
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        # Stored first, so that the check reads them as `call` will.
         self.num_classes = num_classes
         self.temperature = temperature
         self.sharpen_temperature = sharpen_temperature
         self.label_smoothing = label_smoothing
         self.me_max = me_max
         self.target_threshold = target_threshold
+        _check_settings(self._settings)
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    @property
+    def _settings(self):
+        """The hyper-parameters of eq. (4) as `_paws_terms` takes them."""
+        return _Settings(*(getattr(self, name) for name in _Settings._fields))
 
     def call(self, y_true, y_pred):
         if not isinstance(y_pred, dict) or set(y_pred) != {"views", "support"}:
@@ -378,49 +388,24 @@ class PAWS(keras.losses.Loss):
             list(y_pred["views"]), y_pred["support"]
         )
         cross_entropy, mean_entropy, _ = _paws_terms(
-            views,
-            support,
-            labels,
-            self.num_classes,
-            self.temperature,
-            self.sharpen_temperature,
-            self.label_smoothing,
-            target_threshold=self.target_threshold,
+            views, support, labels, self._settings
         )
         losses = cross_entropy
         if self.me_max:
             losses = losses - mean_entropy
         return ops.cast(losses, self.dtype)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "num_classes": self.num_classes,
-                "temperature": self.temperature,
-                "sharpen_temperature": self.sharpen_temperature,
-                "label_smoothing": self.label_smoothing,
-                "me_max": self.me_max,
-                "target_threshold": self.target_threshold,
-            }
-        )
-        return config
 
-
-def _check_args(
-    temperature,
-    sharpen_temperature,
-    label_smoothing,
-    num_classes,
-    target_threshold=0.0,
-) -> None:
-    check_positive("temperature", temperature)
-    check_positive("sharpen_temperature", sharpen_temperature)
-    check_in_range("label_smoothing", label_smoothing, 0, 1, include_high=False)
+def _check_settings(settings) -> None:
+    check_positive("temperature", settings.temperature)
+    check_positive("sharpen_temperature", settings.sharpen_temperature)
     check_in_range(
-        "target_threshold", target_threshold, 0, 1, include_high=False
+        "label_smoothing", settings.label_smoothing, 0, 1, include_high=False
     )
-    check_positive_int("num_classes", num_classes, optional=True)
+    check_in_range(
+        "target_threshold", settings.target_threshold, 0, 1, include_high=False
+    )
+    check_positive_int("num_classes", settings.num_classes, optional=True)
 
 
 def _checked_inputs(views, support, target_views=None, target_support=None):

@@ -19,6 +19,7 @@ from keras import ops
 from keras_ssl._checks import check_non_negative
 from keras_ssl._checks import check_positive
 from keras_ssl._checks import check_positive_int
+from keras_ssl.losses._loss import PredictionsOnlyLoss
 from keras_ssl.ops.math import knn_vote
 from keras_ssl.ops.math import l2_normalize
 from keras_ssl.ops.math import loss_dtype
@@ -87,31 +88,29 @@ def _kl(log_p, log_q):
 
 
 class _Inputs(NamedTuple):
-    """The loss's inputs, checked, cast and l2-normalised."""
+    """The loss's tensors (the arguments of `semppl`, the keys of a
+    `SemPPL` `y_pred`); `_prepare` checks, casts and l2-normalises them
+    and sets `dtype`."""
 
     online_large: list
     target_large: list
     negative_indices: object
-    online_small: list
-    semantic_positives: list
-    semantic_mask: object
-    anchor_indices: object
-    dtype: str
+    online_small: list = None
+    semantic_positives: list = None
+    semantic_mask: object = None
+    anchor_indices: object = None
+    dtype: str = None
 
 
-def _prepare(
-    online_large,
-    target_large,
-    negative_indices,
-    online_small=None,
-    semantic_positives=None,
-    semantic_mask=None,
-    anchor_indices=None,
-):
-    online_large = _as_list(online_large, "online_large")
-    target_large = _as_list(target_large, "target_large")
-    online_small = _as_list(online_small, "online_small")
-    semantic_positives = _as_list(semantic_positives, "semantic_positives")
+def _prepare(inputs):
+    online_large = _as_list(inputs.online_large, "online_large")
+    target_large = _as_list(inputs.target_large, "target_large")
+    online_small = _as_list(inputs.online_small, "online_small")
+    semantic_positives = _as_list(
+        inputs.semantic_positives, "semantic_positives"
+    )
+    semantic_mask = inputs.semantic_mask
+    anchor_indices = inputs.anchor_indices
     if not online_large or len(online_large) != len(target_large):
         raise ValueError(
             "`online_large` and `target_large` must hold one tensor per "
@@ -139,7 +138,7 @@ def _prepare(
     return _Inputs(
         online_large=[normalized(x) for x in online_large],
         target_large=[ops.stop_gradient(normalized(x)) for x in target_large],
-        negative_indices=ops.cast(negative_indices, "int32"),
+        negative_indices=ops.cast(inputs.negative_indices, "int32"),
         online_small=[normalized(x) for x in online_small],
         semantic_positives=[
             ops.stop_gradient(normalized(x)) for x in semantic_positives
@@ -206,17 +205,17 @@ def _invariance_terms(log_p_aug, log_p_sem, num_large, semantic_mask):
     return invariance
 
 
-def _per_anchor_terms(temperature=0.2, **inputs):
+def _per_anchor_terms(inputs, temperature):
     """Per-anchor sums of the three kinds of terms, and the normaliser.
 
-    Takes the arguments of `semppl` (its tensors and `temperature`).
+    Takes `semppl`'s tensors (`_Inputs`) and `temperature`.
     Returns `(augmentation, semantic, invariance, normaliser)`, the first
     three `(B,)`: eq. (9) summed over view pairs, eq. (8) summed over view
     pairs and semantic positives (zero for anchors without one), and the
     Appendix B KL terms of both kinds summed over pairs of distinct large
     views.
     """
-    x = _prepare(**inputs)
+    x = _prepare(inputs)
     scale = ops.cast(1.0 / temperature, x.dtype)
     augmentation, semantic, log_p_aug, log_p_sem = _contrastive_terms(x, scale)
     num_large = len(x.online_large)
@@ -354,15 +353,17 @@ def semppl(
           ResNets (RELICv2)](https://arxiv.org/abs/2201.05119)
     """
     _check_scales(temperature, alpha, invariance_scale, contrastive_scale)
+    inputs = _Inputs(
+        online_large,
+        target_large,
+        negative_indices,
+        online_small,
+        semantic_positives,
+        semantic_mask,
+        anchor_indices,
+    )
     augmentation, semantic, invariance, normaliser = _per_anchor_terms(
-        online_large=online_large,
-        target_large=target_large,
-        negative_indices=negative_indices,
-        online_small=online_small,
-        semantic_positives=semantic_positives,
-        semantic_mask=semantic_mask,
-        anchor_indices=anchor_indices,
-        temperature=temperature,
+        inputs, temperature
     )
     parts = {
         "augmentation_loss": ops.mean(augmentation) / normaliser,
@@ -390,7 +391,7 @@ _OPTIONAL_KEYS = (
 
 
 @keras.saving.register_keras_serializable(package="keras_ssl")
-class SemPPL(keras.losses.Loss):
+class SemPPL(PredictionsOnlyLoss):
     """SemPPL's loss (eq. 10) as a `keras.losses.Loss`.
 
     The math is `keras_ssl.losses.semppl()`'s (see there for every term
@@ -438,6 +439,13 @@ class SemPPL(keras.losses.Loss):
           Better Contrastive Representations](https://arxiv.org/abs/2301.05158)
     """
 
+    config_args = (
+        "temperature",
+        "alpha",
+        "invariance_scale",
+        "contrastive_scale",
+    )
+
     def __init__(
         self,
         temperature: float = 0.2,
@@ -455,10 +463,6 @@ class SemPPL(keras.losses.Loss):
         self.invariance_scale = invariance_scale
         self.contrastive_scale = contrastive_scale
 
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        # `y_true` carries nothing; Keras cannot convert `None` to a tensor.
-        return super().__call__((), y_pred, sample_weight=sample_weight)
-
     def call(self, y_true, y_pred):
         if not isinstance(y_pred, dict):
             raise ValueError(
@@ -474,25 +478,13 @@ class SemPPL(keras.losses.Loss):
                 f"have {list(_OPTIONAL_KEYS)}. Received keys: {sorted(keys)}"
             )
         augmentation, semantic, invariance, normaliser = _per_anchor_terms(
-            temperature=self.temperature, **y_pred
+            _Inputs(**y_pred), self.temperature
         )
         per_anchor = (
             self.contrastive_scale * (augmentation + self.alpha * semantic)
             + self.invariance_scale * invariance
         ) / normaliser
         return ops.cast(per_anchor, self.dtype)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "temperature": self.temperature,
-                "alpha": self.alpha,
-                "invariance_scale": self.invariance_scale,
-                "contrastive_scale": self.contrastive_scale,
-            }
-        )
-        return config
 
 
 def sample_negative_indices(noise, anchor_indices, num_negatives: int = 10):
