@@ -192,12 +192,19 @@ class KNNMonitor(keras.callbacks.Callback):
         )
 
     def evaluate(self):
-        """The k-NN accuracy of the current features (a float)."""
+        """The k-NN accuracy of the current features (a float); NaN when
+        they are not finite (a diverged model: the training's own checks,
+        such as `keras.callbacks.TerminateOnNaN`, decide what follows)."""
         features = self.encode(self.x)
         if self.validation_data is not None:
             images, labels = self.validation_data
+            queries = self.encode(images)
+            if not (np.isfinite(features).all() and np.isfinite(queries).all()):
+                return float("nan")
             self.classifier.fit(features, self.y)
-            return self.classifier.evaluate(self.encode(images), labels)
+            return self.classifier.evaluate(queries, labels)
+        if not np.isfinite(features).all():
+            return float("nan")
         correct = 0
         for held in self._folds:
             rest = np.setdiff1d(np.arange(len(self.y)), held)

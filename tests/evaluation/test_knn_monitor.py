@@ -114,6 +114,19 @@ def test_encoder_is_traced_once_for_every_evaluation():
     assert {tuple(shape) for shape in traces} == {(4, 16, 16, 3)}
 
 
+def test_non_finite_features_give_nan_not_an_error():
+    x, y = separable_images(10, seed=0)
+
+    def diverged(images):
+        return np.full((len(images), 4), np.nan, "float32")
+
+    for validation_data in (None, separable_images(5, seed=1)):
+        monitor = KNNMonitor(
+            x, y, validation_data=validation_data, encoder=diverged, k=3
+        )
+        assert np.isnan(monitor.evaluate())
+
+
 def test_writes_the_scalar_to_tensorboard(tmp_path):
     x, y = separable_images(10, seed=0)
     monitor = KNNMonitor(
