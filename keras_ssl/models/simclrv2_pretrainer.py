@@ -100,7 +100,7 @@ class SimCLRv2Pretrainer(SSLModel):
     whatever the optimizer's schedule (no warm-up, no decay; on a step
     whose scheduled rate is 0 nothing moves, the probe included). Softmax
     regression on the unnormalised, non-negative ResNet features is only
-    stable below a rate of about `4 / ||h||²`, and `||h||²` grows during
+    stable below a rate of about `10 / ||h||²`, and `||h||²` grows during
     pretraining (from 29 to 300 in the first 10 epochs of the digits
     recipe): at that recipe's rate of 4 the probe's loss went from 4.7 to
     89 in two epochs and stayed above 100, while at `0.01` it falls
