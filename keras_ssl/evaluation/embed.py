@@ -1,5 +1,8 @@
 """`embed()`: a model's embeddings of many images, in batches."""
 
+import weakref
+
+import keras
 import numpy as np
 from keras import tree
 
@@ -67,21 +70,62 @@ def predict_batches(model, images, batch_size: int = 256):
             "`images` must hold at least one image. Received: "
             f"images.shape={images.shape}"
         )
-    call = (
-        model.predict_on_batch if hasattr(model, "predict_on_batch") else model
-    )
     parts = []
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
         count = len(batch)
         padding = np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)
-        outputs = call(np.concatenate([batch, padding]))
+        # Per batch: a model that the first batch builds has its own
+        # function from the next one on.
+        outputs = _batch_function(model)(np.concatenate([batch, padding]))
         # Under several replicas the outputs may hold more rows than the
         # batch; the first `count` are the batch's own.
         parts.append(
             tree.map_structure(lambda t: np.asarray(t)[:count], outputs)
         )
     return tree.map_structure(lambda *t: np.concatenate(t), *parts)
+
+
+# Each model's inference function (`_batch_function`), for its lifetime.
+_FUNCTIONS = weakref.WeakKeyDictionary()
+
+
+def _batch_function(model):
+    """A function of one batch that runs `model` in inference mode.
+
+    On TensorFlow, for a built `keras.Model` on one replica: the model
+    called through one `tf.function` of its own, kept with the model and
+    traced once. Keras's predict function is made again by every
+    `compile` (a stage's model is compiled again, e.g. by the fine-tuning
+    folds), and TensorFlow counts the traces of every model's predict
+    function together. Elsewhere `predict_on_batch`, which distributes a
+    batch over several replicas, or `model` itself for a function.
+    """
+    if not hasattr(model, "predict_on_batch"):
+        return model
+    strategy = getattr(model, "distribute_strategy", None)
+    replicas = getattr(strategy, "num_replicas_in_sync", 1)
+    if (
+        keras.backend.backend() != "tensorflow"
+        or not model.built
+        or replicas > 1
+    ):
+        return model.predict_on_batch
+    if model not in _FUNCTIONS:
+        import tensorflow as tf  # TensorFlow: the backend in use.
+
+        own = weakref.ref(model)  # The function must not keep it alive.
+
+        def infer(batch):
+            return own()(batch, training=False)
+
+        # Its own function: the model is traced for the first batch's
+        # shape, and every batch of `predict_batches` has that shape.
+        # XLA where Keras's own predict function would use it.
+        jit = bool(getattr(model, "jit_compile", False))
+        _FUNCTIONS[model] = tf.function(infer, jit_compile=jit)
+    function = _FUNCTIONS[model]
+    return lambda batch: function(batch)
 
 
 def select_output(outputs, output):

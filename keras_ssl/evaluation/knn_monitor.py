@@ -54,8 +54,8 @@ class KNNMonitor(keras.callbacks.Callback):
     `summary_writer`, to a TensorBoard scalar at step `epoch`.
 
     The images are encoded in batches of exactly `batch_size` (the last
-    one padded), with `predict_on_batch` of a Keras model, so its compiled
-    predict function is traced once for the whole run.
+    one padded, `keras_ssl.evaluation.embed.predict_batches`), so a Keras
+    model is traced once for the whole run.
 
     Args:
         x: array of labeled images, as the encoder takes them.

@@ -87,6 +87,14 @@ def linear_accuracy(train, labels, test, test_labels, num_classes):
     return float(np.mean(predicted == test_labels))
 
 
+def evaluation_batch(labeled):
+    """The batch of the representation's evaluations (the report's and
+    the k-NN monitor's): 256 images, or all the labeled images where they
+    are fewer, so that no batch of theirs is padded; one size for all, so
+    that the pretrainer is traced once for them."""
+    return max(1, min(256, len(labeled.y)))
+
+
 def probe_accuracies(model, labeled, splits, output="embedding"):
     """k-NN (k = 200, τ = 0.1) and linear-probe test accuracy of a
     model's features, with the labeled images as the only labels.
@@ -101,8 +109,9 @@ def probe_accuracies(model, labeled, splits, output="embedding"):
     Returns:
         A dict with `knn_accuracy` and `linear_probe_accuracy`.
     """
-    train = embed(model, labeled.x, batch_size=256, output=output)
-    test = embed(model, splits.x_test, batch_size=256, output=output)
+    batch = evaluation_batch(labeled)
+    train = embed(model, labeled.x, batch_size=batch, output=output)
+    test = embed(model, splits.x_test, batch_size=batch, output=output)
     knn = KNNClassifier(k=200, temperature=0.1, num_classes=splits.num_classes)
     knn.fit(train, labeled.y)
     return {

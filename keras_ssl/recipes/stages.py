@@ -137,7 +137,9 @@ def knn_monitor(run, model):
     every = config.knn_monitor_every
     if not every or run.labeled is None or len(run.labeled.y) < 2:
         return []
-    from keras_ssl.evaluation import KNNMonitor  # Keras: loaded when run.
+    # Keras: loaded when run.
+    from keras_ssl.evaluation import KNNMonitor
+    from keras_ssl.recipes.reports import evaluation_batch
 
     return [
         KNNMonitor(
@@ -147,6 +149,7 @@ def knn_monitor(run, model):
             every=every,
             num_classes=run.splits.num_classes,
             folds=min(5, len(run.labeled.y)),
+            batch_size=evaluation_batch(run.labeled),
             seed=config.seed,
             name="labeled_knn_accuracy",
         )

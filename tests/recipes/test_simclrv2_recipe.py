@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_ssl.evaluation.embed import _FUNCTIONS
 from keras_ssl.recipes import simclrv2
 from keras_ssl.recipes.config import config_from_command_line
 
@@ -117,12 +118,12 @@ class TestSimCLRv2Recipe:
                 f"{tmp_path / name}."
             ]
         # The k-NN monitor after each pretraining epoch and the report's
-        # evaluations share one trace of the pretrainer's predict function;
-        # so do the test images' batches of each classifier.
+        # evaluations share one trace of the pretrainer's inference
+        # function; so do the test images' batches of each classifier.
         predicted = {
-            role: model.predict_function.experimental_get_tracing_count()
+            role: _FUNCTIONS[model].experimental_get_tracing_count()
             for role, model in result.models.items()
-            if getattr(model, "predict_function", None) is not None
+            if model in _FUNCTIONS
         }
         assert set(predicted) == {"pretrainer", "teacher", "student"}
         assert predicted == dict.fromkeys(predicted, 1)
