@@ -222,6 +222,13 @@ def parse_args(argv=None):
     parser.add_argument(
         "--reference-rate", choices=("ours", "reference"), default="ours"
     )
+    parser.add_argument(
+        "--resync",
+        action="store_true",
+        help="before each compared step, give our side the reference's "
+        "state (weights, statistics, momentum) after the step before: each "
+        "compared step then starts from the same state",
+    )
     parser.add_argument("--no-me-max", dest="me_max", action="store_false")
     parser.add_argument("--label-smoothing", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
@@ -653,40 +660,65 @@ class _Ours:
             "prediction_head": predictor,
         }
 
-    def compare(self, paths):
-        """Rows `(kind, path, relative difference)` for every weight and
-        every momentum slot against the reference's checkpoints."""
+    def _paired(self, paths):
+        """`(name, variable, reference value, our momentum slot or None,
+        reference slot)` for every variable, from the reference's
+        checkpoints `paths` (its slot with our sign: suncet's buffer holds
+        -lr·step, ours +lr·step)."""
         import numpy as np
 
         from keras_ssl.pretrained import load_paws
 
         weights = load_paws(paths["weights"])
         momentum = load_paws(paths["momentum"])
-        ours = self.parts(self.model)
-        rows = []
-        for part, layer in ours.items():
+        for part, layer in self.parts(self.model).items():
             theirs = self.parts(weights)[part]
             slots = self.parts(momentum)[part]
             for mine, ref, slot in zip(
                 layer.weights, theirs.weights, slots.weights
             ):
-                kind = "weight" if mine.trainable else "statistic"
-                a = np.asarray(mine.numpy(), "float64")
-                b = np.asarray(ref.numpy(), "float64")
-                rows.append((kind, f"{part}/{mine.path}", _relative(a, b)))
+                ours_slot = None
                 if mine.trainable:
                     index = self.optimizer._get_variable_index(mine)
-                    v = self.optimizer._momentums[index].numpy()
-                    # suncet's buffer holds -lr·step, ours +lr·step.
-                    c = -np.asarray(slot.numpy(), "float64")
-                    rows.append(
-                        (
-                            "momentum",
-                            f"{part}/{mine.path}",
-                            _relative(np.asarray(v, "float64"), c),
-                        )
-                    )
+                    ours_slot = self.optimizer._momentums[index]
+                yield (
+                    f"{part}/{mine.path}",
+                    mine,
+                    np.asarray(ref.numpy(), "float64"),
+                    ours_slot,
+                    -np.asarray(slot.numpy(), "float64"),
+                )
+
+    def compare(self, paths):
+        """Rows `(kind, path, relative difference)` for every weight and
+        every momentum slot against the reference's checkpoints."""
+        import numpy as np
+
+        rows = []
+        for name, mine, ref, slot, ref_slot in self._paired(paths):
+            kind = "weight" if mine.trainable else "statistic"
+            a = np.asarray(mine.numpy(), "float64")
+            rows.append((kind, name, _relative(a, ref)))
+            if slot is not None:
+                v = np.asarray(slot.numpy(), "float64")
+                rows.append(("momentum", name, _relative(v, ref_slot)))
         return rows
+
+    def resync(self, paths, steps):
+        """Takes the reference's state after `steps` steps (its
+        checkpoints `paths`): weights, BatchNorm statistics, momentum
+        slots, and the step counter."""
+        for _, mine, ref, slot, ref_slot in self._paired(paths):
+            mine.assign(ref.astype(mine.dtype))
+            if slot is not None:
+                slot.assign(ref_slot.astype(slot.dtype))
+        self.skip_to(steps)
+
+    def skip_to(self, steps):
+        """Moves the step counter and the data to step `steps` without
+        training."""
+        self.optimizer.iterations.assign(self.args.offset + steps)
+        self.steps = steps
 
 
 def _relative(a, b):
@@ -727,9 +759,17 @@ def main(argv=None):
         ours = _Ours(args, init["weights"])
         losses = []
         for step in range(1, args.compare[-1] + 1):
+            ours_steps = not args.resync or step in args.compare
+            if args.resync and ours_steps and step > 1:
+                path = os.path.join(workdir, f"step{step - 1}.pth.tar")
+                ours.resync(reference.ask(command="save", path=path), step - 1)
             rate = ours.rate() if args.reference_rate == "ours" else None
             theirs = reference.ask(command="step", lr=rate)
-            mine = ours.step()
+            if ours_steps:
+                mine = ours.step()
+            else:
+                ours.skip_to(step)
+                mine = {key: float("nan") for key in ("loss", "me_max", "lr")}
             losses.append((step, theirs, mine))
             print(
                 f"step {step}: loss {theirs['loss']:.8f} (reference), "
@@ -766,6 +806,7 @@ def _print_report(args, losses, results, seconds):
         f"{args.weight_decay:g}; LARS exclusions {args.lars_exclusions}; "
         f"reference trust epsilon {args.trust_epsilon}; reference rate "
         f"{args.reference_rate}; "
+        f"{'resynchronised before each compared step; ' if args.resync else ''}"
         f"ME-MAX {'on' if args.me_max else 'off'}; {seconds:.0f} s"
     )
     print(
