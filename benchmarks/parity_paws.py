@@ -47,7 +47,11 @@ same layout), our side reads both with `load_paws` and prints, for every
 weight and every momentum slot, the largest absolute difference over the
 largest absolute reference value (`max|ours - ref| / max|ref|`). suncet's
 buffers hold `-lr · step`; ours hold `+lr · step`: the sign is flipped
-before comparing.
+before comparing. `--resync` gives our side the reference's state
+(weights, BatchNorm statistics, momentum slots, step counter) before each
+compared step: float64 rounding grows by hundreds of times a step here
+(docs/parity.md, PAWS), so only a step from the same state can be
+compared after the first few.
 
 What differs by design, each with a switch that aligns it (all aligned
 by default):
