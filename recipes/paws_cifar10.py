@@ -1,7 +1,9 @@
 """PAWS on CIFAR-10 with 4,000 labels (PAWS Appendix C).
 
-Command (CIFAR-10 as `train.npz`/`test.npz` with keys `x`, `y` in DATA_DIR,
-or no `--data_dir` to let TensorFlow Datasets download it):
+Command (DATA_DIR holds CIFAR-10 as `train.npz`/`test.npz` with keys
+`x`, `y`, or a prepared TensorFlow Datasets copy: the recipes download
+nothing, and without `--data_dir` they read tfds's default folder,
+where `tfds build cifar10` puts it):
 
     python recipes/paws_cifar10.py --data_dir DATA_DIR
 

@@ -1,8 +1,9 @@
 """SimCLRv2 on CIFAR-10 with 4,000 labels (400 per class).
 
-Command (from the repository root, CIFAR-10 as `train.npz`/`test.npz` with
-keys `x`, `y` in DATA_DIR, or no `--data_dir` to let TensorFlow Datasets
-download it):
+Command (from the repository root; DATA_DIR holds CIFAR-10 as
+`train.npz`/`test.npz` with keys `x`, `y`, or a prepared TensorFlow
+Datasets copy: the recipes download nothing, and without `--data_dir`
+they read tfds's default folder, where `tfds build cifar10` puts it):
 
     python recipes/simclrv2_cifar10.py --data_dir DATA_DIR
 
