@@ -72,7 +72,8 @@ Short runs (`--short-runs --data-dir DIR`, CIFAR-10 as the NumPy arrays
 `train.npz` and `test.npz`): each side trains from its own
 initialisation with its own augmentations on the same `--images`
 CIFAR-10 training images (a fixed shuffle), the same image indices each
-step (per seed), the same settings and step budget, one run at a time,
+step (per seed; the reference's views are not seeded, see
+`_reference_run`), the same settings and step budget, one run at a time,
 each in a fresh worker process. The reference: `model.Model` (CIFAR stem
 at 32 px and below, `--width_multiplier` `--width`), its `run.py`
 `single_step` with the linear-eval head, its warm-up + cosine schedule
@@ -964,6 +965,11 @@ def _reference_run(args):
         model(tf.zeros((2, size, size, 6)), training=False)
     single_step = ReferenceStep(model, optimizer, strategy)
     accuracy_metric = single_step.supervised_metrics[1]
+    # The seed draws the initial weights only. run.py sets no global seed;
+    # with one, the two views' colour jitter, drawn in `tf.cond` branches
+    # of the map function, take the same op seeds and come out identical
+    # (the crops differ): views far easier than the reference's own.
+    tf.random.set_seed(None)
 
     def views(image, label):
         # data.py's map_fn for pretraining: two of get_preprocess_fn's
