@@ -79,7 +79,10 @@ class WarmupCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.name = name
 
     def __call__(self, step):
-        step = ops.cast(step, "float32")
+        # float32, as Keras's schedules compute, unless the float type is
+        # float64: a float64 model then steps at the exact rate.
+        dtype = "float64" if keras.config.floatx() == "float64" else "float32"
+        step = ops.cast(step, dtype)
         base = self.base_learning_rate
         end = self.end_learning_rate
         # max(..., 1) only guards the division: with W == 0 the warm-up

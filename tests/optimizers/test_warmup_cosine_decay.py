@@ -91,3 +91,25 @@ class TestWarmupCosineDecay(TestCase):
         args.update(kwargs)
         with pytest.raises(ValueError, match=message):
             WarmupCosineDecay(**args)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "jax",
+    reason="float64 on JAX needs jax_enable_x64",
+)
+def test_float64_models_step_at_the_exact_rate():
+    schedule = WarmupCosineDecay(3.2, total_steps=30, warmup_steps=6)
+    exact = [_reference(s, 3.2, 30, 6, 0.0) for s in range(31)]
+    float32 = [keras.ops.convert_to_numpy(schedule(s)) for s in range(31)]
+    assert all(r.dtype == np.float32 for r in float32)
+    np.testing.assert_allclose(float32, exact, rtol=1e-6, atol=1e-6)
+    previous = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        float64 = [keras.ops.convert_to_numpy(schedule(s)) for s in range(31)]
+    finally:
+        keras.config.set_floatx(previous)
+    # float32 rounds the rates (step 1's by 2.5e-8 relative); float64
+    # gives the Python floats' rates.
+    np.testing.assert_allclose(float64, exact, rtol=1e-14, atol=0)
+    assert np.max(np.abs(np.subtract(float32, exact))) > 1e-8
