@@ -372,7 +372,11 @@ class SimCLRv2Pretrainer(SSLModel):
         steps the probe by `probe_learning_rate * g`.
         """
         optimizer = getattr(self, "optimizer", None)
-        if self.probe_learning_rate is None or not training or not optimizer:
+        if (
+            self.probe_learning_rate is None
+            or not training
+            or optimizer is None
+        ):
             return 1.0
         rate = ops.cast(optimizer.learning_rate, "float32")
         # While the optimizer's rate is 0 (the first warm-up step) nothing
