@@ -245,7 +245,7 @@ class NTXent(PredictionsOnlyLoss):
     Keras's `1 / num_replicas` scaling under `tf.distribute`, so the value
     summed over replicas is the global mean and nothing must divide again.
     The math is `keras_ssl.losses.nt_xent`'s; see there for how the keys are
-    gathered from every replica.
+    gathered from every replica, and for the papers.
 
     `y_true` is ignored (pass `None`): the positives are defined by the
     pairing of the two views. `y_pred` is either
@@ -284,11 +284,6 @@ class NTXent(PredictionsOnlyLoss):
     )
     ```
 
-    References:
-        - [Chen et al., 2020. A Simple Framework for Contrastive Learning of
-          Visual Representations](https://arxiv.org/abs/2002.05709)
-        - [Chen et al., 2020. Big Self-Supervised Models are Strong
-          Semi-Supervised Learners](https://arxiv.org/abs/2006.10029)
     """
 
     config_args = ("temperature",)

@@ -6,6 +6,7 @@ Nothing here imports Keras or TensorFlow: a command line is parsed, and
 
 import argparse
 import dataclasses
+import functools
 import inspect
 import math
 import numbers
@@ -329,6 +330,18 @@ class RecipeConfig:
     def global_batch_sizes(self):
         """Each global batch a replica count must divide, by name."""
         return {"batch_size": self.batch_size}
+
+
+def preset(make):
+    """A preset of a recipe's config: `make(cls)` builds it, and the
+    classmethod's keyword arguments replace its fields
+    (`SimCLRv2Config.digits(epochs=5)`)."""
+
+    @functools.wraps(make)
+    def with_overrides(cls, **overrides):
+        return dataclasses.replace(make(cls), **overrides)
+
+    return classmethod(with_overrides)
 
 
 # Rules: "int>=N" (an int, not a bool), ">0", ">=0", interval notation

@@ -16,6 +16,7 @@ from keras_ssl.recipes.config import CIFAR10_CPU
 from keras_ssl.recipes.config import DIGITS
 from keras_ssl.recipes.config import RecipeConfig
 from keras_ssl.recipes.config import main as config_main
+from keras_ssl.recipes.config import preset
 from keras_ssl.recipes.recipe_fit import recipe_fit
 
 
@@ -70,19 +71,19 @@ class PAWSConfig(RecipeConfig):
     # Fine-tuning.
     ft_layer: int = 1
 
-    @classmethod
-    def imagenet(cls, **overrides):
+    @preset
+    def imagenet(cls):
         """The paper's ImageNet setting (10% labels; 64 V100s)."""
-        return dataclasses.replace(cls(), **overrides)
+        return cls()
 
-    @classmethod
-    def cifar10(cls, **overrides):
+    @preset
+    def cifar10(cls):
         """CIFAR-10 with 4,000 labels (Appendix C), CIFAR-stem ResNet-18.
 
         The paper uses a WRN-28-2 at batch 256 for 600 epochs; keras_ssl
         has no WRN, so this preset uses the CIFAR-stem ResNet-18.
         """
-        config = cls(
+        return cls(
             **CIFAR10,
             projection_dim=128,
             views="paws_cifar",
@@ -96,10 +97,9 @@ class PAWSConfig(RecipeConfig):
             prediction_head=False,
             output_dir="runs/paws_cifar10",
         )
-        return dataclasses.replace(config, **overrides)
 
-    @classmethod
-    def cifar10_cpu(cls, **overrides):
+    @preset
+    def cifar10_cpu(cls):
         """CIFAR-10 with 250 labels (25 per class) in under half an hour
         on two CPU cores.
 
@@ -109,7 +109,7 @@ class PAWSConfig(RecipeConfig):
         ME-MAX (see `digits()`), and LP-FT from the encoder's output on
         crops of at least 80% of the image (docs/benchmarks.md).
         """
-        config = cls.cifar10(
+        return cls.cifar10(
             **CIFAR10_CPU,
             batch_size=128,
             images_per_class=10,
@@ -118,10 +118,9 @@ class PAWSConfig(RecipeConfig):
             ft_layer=0,
             output_dir="runs/paws_cifar10_cpu",
         )
-        return dataclasses.replace(config, **overrides)
 
-    @classmethod
-    def digits(cls, **overrides):
+    @preset
+    def digits(cls):
         """scikit-learn's 8×8 digits at 16 px with 10 labels per class.
 
         Without ME-MAX: in runs of a few hundred steps it drives the
@@ -134,7 +133,7 @@ class PAWSConfig(RecipeConfig):
         targets stay near uniform and its k-NN ends 6 points lower
         (docs/parity.md, "PAWS (suncet)").
         """
-        config = cls.cifar10(
+        return cls.cifar10(
             **DIGITS,
             views="paws_cifar",
             crop_scale=None,
@@ -146,7 +145,6 @@ class PAWSConfig(RecipeConfig):
             ft_layer=0,
             output_dir="runs/paws_digits",
         )
-        return dataclasses.replace(config, **overrides)
 
     def checks(self):
         return super().checks() + (

@@ -6,7 +6,6 @@ python -m keras_ssl.recipes.semppl --preset cifar10 --data_dir DIR
 ```
 """
 
-import dataclasses
 import sys
 from dataclasses import dataclass
 
@@ -16,6 +15,7 @@ from keras_ssl.recipes.config import CIFAR10_CPU
 from keras_ssl.recipes.config import DIGITS
 from keras_ssl.recipes.config import RecipeConfig
 from keras_ssl.recipes.config import main as config_main
+from keras_ssl.recipes.config import preset
 from keras_ssl.recipes.recipe_fit import recipe_fit
 
 
@@ -79,13 +79,13 @@ class SemPPLConfig(RecipeConfig):
     target_batch_statistics: bool = True
     monitor_pseudo_labels: bool = True
 
-    @classmethod
-    def imagenet(cls, **overrides):
+    @preset
+    def imagenet(cls):
         """The paper's ImageNet setting (10% labels)."""
-        return dataclasses.replace(cls(), **overrides)
+        return cls()
 
-    @classmethod
-    def cifar10(cls, **overrides):
+    @preset
+    def cifar10(cls):
         """CIFAR-10 with 4,000 labels, CIFAR-stem ResNet-18, two 32-px
         views with SimCLR's CIFAR augmentations (the paper has no CIFAR
         setting; these choices are ours).
@@ -101,7 +101,7 @@ class SemPPLConfig(RecipeConfig):
         "SemPPL (google-deepmind/semppl)"). Pass `invariance_scale=5.0`
         for the paper's weight on long runs.
         """
-        config = cls(
+        return cls(
             **CIFAR10,
             views="simclr_cifar",
             batch_size=256,
@@ -111,10 +111,9 @@ class SemPPLConfig(RecipeConfig):
             invariance_scale=0.0,
             output_dir="runs/semppl_cifar10",
         )
-        return dataclasses.replace(config, **overrides)
 
-    @classmethod
-    def cifar10_cpu(cls, **overrides):
+    @preset
+    def cifar10_cpu(cls):
         """CIFAR-10 with 250 labels (25 per class) in under half an hour
         on two CPU cores.
 
@@ -129,7 +128,7 @@ class SemPPLConfig(RecipeConfig):
         pseudo-labels at chance on both sides (docs/parity.md, "SemPPL
         (google-deepmind/semppl)").
         """
-        config = cls.cifar10(
+        return cls.cifar10(
             **CIFAR10_CPU,
             batch_size=224,
             labeled_batch_size=32,
@@ -137,10 +136,9 @@ class SemPPLConfig(RecipeConfig):
             pretrain_steps=600,
             output_dir="runs/semppl_cifar10_cpu",
         )
-        return dataclasses.replace(config, **overrides)
 
-    @classmethod
-    def digits(cls, **overrides):
+    @preset
+    def digits(cls):
         """scikit-learn's 8×8 digits at 16 px with 10 labels per class.
 
         The target network follows the online one without averaging
@@ -156,7 +154,7 @@ class SemPPLConfig(RecipeConfig):
         (docs/parity.md, "SemPPL (google-deepmind/semppl)"). The
         invariance term is off as in `cifar10()`.
         """
-        config = cls.cifar10(
+        return cls.cifar10(
             **DIGITS,
             crop_scale=(0.3, 1.0),
             labeled_batch_size=32,
@@ -164,7 +162,6 @@ class SemPPLConfig(RecipeConfig):
             momentum=0.0,
             output_dir="runs/semppl_digits",
         )
-        return dataclasses.replace(config, **overrides)
 
     def checks(self):
         return super().checks() + (

@@ -20,6 +20,7 @@ from keras_ssl.recipes.config import RecipeConfig
 from keras_ssl.recipes.config import check
 from keras_ssl.recipes.config import check_choice
 from keras_ssl.recipes.config import main as config_main
+from keras_ssl.recipes.config import preset
 from keras_ssl.recipes.recipe_fit import recipe_fit
 from keras_ssl.recipes.runner import Stage
 
@@ -94,13 +95,13 @@ class SimCLRv2Config(RecipeConfig):
     student_depth: int | None = None
     student_width_multiplier: float | None = None
 
-    @classmethod
-    def imagenet(cls, **overrides):
+    @preset
+    def imagenet(cls):
         """The paper's ImageNet setting (1% labels; 128 TPU v3 cores)."""
-        return dataclasses.replace(cls(), **overrides)
+        return cls()
 
-    @classmethod
-    def cifar10(cls, **overrides):
+    @preset
+    def cifar10(cls):
         """CIFAR-10 with 4,000 labels (400 per class).
 
         Command: `python recipes/simclrv2_cifar10.py --data_dir DIR`.
@@ -108,7 +109,7 @@ class SimCLRv2Config(RecipeConfig):
         weight decay 1e-6 (SimCLR's CIFAR setting), colour strength 0.5
         without blur, temperature 0.5.
         """
-        config = cls(
+        return cls(
             **CIFAR10,
             views="simclr_cifar",
             batch_size=512,
@@ -125,10 +126,9 @@ class SimCLRv2Config(RecipeConfig):
             distill_temperature=1.0,
             output_dir="runs/simclrv2_cifar10",
         )
-        return dataclasses.replace(config, **overrides)
 
-    @classmethod
-    def cifar10_cpu(cls, **overrides):
+    @preset
+    def cifar10_cpu(cls):
         """CIFAR-10 with 250 labels (25 per class) in under half an hour
         on two CPU cores.
 
@@ -141,7 +141,7 @@ class SimCLRv2Config(RecipeConfig):
         distillation, which would cost as much as the pretraining
         (docs/benchmarks.md).
         """
-        config = cls.cifar10(
+        return cls.cifar10(
             **CIFAR10_CPU,
             batch_size=256,
             labeled_batch_size=0,
@@ -151,10 +151,9 @@ class SimCLRv2Config(RecipeConfig):
             stages=("pretrain", "finetune"),
             output_dir="runs/simclrv2_cifar10_cpu",
         )
-        return dataclasses.replace(config, **overrides)
 
-    @classmethod
-    def digits(cls, **overrides):
+    @preset
+    def digits(cls):
         """scikit-learn's 8×8 digits at 16 px, 10 labels per class.
 
         A few minutes on a laptop CPU, no download. Crops keep at least
@@ -172,7 +171,7 @@ class SimCLRv2Config(RecipeConfig):
         images, the head's first layer, higher rates and smaller crops
         each did worse (docs/benchmarks.md).
         """
-        config = cls.cifar10(
+        return cls.cifar10(
             **DIGITS,
             crop_scale=(0.3, 1.0),
             labeled_batch_size=32,
@@ -183,7 +182,6 @@ class SimCLRv2Config(RecipeConfig):
             distill_epochs=10,
             output_dir="runs/simclrv2_digits",
         )
-        return dataclasses.replace(config, **overrides)
 
     def checks(self):
         return super().checks() + (
