@@ -45,6 +45,10 @@ class ArraySplits:
     def num_labeled(self) -> int:
         return len(self.labeled.y)
 
+    def sample_images(self, count):
+        """The first `count` training images, for a look at the views."""
+        return self.x_train[:count]
+
     def identity(self, labels=True) -> dict:
         """The sizes and a hash of a sample of the training images and of
         every label, for the stages' fingerprints; with `labels=False`,

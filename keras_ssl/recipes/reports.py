@@ -237,6 +237,12 @@ def save_report(result, stages):
         print(report_table(result.report))
     try:
         plot_report(result.report, os.path.join(folder, "report.png"))
+        # TensorBoard: loaded with the run.
+        from keras_ssl.evaluation.tensorboard_images import write_png
+
+        # Beside the stages' logs: `tensorboard --logdir output_dir`.
+        png = os.path.join(folder, "report.png")
+        write_png(os.path.join(folder, "logs"), "report", png)
     except ImportError:
         print(
             "report.png is not written: matplotlib is not installed "

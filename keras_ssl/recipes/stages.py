@@ -8,6 +8,7 @@ stage runs, not with this module.
 """
 
 import dataclasses
+import os
 
 from keras_ssl.recipes.runner import Stage
 
@@ -121,8 +122,24 @@ def pretrain_stage(
         role="pretrainer",
         exports="pretrainer",
         labels=labels,
-        monitors=knn_monitor,
+        monitors=pretrain_monitors,
     )
+
+
+def pretrain_monitors(run, model):
+    """The pretraining's monitors: the k-NN monitor (`knn_monitor`) and
+    a TensorBoard grid of the pretrainer's views of the first training
+    images (`keras_ssl.evaluation.tensorboard_images.ViewsGrid`), where
+    the images are in memory."""
+    monitors = knn_monitor(run, model)
+    images = run.splits.sample_images(8)
+    if images is not None and getattr(model, "views", None) is not None:
+        # Keras: loaded when run.
+        from keras_ssl.evaluation.tensorboard_images import ViewsGrid
+
+        log_dir = os.path.join(run.config.output_dir, run.stage, "logs")
+        monitors.append(ViewsGrid(images, os.path.join(log_dir, "train")))
+    return monitors
 
 
 def knn_monitor(run, model):

@@ -175,6 +175,11 @@ class RecipeStreams:
     def num_labeled(self) -> int:
         return len(self.labeled)
 
+    def sample_images(self, count):
+        """None: the images are streamed, and none is read for a look at
+        the views."""
+        return None
+
     def identity(self, labels=True) -> dict:
         """The data's name, sizes and a hash of the labeled subset, for
         the stages' fingerprints; with `labels=False`, the names and sizes

@@ -16,21 +16,34 @@ from tests.models.conftest import tiny_encoder
 tf = pytest.importorskip("tensorflow")
 
 
-def read_images(log_dir):
-    """`{tag: [(step, image (H, W, C) uint8)]}` from the event files."""
+def read_summaries(log_dir):
+    """`{tag: [(step, value)]}` from the event files under `log_dir`: an
+    image (H, W, C) uint8 for an image summary, a float for a scalar."""
     found = {}
-    for path in glob.glob(
-        f"{log_dir}/**/events.out.tfevents.*", recursive=True
-    ):
+    pattern = f"{log_dir}/**/events.out.tfevents.*"
+    for path in glob.glob(pattern, recursive=True):
         for event in tf.compat.v1.train.summary_iterator(path):
             for value in event.summary.value:
-                if value.metadata.plugin_data.plugin_name != "images":
+                plugin = value.metadata.plugin_data.plugin_name
+                if plugin not in ("images", "scalars"):
                     continue
-                # [width, height, png, ...] as strings.
-                encoded = tf.make_ndarray(value.tensor)
-                image = tf.io.decode_png(encoded[2]).numpy()
-                found.setdefault(value.tag, []).append((event.step, image))
+                tensor = tf.make_ndarray(value.tensor)
+                if plugin == "images":
+                    # [width, height, png, ...] as strings.
+                    tensor = tf.io.decode_png(tensor[2]).numpy()
+                else:
+                    tensor = float(tensor)
+                found.setdefault(value.tag, []).append((event.step, tensor))
     return found
+
+
+def read_images(log_dir):
+    """The image summaries of `read_summaries`."""
+    return {
+        tag: values
+        for tag, values in read_summaries(log_dir).items()
+        if np.ndim(values[0][1]) == 3
+    }
 
 
 def test_grid_is_a_row_per_image_and_a_column_per_view():

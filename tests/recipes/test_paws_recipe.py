@@ -1,9 +1,11 @@
+import importlib.util
 import os
 
 import numpy as np
 import pytest
 
 from keras_ssl.recipes import paws
+from tests.evaluation.test_tensorboard_images import read_summaries
 
 TINY = dict(
     epochs=1,
@@ -32,6 +34,16 @@ def test_pretrain_paws_nn_finetune_export(tmp_path):
     for path in result.exports.values():
         assert os.path.exists(os.path.join(path, "saved_model.pb"))
     assert result.export_path == result.exports["finetuner"]
+    # TensorBoard: the views of the first images and the k-NN curve in
+    # the pretraining's log, the report's chart beside the stages'.
+    logs = read_summaries(os.path.join(str(tmp_path), "pretrain", "logs"))
+    ((step, grid),) = logs["views"]
+    assert step == 0 and grid.ndim == 3 and grid.shape[-1] == 3
+    curve = logs["epoch_labeled_knn_accuracy"]
+    assert len(curve) == TINY["epochs"] and 0 <= curve[0][1] <= 1
+    if importlib.util.find_spec("matplotlib"):
+        report = read_summaries(os.path.join(str(tmp_path), "logs"))
+        assert report["report"][0][1].ndim == 3
 
 
 @pytest.mark.parametrize(
