@@ -104,7 +104,7 @@ def main():
     print(f"final contrastive accuracy: {accuracy:.3f}")
     print(f"k-NN test accuracy, random init: {knn_before:.4f}")
     print(f"k-NN test accuracy, pretrained: {knn_after:.4f}")
-    print(result.summary())
+    print(result.summary(table=False))
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ print(f"PAWS-NN accuracy of the untrained network: {before:.3f}")
 
 # %%
 result = paws.fit(config)
-print(result.summary())
+print(result.summary(table=False))  # fit() printed the table
 after = result.stages["pretrain"].metrics["paws_nn_accuracy"]
 print(f"PAWS-NN accuracy: {before:.3f} before, {after:.3f} after pretraining")
 

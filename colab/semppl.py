@@ -87,7 +87,7 @@ print(f"k-NN accuracy of the untrained network: {before:.3f}")
 
 # %%
 result = semppl.fit(config)
-print(result.summary())
+print(result.summary(table=False))  # fit() printed the table
 after = result.stages["pretrain"].metrics["knn_accuracy"]
 print(f"k-NN accuracy: {before:.3f} before, {after:.3f} after pretraining")
 

@@ -47,7 +47,7 @@ if TINY:
     )
 config = simclrv2.SimCLRv2Config.digits(**overrides)
 result = simclrv2.fit(config)
-print(result.summary())
+print(result.summary(table=False))  # fit() printed the table
 
 # %% [markdown]
 # ## Training curves
