@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from keras_ssl import data as ssl_data
+from keras_ssl.evaluation.embed import predict_batches
 
 # The shares of the fine-tuned weights that cross-validation compares.
 SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -120,6 +121,9 @@ def cross_validated_share(
     """
     y = np.asarray(y)
     fold = fold_ids(y, folds, seed)
+    # One batch shape for every held-out fold: each compile below makes
+    # Keras's predict function again, `predict_batches` traces once.
+    held_batch = int(max(np.sum(fold == k) for k in range(folds)))
     trained, compiled = model.get_weights(), model.optimizer
     correct = {share: 0 for share in SHARES}
     for k in range(folds):
@@ -148,7 +152,7 @@ def cross_validated_share(
         end = model.get_weights()
         for share in SHARES:
             assign_interpolated(model, start, end, share)
-            logits = model.predict(x[held], batch_size=256, verbose=0)
+            logits = predict_batches(model, x[held], held_batch)
             correct[share] += int(np.sum(np.argmax(logits, -1) == y[held]))
     model.set_weights(trained)
     model.compile(optimizer=compiled)

@@ -142,6 +142,19 @@ def test_cross_validation_keeps_the_probe_when_fine_tuning_wrecks_it():
             )
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="tf.function's traces"
+)
+def test_cross_validation_traces_the_model_once_for_its_folds():
+    from keras_ssl.evaluation.embed import _FUNCTIONS
+
+    run, model, _ = _separable_run(folds=3, learning_rate=1e-3)
+    # 23 images: folds of unequal sizes, each compiled again.
+    run.labeled.x, run.labeled.y = run.labeled.x[:23], run.labeled.y[:23]
+    _cross_validated_share(run, model)
+    assert _FUNCTIONS[model].experimental_get_tracing_count() == 1
+
+
 def test_cross_validation_ties_go_to_the_smaller_share():
     # A rate too small to change any prediction: every share ties.
     run, model, _ = _separable_run(folds=2, learning_rate=1e-9)
