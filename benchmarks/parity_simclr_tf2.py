@@ -965,10 +965,12 @@ def _reference_run(args):
         model(tf.zeros((2, size, size, 6)), training=False)
     single_step = ReferenceStep(model, optimizer, strategy)
     accuracy_metric = single_step.supervised_metrics[1]
-    # The seed draws the initial weights only. run.py sets no global seed;
-    # with one, the two views' colour jitter, drawn in `tf.cond` branches
-    # of the map function, take the same op seeds and come out identical
-    # (the crops differ): views far easier than the reference's own.
+    # No global seed for the views' pipeline, as run.py sets none: with
+    # one, the two views' colour jitter, drawn in `tf.cond` branches of
+    # the map function, take the same op seeds and come out identical (the
+    # crops differ): views far easier than the reference's own. (The seed
+    # set above does not fix the reference's initial weights either: its
+    # k-NN before training differs between runs of one seed.)
     tf.random.set_seed(None)
 
     def views(image, label):
