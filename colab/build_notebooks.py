@@ -10,7 +10,8 @@ Every notebook starts with an "Open in Colab" badge and a code cell that,
 on Colab only, installs keras-ssl from its repository: the `url` of
 `setup.cfg`'s `[metadata]` (or its `project_urls` entry `Source`), read
 here so that the address is written down once. Without one, the notebooks
-have neither (the build says so).
+have no badge, and the install cell's SOURCE field is left for the user to
+fill (on Colab the cell says so; the build says so too).
 """
 
 import configparser
@@ -25,13 +26,24 @@ SOURCES = ("simclrv2.py", "paws.py", "semppl.py", "pretrained.py")
 GITHUB = re.compile(r"https?://github\.com/([^/\s]+)/([^/\s]+?)(?:\.git)?/?$")
 BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 # Colab brings TensorFlow (with its GPU support): the core package only.
+# SOURCE is a Colab form field: where pip gets keras-ssl from.
 INSTALL = """import subprocess
 import sys
 
-# On Colab, install keras-ssl from its repository; elsewhere nothing.
+# On Colab, install keras-ssl from SOURCE; elsewhere nothing. SOURCE is
+# what pip takes after "keras-ssl @": the repository this notebook came
+# from ("git+https://github.com/OWNER/keras-ssl") or a wheel's URL.
+SOURCE = {source}  # @param {{type:"string"}}
 if "google.colab" in sys.modules:
+    if not SOURCE.strip():
+        raise ValueError(
+            "Set SOURCE to where keras-ssl comes from: the repository this "
+            "notebook came from (git+https://...) or a wheel's URL. "
+            f"Received: SOURCE={{SOURCE!r}}"
+        )
     subprocess.check_call(
-        [sys.executable, "-m", "pip", "install", "-q", {requirement!r}]
+        [sys.executable, "-m", "pip", "install", "-q",
+         f"keras-ssl @ {{SOURCE.strip()}}"]
     )"""
 
 
@@ -64,15 +76,14 @@ def colab_link(url, name):
 
 
 def _header_cells(url, name):
-    """The badge and the install cell of a notebook (none without `url`)."""
-    if url is None:
-        return []
+    """The badge (for a GitHub `url`) and the install cell of a notebook,
+    its SOURCE the repository at `url`, or empty for the user to fill."""
     cells = []
-    link = colab_link(url, name)
+    link = colab_link(url, name) if url else None
     if link is not None:
         cells.append(("markdown", f"[![Open in Colab]({BADGE})]({link})"))
-    requirement = f"keras-ssl @ git+{url}"
-    cells.append(("code", INSTALL.format(requirement=requirement)))
+    source = f"git+{url}" if url else ""
+    cells.append(("code", INSTALL.format(source=json.dumps(source))))
     return cells
 
 
@@ -133,7 +144,8 @@ def main(check=False):
     if url is None:
         print(
             f"{SETUP_CFG} declares no repository (`url` in [metadata]): "
-            "the notebooks get no Colab badge and no install cell.",
+            "the notebooks get no Colab badge, and their install cell asks "
+            "for its source.",
             file=sys.stderr,
         )
     stale = []

@@ -104,17 +104,35 @@ def test_first_cell_installs_from_the_repository_on_colab_only(
     ]
 
 
-def test_no_badge_nor_install_cell_without_a_repository(tmp_path):
+def test_without_a_repository_the_install_cell_asks_for_its_source(
+    tmp_path, monkeypatch
+):
     builder = _builder()
     assert builder.repository_url(_setup_cfg(tmp_path, "")) is None
     notebook = builder.notebook(ROOT / "colab" / "paws.py", None)
-    text = json.dumps(notebook)
-    assert "google.colab" not in text and "colab-badge" not in text
-    # Another host than GitHub: the install cell, no Colab badge.
+    assert "colab-badge" not in json.dumps(notebook)
+    first = notebook["cells"][0]
+    assert first["cell_type"] == "code"
+    code = "".join(first["source"])
+    assert 'SOURCE = ""  # @param {type:"string"}' in code
+    calls = []
+    monkeypatch.setattr(subprocess, "check_call", calls.append)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    exec(code, {})  # Elsewhere: nothing.
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("colab"))
+    with pytest.raises(ValueError, match="Set SOURCE"):
+        exec(code, {})
+    # The user fills the field (Colab rewrites the line), e.g. with a wheel.
+    wheel = "https://example.org/keras_ssl-0.1.0-py3-none-any.whl"
+    exec(code.replace('SOURCE = ""', f"SOURCE = {wheel!r}"), {})
+    assert calls == [
+        [sys.executable, "-m", "pip", "install", "-q", f"keras-ssl @ {wheel}"]
+    ]
+    # Another host than GitHub: its repository in the field, no badge.
     notebook = builder.notebook(
         ROOT / "colab" / "paws.py", "https://gitlab.com/someone/keras-ssl"
     )
     assert notebook["cells"][0]["cell_type"] == "code"
-    assert "git+https://gitlab.com/someone/keras-ssl" in "".join(
+    assert '"git+https://gitlab.com/someone/keras-ssl"' in "".join(
         notebook["cells"][0]["source"]
     )
