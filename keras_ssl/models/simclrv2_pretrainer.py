@@ -49,6 +49,20 @@ def _check_args(temperature, memory_size, momentum, memory_views, num_classes):
         )
 
 
+def _two_views(views, image_size, dtype):
+    """`views`, or SimCLR's ImageNet views at `image_size`; exactly two."""
+    if views is None:
+        views = Views.from_preset(
+            "simclr_imagenet", size=image_size, dtype=dtype
+        )
+    if len(views.specs) != 2:
+        raise ValueError(
+            "`views` must make exactly two views for NT-Xent. Received: "
+            f"{len(views.specs)} views"
+        )
+    return views
+
+
 @keras.saving.register_keras_serializable(package="keras_ssl")
 class SimCLRv2Pretrainer(SSLModel):
     """SimCLRv2 pretraining: NT-Xent over two views, memory, online probe.
@@ -203,16 +217,7 @@ class SimCLRv2Pretrainer(SSLModel):
         self.head = head if head is not None else ProjectionHead(dtype=dtype)
         if not self.head.built:
             self.head.build(feature_shape)
-        if views is None:
-            views = Views.from_preset(
-                "simclr_imagenet", size=image_size, dtype=dtype
-            )
-        if len(views.specs) != 2:
-            raise ValueError(
-                "`views` must make exactly two views for NT-Xent. Received: "
-                f"{len(views.specs)} views"
-            )
-        self.views = views
+        self.views = _two_views(views, image_size, dtype)
         self.queue = None
         if memory_size:
             self.momentum_encoder = clone_network(
