@@ -55,6 +55,7 @@ def parse_args(argv):
 
 def main(argv=None):
     parser, args = parse_args(sys.argv[1:] if argv is None else argv)
+    # Keras and TensorFlow: loaded once the arguments are read (`--help`).
     from keras_ssl import inference
 
     options = dict(batch_size=args.batch_size, progress=not args.quiet)

@@ -58,6 +58,8 @@ class Placeholder:
 
     def resolve(self):
         """Imports the class's module; returns the class it registered."""
+        # Keras: imported by then (a saved object is being loaded, or
+        # Keras has just finished importing).
         import keras
 
         importlib.import_module(self.module)
@@ -83,6 +85,8 @@ class Placeholder:
 
 def register():
     """Registers a placeholder for each keras_ssl class Keras lacks."""
+    # Keras: imported by then (a saved object is being loaded, or
+    # Keras has just finished importing).
     import keras
 
     registry = keras.saving.get_custom_objects()

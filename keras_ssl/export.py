@@ -10,7 +10,7 @@ from keras import ops
 from keras_ssl.models.image_utils import to_float_images
 
 
-def _image_size(model):
+def served_image_size(model):
     """The side (or `(height, width)`) images are resized to."""
     size = getattr(model, "image_size", None)
     if size is None:
@@ -88,7 +88,7 @@ def serving_outputs(model, images):
     serves its output as `"embedding"`. `"probabilities"` are added where
     there are `"logits"`.
     """
-    x = ops.image.resize(to_float_images(images), _image_size(model))
+    x = ops.image.resize(to_float_images(images), served_image_size(model))
     if hasattr(model, "serving_outputs"):
         outputs = dict(model.serving_outputs(x))
     else:
@@ -148,7 +148,7 @@ def export_saved_model(model, path, overwrite=False):
     _check_model(model)
     _check_target(path, overwrite)
     _check_finite(model)
-    size = _image_size(model)
+    size = served_image_size(model)
 
     def serve(images):
         return serving_outputs(model, _served_images(images, "images"))

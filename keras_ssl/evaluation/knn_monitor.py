@@ -157,6 +157,7 @@ class KNNMonitor(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if self.log_dir is not None and self.summary_writer is None:
+            # TensorBoard's writer: TensorFlow, only with a log folder.
             import tensorflow as tf
 
             self.summary_writer = tf.summary.create_file_writer(self.log_dir)
@@ -177,6 +178,7 @@ class KNNMonitor(keras.callbacks.Callback):
         if logs is not None:
             logs[self.name] = accuracy
         if self.summary_writer is not None:
+            # As in `on_train_begin`.
             import tensorflow as tf
 
             with self.summary_writer.as_default():

@@ -9,6 +9,7 @@ import numpy as np
 
 from keras_ssl._checks import check_positive_int
 from keras_ssl.evaluation.embed import select_output
+from keras_ssl.evaluation.knn import KNNClassifier
 
 
 def _outputs(model, images, output):
@@ -120,8 +121,6 @@ def streamed_knn_accuracy(
     Returns:
         A dict `{"top1": float, "top5": float, "examples": int}`.
     """
-    from keras_ssl.evaluation.knn import KNNClassifier
-
     top_k = _check_top_k(top_k)
     classifier = KNNClassifier(
         k=k, temperature=temperature, num_classes=num_classes

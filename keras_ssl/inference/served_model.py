@@ -19,6 +19,7 @@ def check_model(model):
     work: a folder without `saved_model.pb`, a missing file, an unknown
     name. Keras models pass."""
     if not isinstance(model, str):
+        # Keras, TensorFlow: loaded when a model is, not for `--help`.
         import keras
 
         if isinstance(model, keras.Model):
@@ -40,6 +41,7 @@ def check_model(model):
                 f"model={model!r}"
             )
         return model
+    # As `keras` above (the catalog's package imports Keras).
     from keras_ssl.pretrained.catalog import CHECKPOINTS
 
     if model not in CHECKPOINTS:
@@ -74,23 +76,27 @@ class ServedModel:
         if not isinstance(model, str):
             self.keras_model = model
         elif os.path.isdir(model):
+            # Each kind of model loads its own framework, when it is used.
             import tensorflow as tf
 
             self.saved_model = tf.saved_model.load(model)
         elif model.endswith(".keras"):
+            # As above.
             import keras
 
             import keras_ssl  # noqa: F401  (registers keras_ssl's classes)
 
             self.keras_model = keras.saving.load_model(model)
         else:
+            # As above.
             from keras_ssl.pretrained.catalog import load
 
             self.keras_model = load(model)
         if self.keras_model is not None:
-            from keras_ssl.export import _image_size
+            # Export: imports TensorFlow.
+            from keras_ssl.export import served_image_size
 
-            self.image_size = _image_size(self.keras_model)
+            self.image_size = served_image_size(self.keras_model)
         self.output_names = sorted(self._output_names())
 
     def _output_names(self):
@@ -103,11 +109,13 @@ class ServedModel:
     def on_images(self, images):
         """Outputs `{name: NumPy}` of uint8 images `(B, H, W, 3)`."""
         if self.saved_model is not None:
+            # TensorFlow: loaded with the model (above).
             import tensorflow as tf
 
             serve = self.saved_model.signatures["serving_default"]
             outputs = serve(images=tf.constant(images))
         else:
+            # Export: imports TensorFlow.
             from keras_ssl.export import serving_outputs
 
             outputs = serving_outputs(self.keras_model, images)
@@ -116,6 +124,7 @@ class ServedModel:
     def on_files(self, contents):
         """`(outputs, good)` for a list of encoded images: the outputs of
         those that decode, and their positions in `contents`."""
+        # TensorFlow decodes the files, loaded when the first one is read.
         import tensorflow as tf
 
         if self.saved_model is None:
@@ -142,6 +151,8 @@ class ServedModel:
         }, good
 
     def _decode(self, contents):
+        # TensorFlow decodes (above); files are resized by the data
+        # pipeline's own resizing, which imports TensorFlow.
         import tensorflow as tf
 
         from keras_ssl.data._decode import resize

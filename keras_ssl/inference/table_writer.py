@@ -96,6 +96,7 @@ class TableWriter:
         self._file.flush()
 
     def _write_parquet(self, columns):
+        # Optional: pyarrow, only for .parquet files.
         import pyarrow
         import pyarrow.parquet
 
@@ -125,6 +126,7 @@ class TableWriter:
         if self.out.endswith(".npz"):
             self._parts = {"name": [np.zeros((0,), str)]}
         elif self.out.endswith(".parquet"):
+            # Optional, as above.
             import pyarrow
 
             self._write_parquet({"name": pyarrow.array([], pyarrow.string())})

@@ -270,6 +270,7 @@ def load(name: str, image_size: int, data_dir=None, seed=0) -> ArraySplits:
             f"'tfds:NAME'. Received: dataset={name!r}"
         )
     if splits.x_train.shape[1:] != (image_size, image_size, 3):
+        # Keras (through keras_ssl.data): loaded when a run reads data.
         from keras_ssl.data import prepare_images
 
         splits.x_train = prepare_images(splits.x_train, image_size, name=name)

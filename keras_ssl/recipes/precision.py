@@ -254,6 +254,7 @@ def tensorflow_devices():
     """Every physical device TensorFlow lists, and the TPU cores of an
     initialized TPU system (`tf.config.list_physical_devices`,
     `get_device_details` for a GPU's compute capability)."""
+    # The backend in use, loaded when a run asks for its devices.
     import tensorflow as tf
 
     devices = []
@@ -282,6 +283,7 @@ def tensorflow_devices():
 def jax_devices():
     """Every device JAX lists (`jax.devices()`: `platform`, `device_kind`
     and a GPU's `compute_capability`)."""
+    # As `tensorflow_devices`.
     import jax
 
     platforms = {"cuda": "gpu", "rocm": "gpu"}
@@ -302,6 +304,7 @@ def detect(requested):
     backend (TensorFlow's or JAX's) and `/proc/cpuinfo`'s flags; warns
     with a `SlowPrecisionWarning` when an explicit precision is not
     native here."""
+    # Keras: loaded when a run starts, not with the command line.
     import keras
 
     backend = keras.backend.backend()
