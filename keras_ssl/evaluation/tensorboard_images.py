@@ -48,7 +48,9 @@ class ViewsGrid(keras.callbacks.Callback):
     pretrainer has one) augments `images` as a training step would, and
     the grid (`view_grid`: a row per image, a column per view) goes to
     the image summary `views` at step 0 in `log_dir`, so that users see
-    what their augmentations do before the run goes far.
+    what their augmentations do before the run goes far. The views'
+    random state is put back afterwards: training draws what it would
+    have drawn without the grid.
 
     Args:
         images: array `(N, H, W, 3)` of uint8 images or floats in [0, 1],
@@ -80,7 +82,12 @@ class ViewsGrid(keras.callbacks.Callback):
         images = self.images
         if images.dtype == np.uint8:
             images = images.astype("float32") / 255.0
+        # The grid must not change the run: the views' random state (their
+        # seed generators) is put back after the draw.
+        state = [(v, keras.ops.convert_to_numpy(v)) for v in views.variables]
         made = views(keras.ops.convert_to_tensor(images), training=True)
+        for variable, value in state:
+            variable.assign(value)
         made = [
             keras.ops.convert_to_numpy(keras.ops.cast(v, "float32"))
             for v in made

@@ -76,6 +76,23 @@ def test_views_grid_writes_the_models_views(tmp_path):
     assert not np.array_equal(grid[:16, :16], images[0])
 
 
+def test_views_grid_leaves_the_training_draws_as_they_were(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3))
+    x = images.astype("float32") / 255.0
+
+    def first_draw(with_grid):
+        views = Views([ViewSpec(16), ViewSpec(16)], seed=1)
+        model = SimCLRv2Pretrainer(tiny_encoder(), views=views, memory_size=0)
+        if with_grid:
+            callback = ViewsGrid(images.astype("uint8"), str(tmp_path))
+            callback.set_model(model)
+            callback.on_train_begin()
+        return [np.asarray(v) for v in views(x, training=True)]
+
+    for a, b in zip(first_draw(True), first_draw(False)):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_views_grid_refuses_what_is_not_a_batch(tmp_path):
     with pytest.raises(ValueError, match="images.shape"):
         ViewsGrid(np.zeros((16, 16, 3)), str(tmp_path))
