@@ -506,6 +506,12 @@ class StageGuard(keras.callbacks.Callback):
         )
 
 
+def log_dir(stage_dir):
+    """The stage's TensorBoard folder (Keras's callback writes its
+    `train` run there)."""
+    return os.path.join(stage_dir, "logs")
+
+
 def fit_stage(
     name,
     model,
@@ -533,7 +539,7 @@ def fit_stage(
     result = StageResult(
         name=name,
         weights_path=os.path.join(stage_dir, FINAL),
-        log_dir=os.path.join(stage_dir, "logs"),
+        log_dir=log_dir(stage_dir),
     )
     # Built here, the optimizer's variables exist before the first trace;
     # built inside it, TensorFlow traces the training step twice.

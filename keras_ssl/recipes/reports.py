@@ -235,13 +235,13 @@ def save_report(result, stages):
     checkpoints.write_json(os.path.join(folder, "report.json"), result.report)
     if result.config.verbose:
         print(report_table(result.report))
+    png = os.path.join(folder, "report.png")
     try:
-        plot_report(result.report, os.path.join(folder, "report.png"))
+        plot_report(result.report, png)
         # TensorBoard: loaded with the run.
         from keras_ssl.evaluation.tensorboard_images import write_png
 
         # Beside the stages' logs: `tensorboard --logdir output_dir`.
-        png = os.path.join(folder, "report.png")
         write_png(os.path.join(folder, "logs"), "report", png)
     except ImportError:
         print(

@@ -136,9 +136,11 @@ def pretrain_monitors(run, model):
     if images is not None and getattr(model, "views", None) is not None:
         # Keras: loaded when run.
         from keras_ssl.evaluation.tensorboard_images import ViewsGrid
+        from keras_ssl.recipes.checkpoints import log_dir
 
-        log_dir = os.path.join(run.config.output_dir, run.stage, "logs")
-        monitors.append(ViewsGrid(images, os.path.join(log_dir, "train")))
+        stage_dir = os.path.join(run.config.output_dir, run.stage)
+        train = os.path.join(log_dir(stage_dir), "train")
+        monitors.append(ViewsGrid(images, train))
     return monitors
 
 
