@@ -83,7 +83,7 @@ import types
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from alternate import machine  # noqa: E402
-from parity_simclr_tf2 import _difference  # noqa: E402
+from parity_simclr_tf2 import _compare  # noqa: E402
 from parity_simclr_tf2 import _group  # noqa: E402
 from parity_simclr_tf2 import mean_std  # noqa: E402
 from vs_simclr_tf2 import Worker  # noqa: E402
@@ -169,27 +169,17 @@ def notebook_cells(path):
     return sources
 
 
-def _int_list(text, name):
+def _number_list(text, name, kind=int):
+    """Comma-separated numbers: ints >= 0, or floats > 0."""
     try:
-        values = [int(x) for x in str(text).split(",") if x.strip()]
+        values = [kind(x) for x in str(text).split(",") if x.strip()]
     except ValueError:
         values = []
-    if not values or min(values) < 0:
+    least = 0 if kind is int else 1e-300
+    if not values or min(values) < least:
+        allowed = "integers >= 0" if kind is int else "numbers > 0"
         raise ValueError(
-            f"`--{name}` must be comma-separated integers >= 0. Received: "
-            f"{name}={text!r}"
-        )
-    return values
-
-
-def _float_list(text, name):
-    try:
-        values = [float(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) <= 0:
-        raise ValueError(
-            f"`--{name}` must be comma-separated numbers > 0. Received: "
+            f"`--{name}` must be comma-separated {allowed}. Received: "
             f"{name}={text!r}"
         )
     return values
@@ -219,7 +209,8 @@ def parse_args(argv=None):
     parser.add_argument(
         "--temperatures",
         default="1.0,0.1",
-        help="temperatures at the preset's budget",
+        help="temperatures at the preset's budget (when `--budgets` has 1) "
+        "and of the one-step checks",
     )
     parser.add_argument(
         "--own-init",
@@ -251,14 +242,16 @@ def parse_args(argv=None):
     parser.add_argument("--worker", choices=("reference",))
     args = parser.parse_args(argv)
     args.simclr_tf2 = check_simclr_dir(args.simclr_dir, REFERENCE_FILES)
-    args.seed_list = _int_list(args.seeds, "seeds")
-    args.budget_list = _int_list(args.budgets, "budgets")
+    args.seed_list = _number_list(args.seeds, "seeds")
+    args.budget_list = _number_list(args.budgets, "budgets")
     if 0 in args.budget_list:
         raise ValueError(
             f"`--budgets` must be multiples >= 1. Received: "
             f"budgets={args.budgets!r}"
         )
-    args.temperature_list = _float_list(args.temperatures, "temperatures")
+    args.temperature_list = _number_list(
+        args.temperatures, "temperatures", float
+    )
     if args.preset_steps is not None and args.preset_steps < 1:
         raise ValueError(
             "`--preset-steps` must be >= 1. Received: "
@@ -746,8 +739,6 @@ def run_own_init(args, state, seed, total_steps, directory):
 def one_step(args, worker, state, temperature, directory):
     """Rows `[group, name, difference]` after one step of each side from
     the same weights and batch, with the differences by design aligned."""
-    import numpy as np
-    from keras import ops
 
     from keras_ssl.recipes import stages
 
@@ -787,39 +778,7 @@ def one_step(args, worker, state, temperature, directory):
     worker.ask("train", "", **paths)
     _fit_chunk(model, paths["views"])
     saved = worker.ask("save", "", path=os.path.join(directory, "after"))
-    import tensorflow as tf
-
-    from keras_ssl.pretrained.simclr import _ObjectNames
-
-    reader = tf.train.load_checkpoint(saved["prefix"])
-    names = _ObjectNames(reader)
-    slot = ".OPTIMIZER_SLOT/optimizer/Momentum/.ATTRIBUTES/VARIABLE_VALUE"
-    rows = []
-    for group, name, variable, path in _pairs(student):
-        key = names.paths[names.root + path]
-        rows.append(
-            [
-                group,
-                name,
-                _difference(
-                    ops.convert_to_numpy(variable), reader.get_tensor(key)
-                ),
-            ]
-        )
-        if variable.trainable:
-            index = model.optimizer._get_variable_index(variable)
-            momentum = ops.convert_to_numpy(model.optimizer._momentums[index])
-            theirs = reader.get_tensor(
-                key.replace(".ATTRIBUTES/VARIABLE_VALUE", slot)
-            )
-            rows.append(
-                [
-                    f"{group} momentum",
-                    f"{name} momentum",
-                    _difference(momentum, theirs),
-                ]
-            )
-    return [[g, n, float(np.float64(d))] for g, n, d in rows]
+    return _compare({"model": model, "pairs": _pairs(student)}, saved["prefix"])
 
 
 def grouped(rows):
@@ -873,6 +832,8 @@ def main(argv=None):
             print("| weights | difference |\n| --- | ---: |")
             for group, value in grouped(rows).items():
                 print(f"| {group} | {value:.2g} |")
+            for group, name, value in sorted(rows, key=lambda r: -r[2])[:3]:
+                print(f"largest: {name} ({group}) {value:.2g}")
             moved = worker.ask("moving_mean_moved", "")["moved"]
             print(
                 f"reference BatchNorm moving means moved: {moved}; the "
@@ -890,9 +851,12 @@ def main(argv=None):
             state["config"], len(splits.x_train)
         )
         cells = [(m * base, 1.0) for m in args.budget_list]
-        cells += [
-            (base, t) for t in args.temperature_list if (base, t) not in cells
-        ]
+        if 1 in args.budget_list:
+            cells += [
+                (base, t)
+                for t in args.temperature_list
+                if (base, t) not in cells
+            ]
         results = {}
         for steps, temperature in cells:
             for seed in args.seed_list:
