@@ -65,6 +65,13 @@ by τ² (a `Distiller` subclass here); then every weight, BatchNorm moving
 statistic and LARS momentum slot is compared with the reference's
 checkpoint: max |ours - reference| / max |reference| per tensor.
 
+`--own-init` adds our student from its own initial weights, as the
+recipe builds it (our initialisers, the classifier at zero), on the same
+views and logits at the preset's budget and τ = 1. The reference's
+`tf.random.set_seed` does not fix its initial weights (see
+`parity_simclr_tf2.py`): a seed gives both sides the same start within
+one invocation, not the same start in the next.
+
 Prints the command, the machine, the one-step table and one table of
 test accuracies (the digits' own test split, 359 images): per budget and
 temperature, mean ± standard deviation over the seeds, per side, with
