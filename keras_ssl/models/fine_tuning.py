@@ -20,6 +20,8 @@ keras_ssl.models.fine_tuning.interpolate_with_start(model, start, 0.5)
 ```
 """
 
+from contextlib import nullcontext
+
 import keras
 import numpy as np
 
@@ -98,9 +100,11 @@ def cross_validated_share(
 
     For each fold, the model goes back to `pretrained`, its head is
     fitted to the other folds' images (LP) and it is fine-tuned on them
-    for `steps` scaled to the folds' share of the images; every share in
-    `SHARES` is then scored on the fold left out. The model's weights and
-    optimizer are put back afterwards.
+    for `steps · (folds - 1) / folds` steps with a fresh optimizer (one
+    compiled optimizer reset to its initial state, so the step is traced
+    once for all folds); every share in `SHARES` is then scored on the
+    fold left out. The model's weights and optimizer are put back
+    afterwards.
 
     Args:
         model: a compiled `keras_ssl.models.FineTuner`.
@@ -121,10 +125,18 @@ def cross_validated_share(
     """
     y = np.asarray(y)
     fold = fold_ids(y, folds, seed)
-    # One batch shape for every held-out fold: each compile below makes
-    # Keras's predict function again, `predict_batches` traces once.
+    # One batch shape for every held-out fold: `predict_batches` traces
+    # once.
     held_batch = int(max(np.sum(fold == k) for k in range(folds)))
     trained, compiled = model.get_weights(), model.optimizer
+    # One optimizer, compiled once, for every fold: each fold starts it
+    # from its fresh state instead of compiling again, so Keras traces
+    # the training step once, not once per fold. Every fold gets the
+    # same budget, the steps' share of the expected training folds
+    # (equal to each fold's own share when the folds are equal).
+    fold_steps = max(1, round(steps * (folds - 1) / folds))
+    model.compile(optimizer=optimizer(fold_steps))
+    fresh = _fresh_optimizer_state(model)
     correct = {share: 0 for share in SHARES}
     for k in range(folds):
         train, held = fold != k, fold == k
@@ -133,8 +145,8 @@ def cross_validated_share(
         model.set_weights(pretrained)
         model.fit_linear_head(x[train], y[train])
         start = model.get_weights()
-        fold_steps = max(1, round(steps * train.sum() / len(y)))
-        model.compile(optimizer=optimizer(fold_steps))
+        for variable, value in zip(model.optimizer.variables, fresh):
+            variable.assign(value)
         stream = ssl_data.from_arrays(
             x[train],
             y[train],
@@ -158,6 +170,17 @@ def cross_validated_share(
     model.compile(optimizer=compiled)
     scores = {share: correct[share] / len(y) for share in SHARES}
     return choose_share(scores, len(y)), scores
+
+
+def _fresh_optimizer_state(model):
+    """Builds the compiled optimizer for the model's trainable variables
+    (under its distribution strategy on TensorFlow, as `fit` would) and
+    returns the values of its variables before any step."""
+    strategy = getattr(model, "distribute_strategy", None)
+    scope = strategy.scope() if strategy is not None else nullcontext()
+    with scope:
+        model.optimizer.build(model.trainable_variables)
+    return [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
 
 
 def choose_share(scores, count):

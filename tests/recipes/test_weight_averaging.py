@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 
+from keras_ssl import data as ssl_data
 from keras_ssl.models import FineTuner
 from keras_ssl.models import fine_tuning
 from keras_ssl.recipes import stages
@@ -153,6 +154,69 @@ def test_cross_validation_traces_the_model_once_for_its_folds():
     run.labeled.x, run.labeled.y = run.labeled.x[:23], run.labeled.y[:23]
     _cross_validated_share(run, model)
     assert _FUNCTIONS[model].experimental_get_tracing_count() == 1
+
+
+def _fold_ends(run, model):
+    """Each fold's fine-tuned weights and Keras's training function after
+    its `fit`, and the crop's random state before it, from
+    `cross_validated_share` as the stage calls it."""
+    ends, functions, crops = [], [], []
+    fit = model.fit
+
+    def recording_fit(*args, **kwargs):
+        # The crop's random state, which the folds continue.
+        crops.append(
+            [keras.ops.convert_to_numpy(v) for v in model.augment.variables]
+        )
+        history = fit(*args, **kwargs)
+        ends.append(_values(model))
+        functions.append(model.train_function)
+        return history
+
+    model.fit = recording_fit
+    _cross_validated_share(run, model)
+    del model.fit
+    return ends, functions, crops
+
+
+@pytest.mark.parametrize("optimizer", ["sgd_momentum", "lars"])
+def test_each_fold_trains_as_with_a_fresh_optimizer(optimizer):
+    """The folds share one compiled optimizer, reset to its initial state
+    before each fold: every fold ends exactly where fine-tuning with an
+    optimizer of its own ends, and the step is traced once."""
+    from keras_ssl.optimizers import LARS
+
+    def make(steps):
+        if optimizer == "lars":
+            return LARS(0.5, weight_decay=1e-4)
+        return keras.optimizers.SGD(0.05, momentum=0.9)
+
+    run, model, _ = _separable_run(folds=3, learning_rate=0.05)
+    run.current.optimizer = lambda run, steps: make(steps)
+    ends, functions, crops = _fold_ends(run, model)
+    assert len(ends) == 3
+    assert all(function is functions[0] for function in functions)
+    fold = fine_tuning.fold_ids(run.labeled.y, 3, run.config.seed)
+    steps = round(run.total_steps * 2 / 3)
+    for k, end in enumerate(ends):
+        train = fold != k
+        model.set_weights(run.start_weights["finetune"])
+        model.fit_linear_head(run.labeled.x[train], run.labeled.y[train])
+        model.compile(optimizer=make(steps))
+        for variable, value in zip(model.augment.variables, crops[k]):
+            variable.assign(value)
+        stream = ssl_data.from_arrays(
+            run.labeled.x[train],
+            run.labeled.y[train],
+            batch_size=8,
+            seed=run.config.seed + 1 + k,
+            repeat=True,
+        )
+        model.fit(
+            stream, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False
+        )
+        for got, expected in zip(end, _values(model)):
+            np.testing.assert_array_equal(got, expected, err_msg=f"fold {k}")
 
 
 def test_cross_validation_ties_go_to_the_smaller_share():
