@@ -349,32 +349,81 @@ def _reference_flags(settings, flags):
     return _define_reference_flags(base, use_blur=False, **flags)
 
 
-def _reference_pretrain(args, settings, data):
-    """The reference's pretraining of `--seed`; writes its checkpoint."""
-    import numpy as np
+def _reference_model(args, settings, flags, examples, channels, scale):
+    """The reference's `model.Model`, schedule, optimizer and `run.py`
+    step on one replica, with `flags`; its crops take `scale` of the area
+    where given.
+
+    Returns:
+        `(tf, FLAGS, data_util, model, optimizer, step)`, `step(tensors,
+        prepare, batch, output)` making the function that runs one
+        training step on the next batch of `data.py`'s pipeline over
+        `tensors` (shuffle, repeat, `prepare` map, batch) and returns
+        `run.py` `single_step`'s result `output`.
+    """
     import tensorflow as tf
 
     config = settings["config"]
     strategy = _strategy(tf, 1)
     sys.path.insert(0, args.simclr_tf2)
-    FLAGS = _reference_flags(settings, settings["pretrain_flags"])
+    FLAGS = _reference_flags(settings, flags)
     import data_util
     import model as model_lib
 
-    _area_range(data_util, config.crop_scale)
-    size, batch = config.image_size, config.batch_size
+    if scale is not None:
+        _area_range(data_util, scale)
+    size = config.image_size
     tf.random.set_seed(args.seed)
     with strategy.scope():
         model = model_lib.Model(10)
-        schedule = model_lib.WarmUpAndCosineDecay(
-            FLAGS.learning_rate, len(data["y_train"])
-        )
+        schedule = model_lib.WarmUpAndCosineDecay(FLAGS.learning_rate, examples)
         optimizer = model_lib.build_optimizer(schedule)
-        model(tf.zeros((2, size, size, 6)), training=False)
+        # Keras 2 builds the variables on the first call.
+        model(tf.zeros((2, size, size, channels)), training=False)
     single_step = ReferenceStep(model, optimizer, strategy)
-    # run.py sets no global seed for its input pipeline (see
-    # parity_simclr_tf2._reference_run).
-    tf.random.set_seed(None)
+
+    def step(tensors, prepare, batch, output):
+        # run.py sets no global seed for its input pipeline (see
+        # parity_simclr_tf2._reference_run).
+        tf.random.set_seed(None)
+        dataset = (
+            tf.data.Dataset.from_tensor_slices(tensors)
+            .shuffle(batch * 50)
+            .repeat(-1)
+            .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch, drop_remainder=True)
+            .prefetch(2)
+        )
+        iterator = iter(strategy.experimental_distribute_dataset(dataset))
+
+        @tf.function
+        def train_step(iterator):
+            def replica_step(*batch):
+                return single_step(*batch)[output]
+
+            batch = next(iterator)
+            batch = batch if isinstance(batch, tuple) else (batch,)
+            return strategy.run(replica_step, batch)
+
+        return lambda: float(train_step(iterator).numpy())
+
+    return tf, FLAGS, data_util, model, optimizer, step
+
+
+def _reference_pretrain(args, settings, data):
+    """The reference's pretraining of `--seed`; writes its checkpoint."""
+    import numpy as np
+
+    config = settings["config"]
+    tf, FLAGS, data_util, model, optimizer, step = _reference_model(
+        args,
+        settings,
+        settings["pretrain_flags"],
+        len(data["y_train"]),
+        6,
+        config.crop_scale,
+    )
+    size = config.image_size
 
     def views(image):
         # data.py's map_fn for pretraining.
@@ -391,30 +440,14 @@ def _reference_pretrain(args, settings, data):
         ]
         return tf.concat(pair, -1)
 
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(data["x_train"])
-        .shuffle(batch * 50)
-        .repeat(-1)
-        .map(views, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch, drop_remainder=True)
-        .prefetch(2)
-    )
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
-
-    @tf.function
-    def train_step(iterator):
-        def replica_step(features):
-            return single_step(features)[0]
-
-        return strategy.run(replica_step, (next(iterator),))
-
+    train_step = step(data["x_train"], views, config.batch_size, 0)
     start, losses = time.perf_counter(), []
-    for step in range(settings["pretrain_steps"]):
+    for i in range(settings["pretrain_steps"]):
         # SimCLR's code sums the two directions: eq. (1) is half of it.
-        losses.append(float(train_step(iterator).numpy()) / 2)
-        if (step + 1) % 55 == 0:
+        losses.append(train_step() / 2)
+        if (i + 1) % 55 == 0:
             print(
-                f"step {step + 1}: NT-Xent {np.mean(losses[-55:]):.4f} "
+                f"step {i + 1}: NT-Xent {np.mean(losses[-55:]):.4f} "
                 f"({time.perf_counter() - start:.0f} s)",
                 file=sys.stderr,
                 flush=True,
@@ -436,27 +469,18 @@ def _reference_pretrain(args, settings, data):
 def _reference_finetune(args, settings, data, row):
     """The reference's fine-tuning `row` from `--seed`'s checkpoint."""
     import numpy as np
-    import tensorflow as tf
 
     config = settings["config"]
-    strategy = _strategy(tf, 1)
-    sys.path.insert(0, args.simclr_tf2)
-    FLAGS = _reference_flags(settings, reference_flags(settings, row))
-    import data_util
-    import model as model_lib
-
-    if row.endswith("-crop"):
-        _area_range(data_util, config.finetune_crop_scale)
-    size, batch = config.image_size, settings["finetune_batch"]
+    crop_row = row.endswith("-crop")
+    tf, _, data_util, model, _, step = _reference_model(
+        args,
+        settings,
+        reference_flags(settings, row),
+        len(data["labeled_y"]),
+        3,
+        config.finetune_crop_scale if crop_row else None,
+    )
     prefix = _read_job(args, args.seed, "pretrain")["prefix"]
-    tf.random.set_seed(args.seed)
-    with strategy.scope():
-        model = model_lib.Model(10)
-        schedule = model_lib.WarmUpAndCosineDecay(
-            FLAGS.learning_rate, len(data["labeled_y"])
-        )
-        optimizer = model_lib.build_optimizer(schedule)
-        model(tf.zeros((2, size, size, 3)), training=False)
     before = [w.numpy() for w in model.resnet_model.weights]
     # run.py's try_restore_from_checkpoint with --checkpoint: the model's
     # weights only, then the supervised head at zero.
@@ -466,8 +490,7 @@ def _reference_finetune(args, settings, data, row):
         raise RuntimeError(f"Nothing of the encoder was restored: {prefix}")
     for x in model.supervised_head.trainable_weights:
         x.assign(tf.zeros_like(x))
-    single_step = ReferenceStep(model, optimizer, strategy)
-    tf.random.set_seed(None)
+    size = config.image_size
 
     def crop(image, label):
         # data.py's map_fn for fine-tuning: no colour, test_crop off.
@@ -476,30 +499,14 @@ def _reference_finetune(args, settings, data, row):
         )
         return image, tf.one_hot(label, 10)
 
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(
-            (data["labeled_x"], data["labeled_y"])
-        )
-        .shuffle(batch * 50)
-        .repeat(-1)
-        .map(crop, num_parallel_calls=tf.data.AUTOTUNE)
-        .batch(batch, drop_remainder=True)
-        .prefetch(2)
+    train_step = step(
+        (data["labeled_x"], data["labeled_y"]),
+        crop,
+        settings["finetune_batch"],
+        1,
     )
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
-
-    @tf.function
-    def train_step(iterator):
-        def replica_step(features, labels):
-            return single_step(features, labels)[1]
-
-        return strategy.run(replica_step, next(iterator))
-
     start = time.perf_counter()
-    losses = [
-        float(train_step(iterator).numpy())
-        for _ in range(settings["finetune_steps"])
-    ]
+    losses = [train_step() for _ in range(settings["finetune_steps"])]
     # preprocess_for_eval without its crop (16 px): the images in [0, 1].
     x = data["x_test"].astype("float32") / 255.0
     logits = np.concatenate(
