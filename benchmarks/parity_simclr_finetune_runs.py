@@ -52,9 +52,9 @@ reference's program:
      `finetune_learning_rate`·√B (`--learning_rate_scaling=sqrt`),
      `--weight_decay=0 --warmup_epochs=0 --global_bn=True`, as the
      parity cases `finetune-ft0/ft1`.
-   - `reference-finetune-crop`: the same with its crop at the preset's
-     `finetune_crop_scale` instead of its own (0.08, 1) (the same
-     `area_range` patch as in pretraining).
+   - `reference-linear-crop`, `reference-finetune-crop`: the same with
+     its crop at the preset's `finetune_crop_scale` instead of its own
+     (0.08, 1) (the same `area_range` patch as in pretraining).
    - `ours-finetune`: the recipe's fine-tuning stage
      (`keras_ssl.recipes.simclrv2.STAGES`' `finetune`) with
      `linear_probe_first=False`: a `FineTuner` on the encoder
@@ -116,6 +116,7 @@ from vs_simclr_tf2 import serve  # noqa: E402
 
 REFERENCE_ROWS = (
     "reference-linear",
+    "reference-linear-crop",
     "reference-finetune",
     "reference-finetune-crop",
 )
@@ -276,10 +277,9 @@ def preset(args, num_train, num_labeled):
 
 
 def reference_flags(settings, row):
-    """The reference's flags for `row` (the crop row runs the fine-tuning
-    row's flags)."""
-    rows = settings["reference_rows"]
-    return rows["reference-finetune" if row.endswith("-crop") else row]
+    """The reference's flags for `row` (a `-crop` row runs its row's
+    flags)."""
+    return settings["reference_rows"][row.removesuffix("-crop")]
 
 
 def write_data(args, path):
@@ -717,6 +717,11 @@ TABLE = (
         "linear_probe_accuracy",
     ),
     ("reference: linear evaluation", "reference-linear", "test_accuracy"),
+    (
+        "reference: linear evaluation, the preset's crop",
+        "reference-linear-crop",
+        "test_accuracy",
+    ),
     (
         "reference: whole-network fine-tuning, its crop (0.08, 1)",
         "reference-finetune",

@@ -87,6 +87,7 @@ def test_the_budgets_and_flags_are_the_digits_preset_s(script, tmp_path):
         assert row["weight_decay"] == 0.0
         assert row["train_steps"] == settings["finetune_steps"]
     assert script.reference_flags(settings, "reference-finetune-crop") is whole
+    assert script.reference_flags(settings, "reference-linear-crop") is linear
     # A quick check's budgets replace the preset's.
     args = script.parse_args(
         [
