@@ -65,9 +65,10 @@ by τ² (a `Distiller` subclass here); then every weight, BatchNorm moving
 statistic and LARS momentum slot is compared with the reference's
 checkpoint: max |ours - reference| / max |reference| per tensor.
 
-`--own-init` adds our student from its own initial weights, as the
-recipe builds it (our initialisers, the classifier at zero), on the same
-views and logits at the preset's budget and τ = 1. The reference's
+`--own-init MULTIPLES` adds our student from its own initial weights,
+as the recipe builds it (our initialisers, the classifier at zero), on
+the same views and logits at those multiples of the preset's budget and
+τ = 1 (`--budgets none` runs only those). The reference's
 `tf.random.set_seed` does not fix its initial weights (see
 `parity_simclr_tf2.py`): a seed gives both sides the same start within
 one invocation, not the same start in the next.
@@ -211,7 +212,8 @@ def parse_args(argv=None):
     parser.add_argument(
         "--budgets",
         default="1,3,10",
-        help="multiples of the preset's distillation steps, at τ = 1",
+        help="multiples of the preset's distillation steps, at τ = 1 "
+        "('none': no pairs)",
     )
     parser.add_argument(
         "--temperatures",
@@ -221,9 +223,10 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--own-init",
-        action="store_true",
-        help="also our student from its own initial weights (as the "
-        "recipe builds it) at the preset's budget and τ = 1",
+        default="",
+        help="multiples of the preset's steps at which to run our student "
+        "from its own initial weights too (as the recipe builds it), at "
+        "τ = 1 (default: none)",
     )
     parser.add_argument(
         "--reference-bn",
@@ -250,12 +253,21 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     args.simclr_tf2 = check_simclr_dir(args.simclr_dir, REFERENCE_FILES)
     args.seed_list = _number_list(args.seeds, "seeds")
-    args.budget_list = _number_list(args.budgets, "budgets")
-    if 0 in args.budget_list:
-        raise ValueError(
-            f"`--budgets` must be multiples >= 1. Received: "
-            f"budgets={args.budgets!r}"
-        )
+    # "none": only `--own-init`'s runs.
+    args.budget_list = []
+    if args.budgets != "none":
+        args.budget_list = _number_list(args.budgets, "budgets")
+    args.own_init_list = []
+    if args.own_init:
+        args.own_init_list = _number_list(args.own_init, "own-init")
+    for name, text, values in (
+        ("budgets", args.budgets, args.budget_list),
+        ("own-init", args.own_init, args.own_init_list),
+    ):
+        if 0 in values:
+            raise ValueError(
+                f"`--{name}` must be multiples >= 1. Received: {name}={text!r}"
+            )
     args.temperature_list = _number_list(
         args.temperatures, "temperatures", float
     )
@@ -877,11 +889,16 @@ def main(argv=None):
                     f"minutes {result['minutes']}",
                     flush=True,
                 )
-        own = []
-        if args.own_init:
+        own = {}
+        for multiple in args.own_init_list:
+            steps = multiple * base
             for seed in args.seed_list:
-                own.append(run_own_init(args, state, seed, base, directory))
-                print(f"own init seed {seed}: ours {own[-1]:.1%}", flush=True)
+                accuracy = run_own_init(args, state, seed, steps, directory)
+                own.setdefault(steps, []).append(accuracy)
+                print(
+                    f"own init steps {steps} seed {seed}: ours {accuracy:.1%}",
+                    flush=True,
+                )
     finally:
         worker.close()
     print(
@@ -903,8 +920,8 @@ def main(argv=None):
             f"{_cell([r['ours'] for r in runs])} | "
             f"{minutes[0]:.1f} / {minutes[1]:.1f} |"
         )
-    if own:
-        print(f"| {base} | 1 | — | {_cell(own)} (own init) | |")
+    for steps, accuracies in own.items():
+        print(f"| {steps} | 1 | — | {_cell(accuracies)} (own init) | |")
     print(f"| teacher | | {100 * state['teacher_accuracy']:.1f} | | |")
     for name, value in state["baselines"].items():
         print(f"| {name} | | {100 * value:.1f} | | |")

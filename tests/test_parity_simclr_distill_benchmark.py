@@ -130,6 +130,8 @@ def test_a_reference_python_without_tf_keras_is_named(
         (["--temperatures", ""], "--temperatures"),
         (["--preset-steps", "0"], "--preset-steps"),
         (["--chunk", "0"], "--chunk"),
+        (["--own-init", "0"], "--own-init"),
+        (["--own-init", "x"], "--own-init"),
     ],
 )
 def test_bad_arguments_are_named(script, tmp_path, argv, name):
@@ -146,6 +148,11 @@ def test_arguments_of_a_checkout(script, tmp_path):
     assert args.seed_list == [0, 2]
     assert args.budget_list == [1, 10]
     assert args.temperature_list == [1.0, 0.1]
+    assert args.own_init_list == []
+    args = script.parse_args(
+        ["--simclr-dir", checkout, "--budgets", "none", "--own-init", "3"]
+    )
+    assert (args.budget_list, args.own_init_list) == ([], [3])
 
 
 def test_each_step_reads_a_full_batch_of_distinct_images(script):
