@@ -63,7 +63,10 @@ LARS at the reference's rate 2.0 and weight decay 1e-4 without warm-up
 (the cosine's first step is its peak), and at τ ≠ 1 our loss multiplied
 by τ² (a `Distiller` subclass here); then every weight, BatchNorm moving
 statistic and LARS momentum slot is compared with the reference's
-checkpoint: max |ours - reference| / max |reference| per tensor.
+checkpoint: max |ours - reference| / max |reference| per tensor. Next
+to it, the same measure between two of our steps from the same start,
+with XLA and as the recipe compiles it (without, on a CPU): how far
+float32's order of operations alone moves one step.
 
 `--own-init MULTIPLES` adds our student from its own initial weights,
 as the recipe builds it (our initialisers, the classifier at zero), on
@@ -92,6 +95,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from alternate import machine  # noqa: E402
 from parity_simclr_tf2 import _compare  # noqa: E402
+from parity_simclr_tf2 import _difference  # noqa: E402
 from parity_simclr_tf2 import _group  # noqa: E402
 from parity_simclr_tf2 import mean_std  # noqa: E402
 from vs_simclr_tf2 import Worker  # noqa: E402
@@ -757,7 +761,9 @@ def run_own_init(args, state, seed, total_steps, directory):
 
 def one_step(args, worker, state, temperature, directory):
     """Rows `[group, name, difference]` after one step of each side from
-    the same weights and batch, with the differences by design aligned."""
+    the same weights and batch, with the differences by design aligned;
+    and the same rows of ours with XLA against ours as the recipe
+    compiles it (float32's own spread)."""
 
     from keras_ssl.recipes import stages
 
@@ -773,31 +779,59 @@ def one_step(args, worker, state, temperature, directory):
     )
     reference = started["settings"]
     state["excluded"] = started["excluded"]
-    student = _student(state["config"], seed)
-    load_reference_weights(student, prefix)
-    # The reference's rate and decay, no warm-up: `lars` decays over the
-    # steps given, and the first step of a cosine is its peak.
-    # `lars` scales the rate linearly in the batch: undo it.
-    optimizer = stages.lars(
-        reference["learning_rate"] * 256 / BATCH,
-        BATCH,
-        "linear",
-        1,
-        weight_decay=reference["weight_decay"],
-        momentum=reference["momentum"],
+    paths = next(
+        Views(
+            state["teacher"], state["splits"].x_train, 1, seed, 1, directory
+        ).chunks()
     )
-    model = distiller(
-        state["teacher"], student, temperature, optimizer, scale_loss=True
-    )
-    state["rank_1"] = sum(len(v.shape) <= 1 for v in student.trainable_weights)
-    views = Views(
-        state["teacher"], state["splits"].x_train, 1, seed, 1, directory
-    )
-    paths = next(views.chunks())
     worker.ask("train", "", **paths)
-    _fit_chunk(model, paths["views"])
     saved = worker.ask("save", "", path=os.path.join(directory, "after"))
-    return _compare({"model": model, "pairs": _pairs(student)}, saved["prefix"])
+    trained = {}
+    # Ours as the recipe compiles it (Keras's `jit_compile="auto"`, which
+    # on a CPU runs without XLA), then with XLA: how far float32's order
+    # of operations alone moves one step.
+    for jit_compile in ("auto", True):
+        student = _student(state["config"], seed)
+        load_reference_weights(student, prefix)
+        # The reference's rate and decay, no warm-up: `lars` decays over
+        # the steps given, and the first step of a cosine is its peak;
+        # it scales the rate linearly in the batch: undone here.
+        optimizer = stages.lars(
+            reference["learning_rate"] * 256 / BATCH,
+            BATCH,
+            "linear",
+            1,
+            weight_decay=reference["weight_decay"],
+            momentum=reference["momentum"],
+        )
+        model = distiller(
+            state["teacher"], student, temperature, optimizer, scale_loss=True
+        )
+        model.compile(optimizer=optimizer, jit_compile=jit_compile)
+        _fit_chunk(model, paths["views"])
+        trained[jit_compile] = (model, _pairs(student))
+    state["rank_1"] = sum(len(v.shape) <= 1 for v in student.trainable_weights)
+    model, pairs = trained["auto"]
+    rows = _compare({"model": model, "pairs": pairs}, saved["prefix"])
+    ours = _state_arrays(*trained["auto"])
+    xla = _state_arrays(*trained[True])
+    spread = [[*key, _difference(xla[key], ours[key])] for key in ours]
+    return rows, spread
+
+
+def _state_arrays(model, pairs):
+    """`{(group, name): array}` of every weight and LARS momentum slot."""
+    from keras import ops
+
+    arrays = {}
+    for group, name, variable, _ in pairs:
+        arrays[(group, name)] = ops.convert_to_numpy(variable)
+        if variable.trainable:
+            index = model.optimizer._get_variable_index(variable)
+            momentum = model.optimizer._momentums[index]
+            key = (f"{group} momentum", f"{name} momentum")
+            arrays[key] = ops.convert_to_numpy(momentum)
+    return arrays
 
 
 def grouped(rows):
@@ -846,11 +880,17 @@ def main(argv=None):
     worker = Worker("reference", args, [*argv], script=__file__)
     try:
         for temperature in args.temperature_list:
-            rows = one_step(args, worker, state, temperature, directory)
+            rows, spread = one_step(args, worker, state, temperature, directory)
             print(f"\none step, τ = {temperature:g}: max relative difference")
-            print("| weights | difference |\n| --- | ---: |")
+            print(
+                "| weights | ours vs reference | ours with XLA vs ours |\n"
+                "| --- | ---: | ---: |"
+            )
+            spread = grouped(spread)
             for group, value in grouped(rows).items():
-                print(f"| {group} | {value:.2g} |")
+                other = spread.get(group)
+                other = "—" if other is None else f"{other:.2g}"
+                print(f"| {group} | {value:.2g} | {other} |")
             for group, name, value in sorted(rows, key=lambda r: -r[2])[:3]:
                 print(f"largest: {name} ({group}) {value:.2g}")
             moved = worker.ask("moving_mean_moved", "")["moved"]
