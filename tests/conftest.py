@@ -11,7 +11,10 @@ import pytest  # noqa: E402
 def _fresh_session():
     keras.utils.set_random_seed(0)
     yield
-    keras.backend.clear_session()
+    # Keras's global state is reset after every test. Its optional full
+    # garbage collection is left to Python on JAX: there it took about 2
+    # s a test, most of the JAX half's time (docs/testing.md).
+    keras.backend.clear_session(free_memory=False)
 
 
 @pytest.fixture

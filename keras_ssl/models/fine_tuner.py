@@ -11,6 +11,8 @@ from keras_ssl.layers.random_resized_crop import RandomResizedCrop
 from keras_ssl.models._compiled_call import compiled_call
 from keras_ssl.models._input_checks import check_fit_input
 from keras_ssl.models._recompile_on_load import RecompileOnLoad
+from keras_ssl.models._training_state import batch_spec
+from keras_ssl.models._training_state import build_training_state
 from keras_ssl.models.image_utils import to_float_images
 from keras_ssl.models.ssl_model import SavesRandomState
 from keras_ssl.optimizers.lars import LARS
@@ -225,6 +227,9 @@ class FineTuner(SavesRandomState, RecompileOnLoad, keras.Model):
         [0, 255] or float in [0, 1], channels last; arrays in full,
         streams on their first batch)."""
         x = self._checked(x, "fit", action="be trained on")
+        y = args[0] if args else kwargs.get("y")
+        weights = kwargs.get("sample_weight")
+        build_training_state(self, batch_spec(x, y, weights))
         return super().fit(x, *args, **kwargs)
 
     def predict(self, x, *args, **kwargs):

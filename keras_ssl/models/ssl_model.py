@@ -5,6 +5,7 @@ import keras
 from keras_ssl import distribute
 from keras_ssl.models._input_checks import check_fit_input
 from keras_ssl.models._recompile_on_load import RecompileOnLoad
+from keras_ssl.models._training_state import build_training_state
 
 
 class SavesRandomState:
@@ -137,6 +138,7 @@ class SSLModel(
         (arrays are checked in full, streams on their first batch).
         """
         x = check_fit_input(x, model=type(self).__name__)
+        build_training_state(self)
         return super().fit(x, *args, **kwargs)
 
     def train_step(self, *args):
