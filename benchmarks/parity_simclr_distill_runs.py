@@ -692,10 +692,32 @@ def _accuracy(student, splits):
     return splits.evaluate_classifier(student)["top1"]
 
 
+def _distil(args, state, student, seed, steps, temperature, directory, step):
+    """Our student distilled for `steps` with the recipe's optimizer, on
+    the views and logits of `seed`; `step(paths)` runs first on each
+    file of them (the reference's steps). Returns the minutes of each."""
+    config, teacher = state["config"], state["teacher"]
+    ours = distiller(
+        teacher, student, temperature, recipe_optimizer(config, steps)
+    )
+    views = Views(
+        teacher, state["splits"].x_train, steps, seed, args.chunk, directory
+    )
+    times = {"reference": 0.0, "ours": 0.0}
+    for paths in views.chunks():
+        for side, run in (("reference", step), ("ours", None)):
+            begin = time.perf_counter()
+            if run is None:
+                _fit_chunk(ours, paths["views"])
+            else:
+                run(paths)
+            times[side] += time.perf_counter() - begin
+    return {k: v / 60 for k, v in times.items()}
+
+
 def run_pair(args, worker, state, seed, total_steps, temperature, directory):
     """One seed of one cell: both students from the same weights, the
     same views and logits; returns their test accuracies and minutes."""
-    config, teacher = state["config"], state["teacher"]
     prefix = worker.ask("init", "", seed=seed, directory=directory)["prefix"]
     worker.ask(
         "start",
@@ -705,33 +727,23 @@ def run_pair(args, worker, state, seed, total_steps, temperature, directory):
         total_steps=total_steps,
         temperature=temperature,
     )
-    student = _student(config, seed)
+    student = _student(state["config"], seed)
     load_reference_weights(student, prefix)
-    ours = distiller(
-        teacher, student, temperature, recipe_optimizer(config, total_steps)
-    )
-    views = Views(
-        teacher,
-        state["splits"].x_train,
-        total_steps,
+    minutes = _distil(
+        args,
+        state,
+        student,
         seed,
-        args.chunk,
+        total_steps,
+        temperature,
         directory,
+        lambda paths: worker.ask("train", "", **paths),
     )
-    times = {"reference": 0.0, "ours": 0.0}
-    for paths in views.chunks():
-        begin = time.perf_counter()
-        worker.ask("train", "", **paths)
-        times["reference"] += time.perf_counter() - begin
-        begin = time.perf_counter()
-        _fit_chunk(ours, paths["views"])
-        times["ours"] += time.perf_counter() - begin
+    reference = worker.ask("evaluate", "", **state["test_files"])
     return {
-        "reference": worker.ask("evaluate", "", **state["test_files"])[
-            "accuracy"
-        ],
+        "reference": reference["accuracy"],
         "ours": _accuracy(student, state["splits"]),
-        "minutes": {k: v / 60 for k, v in times.items()},
+        "minutes": minutes,
     }
 
 
@@ -740,22 +752,18 @@ def run_own_init(args, state, seed, total_steps, directory):
     (its classifier starts at zero), on the same views and logits."""
     import keras
 
-    config, teacher = state["config"], state["teacher"]
     keras.utils.set_random_seed(seed)
-    student = _student(config, seed)
-    ours = distiller(
-        teacher, student, 1.0, recipe_optimizer(config, total_steps)
-    )
-    views = Views(
-        teacher,
-        state["splits"].x_train,
-        total_steps,
+    student = _student(state["config"], seed)
+    _distil(
+        args,
+        state,
+        student,
         seed,
-        args.chunk,
+        total_steps,
+        1.0,
         directory,
+        lambda paths: None,
     )
-    for paths in views.chunks():
-        _fit_chunk(ours, paths["views"])
     return _accuracy(student, state["splits"])
 
 
