@@ -38,7 +38,8 @@ the step (a fixed shuffle per seed, one pass an epoch, the last partial
 batch dropped) through our student's `augment` (SimCLRv2 §3.1's random
 crop and flip, seeded), and the teacher's logits of them
 (`FineTuner.classify`). Both students learn from those same views and
-logits: the reference's through its notebook's `Model.call`, ours through
+logits: the reference's through its notebook's `Model.call` (in a
+`tf.function`; the notebook calls it eagerly), ours through
 `Distiller`'s train step (`Model.fit`) with its augmentation bypassed and
 the optimizer of the recipe's distillation stage (LARS, 5% warm-up and
 cosine decay to 0, `learning_rate` 8.0 scaled linearly to 4.0 at batch
