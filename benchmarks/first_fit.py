@@ -130,8 +130,7 @@ def main(argv=None):
         for name in MODELS:
             for way in WAYS:
                 results[name, way].append(_run(name, way))
-    print(machine())
-    print(f"load average at the end: {os.getloadavg()[0]:.1f}\n")
+    print(machine() + "\n")
     print(
         "| model | fit | traces | wall s (median, range) | CPU s "
         "(median, range) | keras / keras_ssl wall per cycle |"
