@@ -65,19 +65,23 @@ def _tensorflow_function(layer, training):
             fn, jit_compile=True, reduce_retracing=True, autograph=False
         )
 
+    # The functions are cached by the layer, weakly: they must not keep
+    # it alive.
+    own = weakref.ref(layer)
+
     def make():
         if not isinstance(layer, Views) or len(layer.view_layers) < 2:
-            return compiled(lambda x: layer(x, training=training))
+            return compiled(lambda x: own()(x, training=training))
         # One XLA launch per view: the views share no random state, so
         # they are the whole layer's, and the TF runtime runs the launches
         # on its inter-op threads at the same time.
         chains = [
-            compiled(lambda x, i=i: layer.apply_view(i, x, training))
+            compiled(lambda x, i=i: own().apply_view(i, x, training))
             for i in range(len(layer.view_layers))
         ]
 
         def views(x):
-            return layer.arrange([chain(x) for chain in chains])
+            return own().arrange([chain(x) for chain in chains])
 
         return tf.function(views, reduce_retracing=True, autograph=False)
 
@@ -88,9 +92,11 @@ def _jax_call(layer, images, training):
     # Each backend is optional: its own path imports it.
     import jax
 
+    own = weakref.ref(layer)  # Cached by the layer, weakly (see above).
+
     def make():
         def pure(trainable, non_trainable, x):
-            return layer.stateless_call(
+            return own().stateless_call(
                 trainable, non_trainable, x, training=training
             )
 

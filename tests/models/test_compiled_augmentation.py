@@ -107,3 +107,28 @@ class TestTrainingStepViews(TestCase):
         expected = nt_xent(z[:8], z[8:], temperature=model.temperature)
         logs = model.train_on_batch(x, return_dict=True)
         self.assertAllClose(logs["loss"], expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Views.from_preset(
+            "paws_cifar", size=16, group_by_size=True, seed=7
+        ),
+        lambda: RandomResizedCrop(12, flip=True, seed=4),
+    ],
+    ids=["grouped_views", "crop"],
+)
+def test_the_compiled_functions_do_not_keep_the_layer_alive(make):
+    import gc
+    import weakref
+
+    from keras_ssl.models import _compiled_call
+
+    layer = make()
+    compiled_call(layer, images().astype("float32") / 255.0, training=True)
+    assert layer in _compiled_call._COMPILED
+    own = weakref.ref(layer)
+    del layer
+    gc.collect()
+    assert own() is None
