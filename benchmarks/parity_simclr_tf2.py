@@ -56,13 +56,15 @@ both` makes ours use both, for the comparison.
 `tf.keras.backend.set_floatx` on the reference). SimCLR's code does not
 run in float64 as it is: its NT-Xent builds float32 one-hot labels and
 masks (`tf.one_hot`'s default) and subtracts them from float64 logits,
-and its schedule mixes its float64 warm-up with `CosineDecay`'s float32.
-and its LARS multiplies its float64 momentum slots by a float32 tensor
-of the Python momentum (`tf.multiply(self.momentum, v)`). So in float64
-the worker gives `objective.py` a `tf.one_hot` that makes floatx
-tensors, evaluates the schedule in float32, as ours does, and sets the
-optimizer's `momentum` to a float64 tensor of the same value; the
-checkout itself is not modified.
+its schedule mixes its float64 warm-up with `CosineDecay`'s float32
+(tf_keras's `CosineDecay` computes in its initial rate's dtype, float32
+for a Python float), and its LARS multiplies its float64 momentum slots
+by a float32 tensor of the Python momentum (`tf.multiply(self.momentum,
+v)`). So in float64 the worker gives `objective.py` a `tf.one_hot` that
+makes floatx tensors, gives `model.py` a `CosineDecay` that computes in
+its step's dtype (the whole schedule in float64, as ours computes it
+under a float64 floatx), and sets the optimizer's `momentum` to a
+float64 tensor of the same value; the checkout itself is not modified.
 
 Prints the command, the machine, and per case a table: weight (group) ->
 max relative difference after each compared step, then every tensor
@@ -523,6 +525,7 @@ def _reference_start(args):
 
     if args.float64:
         obj_lib.tf = _FloatxOneHot(tf)
+        _floatx_cosine_decay(tf)
     floatx = tf.keras.backend.floatx()
     tf.random.set_seed(args.seed)
     with strategy.scope():
@@ -530,8 +533,6 @@ def _reference_start(args):
         schedule = model_lib.WarmUpAndCosineDecay(
             FLAGS.learning_rate, args.examples
         )
-        if args.float64:
-            schedule = _Float32Schedule(tf, schedule)
         optimizer = model_lib.build_optimizer(schedule)
         if args.float64:
             # `tf.multiply(self.momentum, v)` makes a float32 tensor of a
@@ -585,18 +586,25 @@ def _reference_start(args):
     return {"ready": ready}, handle
 
 
-def _Float32Schedule(tf, schedule):
-    """`schedule` evaluated at a float32 step, cast to floatx."""
+def _floatx_cosine_decay(tf):
+    """Makes `tf.keras.experimental.CosineDecay`, which the reference's
+    `WarmUpAndCosineDecay` builds at each call, compute in its step's
+    float dtype (the variable's, float64 here): it computes in its initial
+    rate's dtype, float32 for a Python float."""
+    base = tf.keras.experimental.CosineDecay
 
-    class Float32Schedule(tf.keras.optimizers.schedules.LearningRateSchedule):
+    class StepDtypeCosineDecay(base):
         def __call__(self, step):
-            value = schedule(tf.cast(step, tf.float32))
-            return tf.cast(value, tf.keras.backend.floatx())
+            step = tf.convert_to_tensor(step)
+            dtype = step.dtype if step.dtype.is_floating else tf.float32
+            rate = self.initial_learning_rate
+            self.initial_learning_rate = tf.constant(rate, dtype)
+            try:
+                return super().__call__(step)
+            finally:
+                self.initial_learning_rate = rate
 
-        def get_config(self):
-            return schedule.get_config()
-
-    return Float32Schedule()
+    tf.keras.experimental.CosineDecay = StepDtypeCosineDecay
 
 
 # === Ours ===
