@@ -50,7 +50,10 @@ Cases (`--cases`):
 
 By design our online probe trains on the first view of the labeled
 images only, SimCLR's supervised head on both views; `--probe-views
-both` makes ours use both, for the comparison.
+both` makes ours use both, for the comparison. Our probe also steps at a
+rate of its own by default (`probe_learning_rate`); both the step
+comparisons and the short runs give it SimCLR's coupling
+(`probe_learning_rate=None`: the pretraining rate).
 
 `--float64` runs both sides in float64 (Keras 3's floatx on ours,
 `tf.keras.backend.set_floatx` on the reference). SimCLR's code does not
@@ -511,6 +514,19 @@ class _FloatxOneHot:
         return self._tf.one_hot(*args, **kwargs)
 
 
+class _ScalarWhere(_FloatxOneHot):
+    """`tensorflow` with a `where` that gives a Python number the other
+    branch's dtype, for the reference's `model.py` in float64: without
+    warm-up its schedule picks between its Python rate and `CosineDecay`'s
+    tensor, and a graph makes the number float32."""
+
+    def where(self, condition, x=None, y=None, name=None):
+        tf = self._tf
+        if isinstance(x, (int, float)) and tf.is_tensor(y):
+            x = tf.constant(x, y.dtype)
+        return tf.where(condition, x, y, name=name)
+
+
 def _reference_start(args):
     import tensorflow as tf
 
@@ -525,6 +541,7 @@ def _reference_start(args):
 
     if args.float64:
         obj_lib.tf = _FloatxOneHot(tf)
+        model_lib.tf = _ScalarWhere(tf)
         _floatx_cosine_decay(tf)
     floatx = tf.keras.backend.floatx()
     tf.random.set_seed(args.seed)
@@ -770,6 +787,9 @@ def _pretrainer(args, encoder, head, size):
         temperature=args.temperature,
         memory_size=0,
         num_classes=NUM_CLASSES,
+        # SimCLR's supervised head steps at the pretraining rate; ours has
+        # a rate of its own by default (`probe_learning_rate`).
+        probe_learning_rate=None,
     )
 
 
