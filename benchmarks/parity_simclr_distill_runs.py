@@ -101,6 +101,7 @@ from parity_simclr_tf2 import _group  # noqa: E402
 from parity_simclr_tf2 import mean_std  # noqa: E402
 from vs_simclr_tf2 import Worker  # noqa: E402
 from vs_simclr_tf2 import _define_reference_flags  # noqa: E402
+from vs_simclr_tf2 import add_reference_arguments  # noqa: E402
 from vs_simclr_tf2 import check_reference_python  # noqa: E402
 from vs_simclr_tf2 import check_simclr_dir  # noqa: E402
 from vs_simclr_tf2 import serve  # noqa: E402
@@ -200,14 +201,7 @@ def _number_list(text, name, kind=int):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--simclr-dir", help="a google-research/simclr checkout"
-    )
-    parser.add_argument(
-        "--reference-python",
-        default=sys.executable,
-        help="interpreter with TensorFlow and tf-keras for the reference",
-    )
+    add_reference_arguments(parser)
     parser.add_argument(
         "--output-dir",
         default="runs/parity_simclr_distill",

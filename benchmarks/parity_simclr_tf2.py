@@ -113,6 +113,7 @@ from alternate import machine  # noqa: E402
 from vs_simclr_tf2 import ReferenceStep  # noqa: E402
 from vs_simclr_tf2 import Worker  # noqa: E402
 from vs_simclr_tf2 import _define_reference_flags  # noqa: E402
+from vs_simclr_tf2 import add_reference_arguments  # noqa: E402
 from vs_simclr_tf2 import check_reference_python  # noqa: E402
 from vs_simclr_tf2 import check_simclr_dir  # noqa: E402
 from vs_simclr_tf2 import serve  # noqa: E402
@@ -141,14 +142,7 @@ SIZE = 32
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--simclr-dir", help="a google-research/simclr checkout"
-    )
-    parser.add_argument(
-        "--reference-python",
-        default=sys.executable,
-        help="interpreter with TensorFlow and tf-keras for the reference",
-    )
+    add_reference_arguments(parser)
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)

@@ -115,11 +115,23 @@ def check_simclr_dir(path, files=REFERENCE_FILES):
     return tf2
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_reference_arguments(parser, python=True):
+    """`--simclr-dir` and, with `python`, `--reference-python`: where the
+    reference's code is and the interpreter that runs it."""
     parser.add_argument(
         "--simclr-dir", help="a google-research/simclr checkout"
     )
+    if python:
+        parser.add_argument(
+            "--reference-python",
+            default=sys.executable,
+            help="interpreter with TensorFlow and tf-keras for the reference",
+        )
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_reference_arguments(parser, python=False)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--width", type=int, default=1)
     parser.add_argument(

@@ -57,3 +57,16 @@ def load_benchmark():
         return module
 
     return load
+
+
+@pytest.fixture
+def python_without_site_packages(tmp_path):
+    """An interpreter that sees only the standard library and PYTHONPATH
+    (a reference environment without its packages)."""
+    import stat
+    import sys
+
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    return str(python)

@@ -2,8 +2,6 @@
 without the reference."""
 
 import json
-import stat
-import sys
 import time
 
 import pytest
@@ -98,19 +96,11 @@ def test_the_cells_run_leave_out_downloads_and_the_cloud_model(
     assert checkout
 
 
-def _python_without_site_packages(tmp_path):
-    """An interpreter that sees only the standard library and PYTHONPATH."""
-    python = tmp_path / "python"
-    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
-    python.chmod(python.stat().st_mode | stat.S_IEXEC)
-    return str(python)
-
-
 def test_a_reference_python_without_tf_keras_is_named(
-    script, tmp_path, monkeypatch
+    script, tmp_path, monkeypatch, python_without_site_packages
 ):
     checkout = _checkout(tmp_path, script.REFERENCE_FILES)
-    python = _python_without_site_packages(tmp_path)
+    python = python_without_site_packages
     empty = tmp_path / "site"
     empty.mkdir()
     monkeypatch.setenv("PYTHONPATH", str(empty))
