@@ -69,7 +69,7 @@ def check_fit_input(
             ) from None
         _check_batch(_features(first), channels, caller, where="first batch")
         return _chain(first, x)
-    if _is_tf_dataset(x):
+    if is_tf_dataset(x):
         _check_tf_dataset(x, channels, caller)
         return x
     if isinstance(x, keras.utils.PyDataset):
@@ -187,7 +187,7 @@ def _check_values(name, images, caller, where):
         )
 
 
-def _is_tf_dataset(x):
+def is_tf_dataset(x):
     return type(x).__module__.startswith("tensorflow") and hasattr(
         x, "element_spec"
     )

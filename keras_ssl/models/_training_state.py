@@ -19,6 +19,8 @@ renames them.
 
 import keras
 
+from keras_ssl.models._input_checks import is_tf_dataset
+
 
 def build_training_state(model, data_batch=None):
     """Creates the variables `fit`'s first step would create: the
@@ -71,9 +73,7 @@ def batch_spec(x, y=None, sample_weight=None):
 
     if isinstance(x, keras.utils.PyDataset):
         batch = x[0]
-    elif type(x).__module__.startswith("tensorflow") and hasattr(
-        x, "element_spec"
-    ):
+    elif is_tf_dataset(x):
         batch = x.element_spec
     elif hasattr(x, "shape") and y is not None:
         batch = (x, y, sample_weight)
